@@ -1,0 +1,1 @@
+"""features layer of mtlrec (see DESIGN.md)."""

@@ -1,0 +1,236 @@
+"""The data-set contract: what a `conf/data/*.yaml` file may say, validated.
+
+A data set is declared, not coded: its source files, how to read them, the kind of
+each column (categorical, numeric, label source, id, group, day, ignored) and how the
+validation split is drawn. Everything here is plain pydantic so that a typo in a conf
+file is an error naming the key and the valid choices (see `pipeline/config.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mtlrec.configbase import Strict
+
+
+class CategoricalField(Strict):
+    """A categorical column mapped to integer ids through a vocabulary.
+
+    Ids: 0 = out-of-vocabulary (unseen, or rarer than `min_count`), 1 = missing,
+    known values from 2 on. With `hash_buckets`, no vocabulary is kept and
+    id = 2 + hash(value) mod hash_buckets (for cardinalities too large to store).
+    """
+
+    name: str
+    min_count: int = Field(1, ge=1)
+    max_size: int | None = Field(None, ge=1, description="cap on known values (most frequent first)")
+    hash_buckets: int | None = Field(None, ge=1)
+    required: bool = False
+
+
+class NumericField(Strict):
+    """A numeric column: clip → optional log1p → fill missing → standardise.
+
+    The order matters: clipping bounds raw outliers, log1p tames heavy tails (signed:
+    sign(x)·log1p(|x|) so negative values stay finite), the missing-value fill is in
+    transformed units (`mean` becomes exactly 0 after standardising).
+    """
+
+    name: str
+    clip: tuple[float, float] | None = None
+    log1p: bool = False
+    standardize: bool = True
+    fill: Literal["mean", "zero"] | float = "mean"
+    required: bool = False
+    nonfinite: Literal["reject", "missing"] = Field(
+        "reject", description="NaN/inf: quarantine the row (reject) or treat as missing"
+    )
+
+
+class Label(Strict):
+    """A binary task label, read from one column or derived from several.
+
+    - `column` with neither `positive` nor `all_of`: the column must hold 0 or 1.
+    - `column` + `positive` (+ optional `negative`): 1 when the value is in `positive`;
+      with `negative` given, any value in neither list is a bad row.
+    - `all_of`: 1 when every listed 0/1 column is 1 (e.g. ctcvr = click AND conversion).
+    """
+
+    name: str
+    column: str | None = None
+    positive: list[str] | None = None
+    negative: list[str] | None = None
+    all_of: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Label":
+        if (self.column is None) == (self.all_of is None):
+            raise ValueError(f"label '{self.name}': give exactly one of `column` or `all_of`")
+        if self.all_of is not None and (self.positive or self.negative):
+            raise ValueError(f"label '{self.name}': `positive`/`negative` only apply to `column`")
+        if self.negative is not None and self.positive is None:
+            raise ValueError(f"label '{self.name}': `negative` needs `positive`")
+        return self
+
+    @property
+    def binary_columns(self) -> list[str]:
+        """Columns that must hold 0/1 for this label to be computed."""
+        if self.all_of is not None:
+            return list(self.all_of)
+        return [self.column] if self.positive is None else []
+
+
+class Source(Strict):
+    """Where the raw logs are and how to read them.
+
+    Paths may be globs; `valid` and `test` are optional (drawn from `train` by the
+    split when absent). Every path can be overridden from the command line, e.g.
+    `data.source.train=/logs/2026-11-*.csv`.
+    """
+
+    format: Literal["csv", "parquet"] = "csv"
+    train: str
+    valid: str | None = None
+    test: str | None = None
+    has_header: bool = True
+    columns: list[str] | None = Field(None, description="column names, required when has_header is false")
+    separator: str = Field(",", min_length=1, max_length=1)
+    quote_char: str | None = '"'
+    strip_whitespace: bool = False
+    null_values: list[str] = Field(default_factory=list, description="raw strings meaning missing")
+
+    @model_validator(mode="after")
+    def _columns_when_headerless(self) -> "Source":
+        if self.format == "csv" and not self.has_header and not self.columns:
+            raise ValueError("source.columns must list the column names when has_header is false")
+        return self
+
+
+class Split(Strict):
+    """How train/valid/test are formed from the sources.
+
+    - random: a seeded hash of (file, row) sends `valid_fraction` of the train source
+      to validation (and `test_fraction` to test when there is no test source); stable
+      under re-runs and independent of file order.
+    - tail: the last `valid_fraction` of the train source is validation (the torch-rechub
+      convention on census-income).
+    - day: the last `test_days` days are test and the `valid_days` before them
+      validation (needs a day column); the time-honest split for logs.
+    """
+
+    method: Literal["random", "tail", "day"] = "random"
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    valid_days: int = Field(1, ge=0)
+    test_days: int = Field(1, ge=0)
+    seed: int = 2026
+
+
+class Checks(Strict):
+    """Row rules beyond single fields."""
+
+    implies: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="[a, b] pairs of 0/1 columns: a = 1 requires b = 1 (conversion requires click)",
+    )
+    unique_id: bool = False
+    max_reject_ratio: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class DataSpec(Strict):
+    """A whole data set: `conf/data/<name>.yaml`."""
+
+    name: str
+    source: Source
+    categorical: list[CategoricalField] = Field(default_factory=list)
+    numeric: list[NumericField] = Field(default_factory=list)
+    labels: list[Label]
+    id: str | None = None
+    group: str | None = Field(None, description="column to slice metrics by (e.g. country)")
+    day: str | None = Field(None, description="column holding the partition day (YYYY-MM-DD)")
+    ignore: list[str] = Field(default_factory=list, description="columns present in the input but not used")
+    split: Split = Split()
+    checks: Checks = Checks()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_names(cls, data: object) -> object:
+        """`{names: [a, b], <options>}` is shorthand for one field per name, same options."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("categorical", "numeric"):
+            fields = []
+            for entry in data.get(key) or []:
+                if isinstance(entry, dict) and "names" in entry:
+                    options = {k: v for k, v in entry.items() if k != "names"}
+                    fields += [{"name": n, **options} for n in entry["names"]]
+                else:
+                    fields.append(entry)
+            data[key] = fields
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataSpec":
+        names = [f.name for f in self.categorical] + [f.name for f in self.numeric]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"fields declared twice: {dup}")
+        if not self.labels:
+            raise ValueError("at least one label is needed")
+        label_cols = set(self.label_source_columns)
+        clash = sorted(label_cols & set(names))
+        if clash:
+            raise ValueError(f"label columns must not also be features: {clash}")
+        taken = set(names) | {c for c in (self.id, self.group, self.day) if c}
+        clash = sorted(set(self.task_names) & taken)
+        if clash:
+            raise ValueError(f"task names clash with feature/id/group/day columns: {clash}")
+        if self.split.method == "day" and self.day is None:
+            raise ValueError("split.method=day needs a `day` column")
+        for a, b in self.checks.implies:
+            for c in (a, b):
+                if c not in label_cols:
+                    raise ValueError(f"checks.implies names '{c}', which is not a label column")
+        if self.checks.unique_id and self.id is None:
+            raise ValueError("checks.unique_id needs an `id` column")
+        return self
+
+    @property
+    def label_source_columns(self) -> list[str]:
+        cols: list[str] = []
+        for lab in self.labels:
+            for c in ([lab.column] if lab.column else []) + (lab.all_of or []):
+                if c not in cols:
+                    cols.append(c)
+        return cols
+
+    @property
+    def binary_columns(self) -> list[str]:
+        cols: list[str] = []
+        for lab in self.labels:
+            cols += [c for c in lab.binary_columns if c not in cols]
+        for a, b in self.checks.implies:
+            cols += [c for c in (a, b) if c not in cols]
+        return cols
+
+    @property
+    def task_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+    @property
+    def expected_columns(self) -> list[str]:
+        """Every column the input must have, in a stable order."""
+        cols: list[str] = []
+        for c in (
+            [self.id, self.group, self.day]
+            + [f.name for f in self.categorical]
+            + [f.name for f in self.numeric]
+            + self.label_source_columns
+            + list(self.ignore)
+        ):
+            if c is not None and c not in cols:
+                cols.append(c)
+        return cols

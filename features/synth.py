@@ -1,0 +1,170 @@
+"""Synthetic click/conversion logs in the AliExpress layout, with a hidden ground truth.
+
+Schema: search_id, categorical_1..16, numerical_1..63, click, conversion (exactly the
+real files' columns) plus `country` and `day`. One file per day.
+
+The ground truth is a logit per task: a sum of per-value effects of the categorical
+fields, linear effects of the numeric ones, and a per-country offset. Categorical
+values follow a truncated Zipf law (cardinalities up to 10^6), numeric values lie in
+[0, 1] and are mostly zero, like the real logs. The CVR effects are drawn with
+correlation `conflict_rho` to the CTR effects: 1 makes the tasks agree, 0 independent,
+−1 pull in opposite directions (a knob for studying gradient conflict). Intercepts are
+calibrated so the click rate and the conversion rate among clicks hit their targets;
+conversion = click AND buy, so the second task is CTCVR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+N_CATEGORICAL = 16
+N_NUMERIC = 63
+DEFAULT_CARDINALITIES = (
+    1_000_000, 300_000, 100_000, 30_000, 10_000, 3_000, 1_000, 300,
+    100, 50, 20, 10, 8, 5, 3, 2,
+)
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    days: int = 3
+    rows_per_day: int = 100_000
+    start_day: str = "2026-11-01"
+    seed: int = 2026
+    ctr: float = 0.04  # target click rate
+    cvr: float = 0.08  # target conversion rate among clicks (CTCVR ≈ ctr · cvr)
+    conflict_rho: float = 0.0  # correlation of CVR effects with CTR effects, in [-1, 1]
+    signal: float = 1.2  # std of the ground-truth logit before calibration
+    zipf_a: float = 1.1
+    cardinalities: tuple[int, ...] = DEFAULT_CARDINALITIES
+    countries: tuple[str, ...] = ("NL", "ES", "FR", "US")
+    format: str = "csv"  # csv | parquet
+    chunk_rows: int = 250_000  # rows generated at a time (bounds memory)
+
+    def __post_init__(self) -> None:
+        if len(self.cardinalities) != N_CATEGORICAL:
+            raise ValueError(f"synth: need {N_CATEGORICAL} cardinalities, got {len(self.cardinalities)}")
+        if not -1.0 <= self.conflict_rho <= 1.0:
+            raise ValueError(f"synth: conflict_rho must be in [-1, 1], got {self.conflict_rho}")
+        if self.format not in ("csv", "parquet"):
+            raise ValueError(f"synth: format must be csv or parquet, got {self.format!r}")
+
+
+class _GroundTruth:
+    """Everything fixed by the seed: value frequencies, effects, intercepts."""
+
+    def __init__(self, p: SynthParams) -> None:
+        rng = np.random.default_rng(p.seed)
+        rho, rest = p.conflict_rho, float(np.sqrt(1.0 - p.conflict_rho**2))
+        # Share of logit variance per categorical field; numeric fields get a fixed share.
+        n_fields = N_CATEGORICAL + 1
+        scale = p.signal / np.sqrt(n_fields)
+        self.cdf, self.value_of_rank, self.ctr_eff, self.cvr_eff = [], [], [], []
+        for card in p.cardinalities:
+            w = 1.0 / np.arange(1, card + 1, dtype=np.float64) ** p.zipf_a
+            self.cdf.append(np.cumsum(w) / w.sum())
+            self.value_of_rank.append(rng.permutation(card).astype(np.int64))
+            a, b = rng.standard_normal(card), rng.standard_normal(card)
+            self.ctr_eff.append((scale * a).astype(np.float32))
+            self.cvr_eff.append((scale * (rho * a + rest * b)).astype(np.float32))
+        self.p_zero = rng.uniform(0.1, 0.9, N_NUMERIC)
+        a, b = rng.standard_normal(N_NUMERIC), rng.standard_normal(N_NUMERIC)
+        num_scale = 2.0 * scale / np.sqrt(N_NUMERIC)
+        self.w_ctr, self.w_cvr = num_scale * a, num_scale * (rho * a + rest * b)
+        self.country_ctr = 0.3 * rng.standard_normal(len(p.countries))
+        self.country_cvr = 0.3 * rng.standard_normal(len(p.countries))
+        self.country_p = rng.dirichlet(np.full(len(p.countries), 4.0))
+        self.b_ctr = self.b_cvr = 0.0
+        probe = self.draw(np.random.default_rng(p.seed + 1), 200_000, p)
+        self.b_ctr = _calibrate(probe["ctr_logit"], p.ctr)
+        self.b_cvr = _calibrate(probe["cvr_logit"], p.cvr)
+
+    def draw(self, rng: np.random.Generator, n: int, p: SynthParams) -> dict[str, np.ndarray]:
+        cats = np.empty((n, N_CATEGORICAL), dtype=np.int64)
+        ctr_logit = np.full(n, self.b_ctr)
+        cvr_logit = np.full(n, self.b_cvr)
+        for j in range(N_CATEGORICAL):
+            rank = np.searchsorted(self.cdf[j], rng.random(n), side="right")
+            rank = np.minimum(rank, len(self.cdf[j]) - 1)
+            cats[:, j] = self.value_of_rank[j][rank]
+            ctr_logit += self.ctr_eff[j][rank]
+            cvr_logit += self.cvr_eff[j][rank]
+        nonzero = rng.random((n, N_NUMERIC)) >= self.p_zero
+        nums = np.where(nonzero, rng.beta(2.0, 5.0, (n, N_NUMERIC)), 0.0).round(6)
+        centred = nums - (1.0 - self.p_zero) * (2.0 / 7.0)  # subtract E[x]
+        ctr_logit += centred @ self.w_ctr
+        cvr_logit += centred @ self.w_cvr
+        country = rng.choice(len(p.countries), size=n, p=self.country_p)
+        ctr_logit += self.country_ctr[country]
+        cvr_logit += self.country_cvr[country]
+        return {"cats": cats, "nums": nums, "country": country,
+                "ctr_logit": ctr_logit, "cvr_logit": cvr_logit}
+
+
+def _calibrate(logit: np.ndarray, target: float) -> float:
+    """Offset b with mean(sigmoid(logit + b)) = target (bisection; the mean is monotone in b)."""
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if np.mean(1.0 / (1.0 + np.exp(-(logit + mid)))) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _frame(truth: _GroundTruth, rng: np.random.Generator, n: int, first_id: int, day: str,
+           p: SynthParams) -> pl.DataFrame:
+    d = truth.draw(rng, n, p)
+    click = rng.random(n) < 1.0 / (1.0 + np.exp(-d["ctr_logit"]))
+    buy = rng.random(n) < 1.0 / (1.0 + np.exp(-d["cvr_logit"]))
+    cols: dict[str, object] = {"search_id": np.arange(first_id, first_id + n, dtype=np.int64)}
+    cols |= {f"categorical_{j + 1}": d["cats"][:, j] for j in range(N_CATEGORICAL)}
+    cols |= {f"numerical_{k + 1}": d["nums"][:, k] for k in range(N_NUMERIC)}
+    cols |= {
+        "click": click.astype(np.int8),
+        "conversion": (click & buy).astype(np.int8),
+        "country": np.asarray(p.countries)[d["country"]],
+        "day": np.full(n, day),
+    }
+    return pl.DataFrame(cols)
+
+
+def generate(p: SynthParams, out_dir: Path, progress=None) -> list[Path]:
+    """Write one file per day (`day=YYYY-MM-DD.csv` or `.parquet`) into out_dir.
+
+    Deterministic for a given SynthParams. Existing day files are rewritten; files of
+    other days are left alone (a landing folder may already hold earlier days).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    truth = _GroundTruth(p)
+    start = date.fromisoformat(p.start_day)
+    paths = []
+    for d in range(p.days):
+        day = (start + timedelta(days=d)).isoformat()
+        rng = np.random.default_rng([p.seed, d])
+        path = out_dir / f"day={day}.{p.format}"
+        tmp = path.with_name(path.name + ".tmp")
+        chunks, done = [], 0
+        with open(tmp, "wb") as fh:
+            while done < p.rows_per_day:
+                n = min(p.chunk_rows, p.rows_per_day - done)
+                chunk = _frame(truth, rng, n, d * p.rows_per_day + done, day, p)
+                if p.format == "csv":
+                    chunk.write_csv(fh, include_header=done == 0, float_precision=6)
+                else:
+                    chunks.append(chunk)
+                done += n
+                if progress is not None:
+                    progress(n)
+            if chunks:
+                pl.concat(chunks).write_parquet(fh)
+        tmp.replace(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,94 @@
+"""The transform from typed raw values to model inputs, shared by training and serving.
+
+Pure polars/numpy (no torch): serving loads the same artifacts and calls the same
+expressions, so a value is encoded identically offline and online. Artifacts are plain
+files (JSON + Parquet), never pickles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from mtlrec.features import numeric, vocab
+from mtlrec.features.errors import DataError
+from mtlrec.features.spec import DataSpec
+
+SPEC_FILE = "feature_spec.json"
+VOCAB_FILE = "vocab.parquet"
+STATS_FILE = "numeric_stats.json"
+INFO_FILE = "artifacts.json"
+
+
+@dataclass(frozen=True)
+class FeatureTransform:
+    spec: DataSpec
+    vocabularies: dict[str, pl.DataFrame]  # field → (value, id, count)
+    numeric_stats: dict[str, dict]  # field → mean, std, min, max, missing, rows
+
+    @property
+    def categorical_names(self) -> list[str]:
+        return [f.name for f in self.spec.categorical]
+
+    @property
+    def numeric_names(self) -> list[str]:
+        return [f.name for f in self.spec.numeric]
+
+    @property
+    def table_sizes(self) -> dict[str, int]:
+        """Embedding rows per categorical field (reserved OOV/missing ids included)."""
+        return {f.name: vocab.table_size(self.vocabularies[f.name], f) for f in self.spec.categorical}
+
+    def expressions(self) -> list[pl.Expr]:
+        """Typed columns → Int32 ids and Float32 dense values, named after the fields."""
+        return [vocab.encode(f, self.vocabularies[f.name]) for f in self.spec.categorical] + [
+            numeric.encode(f, self.numeric_stats[f.name]) for f in self.spec.numeric
+        ]
+
+    def to_numpy(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Typed rows → (ids int64 [N, F], dense float32 [N, D]), the exported model's inputs."""
+        out = frame.select(self.expressions())
+        ids = out.select(self.categorical_names).to_numpy().astype(np.int64, copy=False)
+        dense = out.select(self.numeric_names).to_numpy().astype(np.float32, copy=False)
+        return ids.reshape(len(out), len(self.categorical_names)), dense.reshape(
+            len(out), len(self.numeric_names)
+        )
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SPEC_FILE).write_text(self.spec.model_dump_json(indent=2))
+        frames = [v.with_columns(pl.lit(k).alias("field")) for k, v in self.vocabularies.items()]
+        table = pl.concat(frames) if frames else vocab.empty_vocabulary().with_columns(
+            pl.lit(None, pl.String).alias("field")
+        )
+        table.select("field", *vocab.VOCAB_COLUMNS).write_parquet(folder / VOCAB_FILE)
+        (folder / STATS_FILE).write_text(json.dumps(self.numeric_stats, indent=2))
+        info = {"polars_version": pl.__version__, "table_sizes": self.table_sizes,
+                "tasks": self.spec.task_names}
+        (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "FeatureTransform":
+        folder = Path(folder)
+        for name in (SPEC_FILE, VOCAB_FILE, STATS_FILE, INFO_FILE):
+            if not (folder / name).is_file():
+                raise DataError(f"{folder}: feature artifact {name} is missing")
+        spec = DataSpec.model_validate_json((folder / SPEC_FILE).read_text())
+        info = json.loads((folder / INFO_FILE).read_text())
+        hashed = [f.name for f in spec.categorical if f.hash_buckets is not None]
+        if hashed and info["polars_version"] != pl.__version__:
+            raise DataError(
+                f"{folder}: fields {hashed} are hashed with polars {info['polars_version']}, "
+                f"this is polars {pl.__version__}; its hash is not stable across versions"
+            )
+        table = pl.read_parquet(folder / VOCAB_FILE)
+        vocabularies = {
+            f.name: table.filter(pl.col("field") == f.name).select(vocab.VOCAB_COLUMNS).sort("id")
+            for f in spec.categorical
+        }
+        stats = json.loads((folder / STATS_FILE).read_text())
+        return cls(spec, vocabularies, stats)

@@ -1,0 +1,194 @@
+"""Row-level validation: typed values parsed from the raw strings, and every problem a
+row can have, as polars expressions (no Python per row).
+
+A row is bad when any `Problem.condition` holds; bad rows go to quarantine with the
+`reason` text (all of the row's problems, each naming its field and value). Conditions
+are built never to be null, so `bad` and `~bad` partition the rows exactly: nothing is
+dropped by a null in a filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import polars as pl
+
+from mtlrec.features.sources import EXTRA_COL, FILE_COL, LINE_COL, InputFile
+from mtlrec.features.spec import DataSpec
+
+DUP_COL = "__dup"  # computed over all input rows before validation (ingest)
+REPLACEMENT_CHAR = "\ufffd"  # what utf8-lossy decoding puts in place of invalid bytes
+_BINARY_TRUE = ["1", "1.0", "true", "True"]
+_BINARY_FALSE = ["0", "0.0", "false", "False"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # short category, counted in the manifest
+    condition: pl.Expr  # True where the row has the problem; never null
+    message: pl.Expr  # names the field and shows the offending value
+
+
+def _quoted(col: str) -> pl.Expr:
+    return pl.format("'{}'", pl.col(col))
+
+
+def _number(col: str) -> pl.Expr:
+    return pl.col(col).cast(pl.Float64, strict=False)
+
+
+def _binary(col: str) -> pl.Expr:
+    """0/1 label column → 0.0/1.0, anything else → null."""
+    raw = pl.col(col)
+    return (
+        pl.when(raw.is_in(_BINARY_TRUE)).then(pl.lit(1.0))
+        .when(raw.is_in(_BINARY_FALSE)).then(pl.lit(0.0))
+        .otherwise(None)
+    )
+
+
+def typed_columns(spec: DataSpec) -> list[pl.Expr]:
+    """Typed values of a raw row: categorical strings, numeric floats, task labels 0/1.
+
+    Non-finite numbers become missing when the field allows it (`nonfinite: missing`);
+    rows with problems get some nulls here, which is harmless: they are quarantined.
+    """
+    exprs: list[pl.Expr] = [pl.col(f.name) for f in spec.categorical]
+    for f in spec.numeric:
+        x = _number(f.name)
+        if f.nonfinite == "missing":
+            x = pl.when(x.is_finite()).then(x).otherwise(None)
+        exprs.append(x.alias(f.name))
+    for lab in spec.labels:
+        if lab.all_of is not None:
+            y = pl.min_horizontal(_binary(c) for c in lab.all_of)
+        elif lab.positive is not None:
+            y = pl.col(lab.column).is_in(lab.positive).cast(pl.Float64)
+        else:
+            y = _binary(lab.column)
+        exprs.append(y.cast(pl.Float32).alias(lab.name))
+    for c in (spec.id, spec.group, spec.day):
+        if c is not None:
+            exprs.append(pl.col(c))
+    return exprs
+
+
+def problems(spec: DataSpec, files: Iterable[InputFile]) -> list[Problem]:
+    """Every check, in the order its message appears in `reason`."""
+    out: list[Problem] = [
+        Problem(
+            "blank line",
+            pl.all_horizontal(pl.col(c).is_null() for c in spec.expected_columns),
+            pl.lit("blank line"),
+        ),
+        Problem(
+            "too many fields",
+            pl.col(EXTRA_COL).is_not_null(),
+            pl.format("more fields than the {} columns", pl.lit(len(spec.expected_columns))),
+        ),
+    ]
+    for f in files:
+        if f.truncated_line is not None:
+            out.append(Problem(
+                "truncated line",
+                (pl.col(FILE_COL) == f.index) & (pl.col(LINE_COL) == f.truncated_line),
+                pl.lit("truncated last line (no final newline, too few fields)"),
+            ))
+    out += _string_problems(spec)
+    out += _numeric_problems(spec)
+    out += _label_problems(spec)
+    if spec.checks.unique_id:
+        out.append(Problem(
+            "duplicate id",
+            pl.col(spec.id).is_not_null() & pl.col(DUP_COL),
+            pl.format("{}: duplicate id {}", pl.lit(spec.id), _quoted(spec.id)),
+        ))
+    return [Problem(p.kind, p.condition.fill_null(False), p.message) for p in out]
+
+
+def _string_problems(spec: DataSpec) -> list[Problem]:
+    out = []
+    required = [f.name for f in spec.categorical if f.required]
+    required += [c for c in (spec.id, spec.group, spec.day) if c is not None]
+    for c in [f.name for f in spec.categorical] + [x for x in (spec.id, spec.group, spec.day) if x]:
+        out.append(Problem(
+            "invalid utf-8",
+            pl.col(c).str.contains(REPLACEMENT_CHAR, literal=True),
+            pl.format("{}: invalid UTF-8 bytes in {}", pl.lit(c), _quoted(c)),
+        ))
+    for c in required:
+        out.append(_missing(c))
+    if spec.day is not None:
+        out.append(Problem(
+            "bad day",
+            pl.col(spec.day).is_not_null()
+            & pl.col(spec.day).str.to_date("%Y-%m-%d", strict=False).is_null(),
+            pl.format("{}: not a YYYY-MM-DD date {}", pl.lit(spec.day), _quoted(spec.day)),
+        ))
+    return out
+
+
+def _numeric_problems(spec: DataSpec) -> list[Problem]:
+    out = []
+    for f in spec.numeric:
+        raw, x = pl.col(f.name), _number(f.name)
+        out.append(Problem(
+            "unparseable number",
+            raw.is_not_null() & x.is_null(),
+            pl.format("{}: not a number {}", pl.lit(f.name), _quoted(f.name)),
+        ))
+        if f.nonfinite == "reject":
+            out.append(Problem(
+                "non-finite number",
+                x.is_not_null() & ~x.is_finite(),
+                pl.format("{}: non-finite number {}", pl.lit(f.name), _quoted(f.name)),
+            ))
+        if f.required:
+            out.append(_missing(f.name))
+    return out
+
+
+def _label_problems(spec: DataSpec) -> list[Problem]:
+    out = []
+    for c in spec.label_source_columns:
+        out.append(_missing(c))
+    for c in spec.binary_columns:
+        out.append(Problem(
+            "label not 0/1",
+            pl.col(c).is_not_null() & _binary(c).is_null(),
+            pl.format("{}: label must be 0 or 1, got {}", pl.lit(c), _quoted(c)),
+        ))
+    for lab in spec.labels:
+        if lab.negative is not None:
+            allowed = lab.positive + lab.negative
+            out.append(Problem(
+                "label value unknown",
+                pl.col(lab.column).is_not_null() & ~pl.col(lab.column).is_in(allowed),
+                pl.format("{}: value {} is in neither positive nor negative list",
+                          pl.lit(lab.column), _quoted(lab.column)),
+            ))
+    for a, b in spec.checks.implies:
+        out.append(Problem(
+            f"{a} without {b}",
+            (_binary(a) == 1.0) & (_binary(b) == 0.0),
+            pl.lit(f"{a} = 1 requires {b} = 1"),
+        ))
+    return out
+
+
+def _missing(col: str) -> Problem:
+    return Problem(
+        "missing required field", pl.col(col).is_null(), pl.lit(f"{col}: missing required value")
+    )
+
+
+def bad_flag(checks: list[Problem]) -> pl.Expr:
+    return pl.any_horizontal(p.condition for p in checks)
+
+
+def reason(checks: list[Problem]) -> pl.Expr:
+    """All of a row's problems, '; '-separated (null for a good row)."""
+    return pl.concat_str(
+        [pl.when(p.condition).then(p.message) for p in checks], separator="; ", ignore_nulls=True
+    )

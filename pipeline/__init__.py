@@ -1,0 +1,1 @@
+"""pipeline layer of mtlrec (see DESIGN.md)."""

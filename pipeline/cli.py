@@ -1,0 +1,69 @@
+"""`mtlrec <stage> [key=value ...]`: the command line.
+
+Overrides are Hydra-style (`data=census`, `trainer.max_epochs=3`, `data.source.train=…`).
+User mistakes (config, data) print one clear message and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mtlrec.features.errors import DataError
+from mtlrec.pipeline import config as config_mod
+from mtlrec.pipeline import stages
+
+STAGES = {
+    "config": "print the resolved configuration",
+    "synth": "generate synthetic AliExpress-schema logs (one file per day)",
+    "ingest": "validate, quarantine, fit vocabularies/statistics, write model-ready Parquet",
+    "run": "the main job: synthetic logs -> ingest (later: train, evaluate, export, register)",
+    "bench": "benchmarks: `mtlrec bench ingest`",
+}
+BENCHES = ("ingest",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mtlrec",
+        description="Multi-task ranking pipeline.",
+        epilog="stages:\n" + "\n".join(f"  {k:8s} {v}" for k, v in STAGES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("stage", choices=sorted(STAGES), metavar="stage")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data=census")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[mtlrec] %(message)s", stream=sys.stderr)
+    overrides = list(args.overrides)
+    try:
+        if args.stage == "bench":
+            if not overrides or overrides[0] not in BENCHES:
+                raise config_mod.ConfigError(f"mtlrec bench needs one of {list(BENCHES)}")
+            from mtlrec.pipeline import bench_ingest
+
+            bench_ingest.run(config_mod.load(overrides[1:]))
+            return 0
+        cfg = config_mod.load(overrides)
+        if args.stage == "config":
+            print(config_mod.to_yaml(cfg), end="")
+        elif args.stage == "synth":
+            stages.run_synth(cfg)
+        elif args.stage == "ingest":
+            stages.run_ingest(cfg)
+        elif args.stage == "run":
+            stages.run_synth(cfg)
+            stages.run_ingest(cfg)
+    except (config_mod.ConfigError, DataError) as exc:
+        print(f"mtlrec {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cli() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

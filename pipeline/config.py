@@ -1,0 +1,171 @@
+"""Configuration: Hydra composes `conf/` with command-line overrides, pydantic types it.
+
+`load(["data=census", "trainer.max_epochs=3"])` returns a validated `Config`; any
+unknown key or option is a `ConfigError` that names it and lists what is valid. The
+resolved YAML (`to_yaml`) is saved next to every output.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, Field, ValidationError
+
+from mtlrec import PROJECT_ROOT
+from mtlrec.configbase import Strict
+from mtlrec.features.spec import DataSpec
+from mtlrec.models.config import ModelConfig
+from mtlrec.training.config import MethodConfig, TrainerConfig
+
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A config or command-line mistake; the message names the key and the valid choices."""
+
+
+class Paths(Strict):
+    data_root: str
+    work_dir: str
+    features: str
+    reports: str
+
+
+class IngestConfig(Strict):
+    force: bool = False
+    base_artifacts: str | None = None
+
+
+class SynthConfig(Strict):
+    out_dir: str
+    format: typing.Literal["csv", "parquet"] = "csv"
+    days: int = Field(3, ge=1)
+    rows_per_day: int = Field(100_000, ge=1)
+    start_day: str = "2026-11-01"
+    ctr: float = Field(0.04, gt=0, lt=1)
+    cvr: float = Field(0.08, gt=0, lt=1)
+    conflict_rho: float = Field(0.0, ge=-1, le=1)
+    seed: int = 2026
+
+
+class BenchConfig(Strict):
+    rows: int = Field(2_000_000, ge=1)
+    days: int = Field(4, ge=1)
+    pandas: bool = True
+    reader_batch_size: int = Field(2048, ge=1)
+
+
+class Config(Strict):
+    seed: int
+    paths: Paths
+    data: DataSpec
+    ingest: IngestConfig
+    synth: SynthConfig
+    model: ModelConfig
+    method: MethodConfig
+    trainer: TrainerConfig
+    bench: BenchConfig
+
+
+def _seq(prefix: str, first: int, last: int) -> list[str]:
+    """`${seq:numerical_,1,63}` → [numerical_1, …, numerical_63]."""
+    return [f"{prefix}{i}" for i in range(int(first), int(last) + 1)]
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("seq"):
+        OmegaConf.register_new_resolver("seq", _seq)
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def compose_dict(overrides: list[str]) -> dict[str, Any]:
+    """Hydra composition + interpolation, as a plain dict (no validation yet)."""
+    _register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose(config_name="config", overrides=list(overrides))
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_explain_hydra(exc, overrides)) from None
+
+
+def load(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw = compose_dict(list(overrides))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain_validation(exc)) from None
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(cfg))
+
+
+def _explain_hydra(exc: Exception, overrides: list[str]) -> str:
+    msg = str(exc).strip()
+    # "Could not override 'trainer.max_epoch'" / "Key 'x' is not in struct": list valid keys.
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if f"'{key}'" in msg and "." in key:
+            parent = key.rsplit(".", 1)[0]
+            valid = _keys_at(Config, parent.split("."))
+            if valid:
+                return f"unknown key '{key}' in override '{ov}'; valid keys under '{parent}': {valid}"
+    return msg
+
+
+def _explain_validation(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"]]
+        where = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _keys_at(Config, [str(p) for p in loc[:-1]])
+            lines.append(f"{where}: unknown key; valid keys here: {valid}")
+        else:
+            lines.append(f"{where}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _keys_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names of the config object at `path` (list indices skipped)."""
+    current: Any = model
+    for part in path:
+        if part.isdigit():
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside `X | None` or `list[X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

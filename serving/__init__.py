@@ -1,0 +1,1 @@
+"""serving layer of mtlrec (see DESIGN.md)."""

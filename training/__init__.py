@@ -1,0 +1,1 @@
+"""training layer of mtlrec (see DESIGN.md)."""
