@@ -23,9 +23,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
+from pydantic import Field
 
+from mtlrec import __version__
+from mtlrec.configbase import Strict
 from mtlrec.features import numeric, validate
 from mtlrec.features.errors import DataError
 from mtlrec.features.sources import EXTRA_COL, FILE_COL, LINE_COL, InputFile, open_inputs, scan
@@ -41,9 +45,9 @@ ARTIFACTS_DIR = "artifacts"
 QUARANTINE_FILE = "quarantine.parquet"
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.yaml"
-_STAGED = "_staged.parquet"
+_STAGED = "_staged.parquet"  # typed values of the good rows
+_BAD_ROWS = "_bad_rows.parquet"  # original strings of the bad rows
 _BAD = "__bad"
-_RAW = "__raw:"
 
 
 @dataclass(frozen=True)
@@ -60,159 +64,203 @@ class IngestOutput:
         return self.folder / ARTIFACTS_DIR
 
 
+class IngestOptions(Strict):
+    """`ingest.*` in the config."""
+
+    force: bool = Field(False, description="rebuild even when inputs and spec are unchanged")
+    base_artifacts: str | None = Field(
+        None, description="a previous artifacts folder: extend its vocabularies (stable ids)"
+    )
+    in_memory_max_mb: float = Field(
+        4096, ge=0, description="inputs up to this size keep parsed rows in memory between "
+        "passes; larger ones are staged to Parquet (bounded memory)",
+    )
+    compression: Literal["lz4", "zstd", "snappy", "uncompressed"] = "lz4"
+
+
 def ingest(
     spec: DataSpec,
     out: Path,
+    options: IngestOptions = IngestOptions(),
     *,
-    base_artifacts: Path | None = None,
-    force: bool = False,
     resolved_config: str | None = None,
 ) -> IngestOutput:
     """Validate and transform the data set `spec` into the folder `out`.
 
-    base_artifacts: a previous ingest's artifacts folder; its vocabularies are extended,
-    never renumbered (retraining). resolved_config: YAML saved as `config.yaml` with
-    the output. Raises DataError on bad input or too many rejects.
+    resolved_config: YAML saved as `config.yaml` with the output. Raises DataError on
+    bad input or too many rejects.
     """
     out = Path(out)
+    base_artifacts = Path(options.base_artifacts) if options.base_artifacts else None
     files = open_inputs(spec.source, spec.expected_columns)
     fingerprint = _fingerprint(spec, files, base_artifacts)
     previous = _read_manifest(out)
-    if not force and previous and previous.get("fingerprint") == fingerprint:
+    if not options.force and previous and previous.get("fingerprint") == fingerprint:
         log.info("ingest: %s is up to date (fingerprint %s), reusing it", out, fingerprint[:12])
         return IngestOutput(out, previous)
 
     work = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    if resolved_config is not None:
-        (work / CONFIG_FILE).write_text(resolved_config)
+    try:
+        if resolved_config is not None:
+            (work / CONFIG_FILE).write_text(resolved_config)
+        manifest = _build(spec, files, work, base_artifacts, options) | {
+            "fingerprint": fingerprint
+        }
+        if manifest["status"] == "rejected":
+            _write_manifest(work, manifest)
+            _replace(work, out.parent / f"{out.name}.rejected")
+            raise _rejected(spec, manifest, out.parent / f"{out.name}.rejected")
+        _write_manifest(work, manifest)
+        _replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("ingest: wrote %s (%s) in %.1fs", out, manifest["split_rows"],
+             manifest["seconds"]["total"])
+    return IngestOutput(out, manifest)
+
+
+def _build(
+    spec: DataSpec, files: list[InputFile], work: Path, base_artifacts: Path | None,
+    options: IngestOptions,
+) -> dict:
+    """All passes into `work`; returns the manifest (status ok or rejected)."""
+    in_memory = sum(f.path.stat().st_size for f in files) <= options.in_memory_max_mb * 2**20
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-
-    checks = validate.problems(spec, files)
-    try:
-        _stage(spec, files, checks, work / _STAGED)
-    except pl.exceptions.PolarsError as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        raise DataError(f"reading {[str(f.path) for f in files]} failed: {exc}") from exc
+    staged, checks = _stage(spec, files, work, in_memory)
     timings["read_validate"] = time.perf_counter() - t0
-    staged = pl.scan_parquet(work / _STAGED)
+    bad_rows = pl.scan_parquet(work / _BAD_ROWS)
 
-    quarantine = _write_quarantine(spec, files, checks, staged, work / QUARANTINE_FILE)
-    counts = _count(files, staged, spec.source)
+    quarantine = _write_quarantine(spec, files, checks, bad_rows, work / QUARANTINE_FILE)
+    counts = _count(files, staged, bad_rows, spec.source)
     manifest = {
         "data": spec.name,
-        "fingerprint": fingerprint,
         "polars_version": pl.__version__,
-        "files": counts["files"],
-        "rows_read": counts["rows_read"],
-        "rows_good": counts["rows_good"],
-        "rows_quarantined": counts["rows_quarantined"],
+        "mtlrec_version": __version__,
+        **counts,
         "reject_ratio": counts["rows_quarantined"] / max(1, counts["rows_read"]),
         "quarantine_reasons": quarantine,
+        "in_memory": in_memory,
     }
     log.info(
         "ingest: read %s rows, %s quarantined (%.3f%%) in %.1fs",
         f"{manifest['rows_read']:,}", f"{manifest['rows_quarantined']:,}",
         100 * manifest["reject_ratio"], timings["read_validate"],
     )
+    if manifest["rows_read"] == 0:
+        raise DataError(f"{spec.name}: no data rows in {[str(f.path) for f in files]}")
     if manifest["reject_ratio"] > spec.checks.max_reject_ratio:
-        _reject(spec, work, out, manifest)
+        _drop_staging(work)
+        return manifest | {"status": "rejected"}
 
-    split = _split(spec, files, staged)
+    staged = staged.with_columns(_split(spec, files, staged, counts))
     t1 = time.perf_counter()
-    transform = _fit(spec, staged.filter(~pl.col(_BAD)).with_columns(split), base_artifacts)
+    transform = _fit(spec, staged, base_artifacts)
     timings["fit"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    split_rows = _write_model_ready(spec, transform, staged.with_columns(split), work / DATA_DIR)
+    split_rows = _write_model_ready(spec, transform, staged, work / DATA_DIR, options.compression)
     timings["transform_write"] = time.perf_counter() - t2
     if sum(split_rows.values()) != manifest["rows_good"]:
         raise RuntimeError(f"ingest lost rows: {split_rows} vs {manifest['rows_good']} good rows")
-
     transform.save(work / ARTIFACTS_DIR)
-    (work / _STAGED).unlink()
+    _drop_staging(work)
     timings["total"] = time.perf_counter() - t0
-    manifest |= {
+    return manifest | {
         "status": "ok",
         "split_rows": split_rows,
         "table_sizes": transform.table_sizes,
         "tasks": spec.task_names,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
-    _write_manifest(work, manifest)
-    _replace(work, out)
-    log.info("ingest: wrote %s (%s) in %.1fs", out, split_rows, timings["total"])
-    return IngestOutput(out, manifest)
 
 
-def _stage(spec: DataSpec, files: list[InputFile], checks: list[validate.Problem], path: Path) -> None:
-    """Pass 1: parse every file once; typed values for all rows, originals for bad rows."""
-    frames = [scan(f, spec.source).with_columns(pl.lit(f.role).alias(ROLE_COL)) for f in files]
-    lf = pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL)
-    if spec.checks.unique_id:
-        lf = lf.with_columns((~pl.col(spec.id).is_first_distinct()).alias(validate.DUP_COL))
-    bad = validate.bad_flag(checks)
-    raw_cols = spec.expected_columns + [EXTRA_COL] + (
-        [validate.DUP_COL] if spec.checks.unique_id else []
-    )
-    lf = lf.with_columns(bad.alias(_BAD)).select(
-        *validate.typed_columns(spec),
-        FILE_COL, LINE_COL, SEQ_COL, ROLE_COL, _BAD,
-        *(pl.when(pl.col(_BAD)).then(pl.col(c)).alias(_RAW + c) for c in raw_cols),
-    )
-    lf.sink_parquet(path, compression="lz4", row_group_size=256 * 1024)
+def _stage(
+    spec: DataSpec, files: list[InputFile], work: Path, in_memory: bool
+) -> tuple[pl.LazyFrame, list[validate.Problem]]:
+    """Pass 1: parse every file once into two outputs sharing the scan: the typed values
+    of the good rows (kept in memory, or staged to Parquet for inputs too large for it)
+    and the original strings of the bad rows.
+
+    Files are decoded as strict UTF-8 first (no per-row cost); only when that fails is
+    the pass repeated with lossy decoding and a per-row check for invalid bytes.
+    """
+    for lossy in (False, True):
+        checks = validate.problems(spec, files, check_utf8=lossy)
+        frames = [scan(f, spec.source, lossy).with_columns(pl.lit(f.role).alias(ROLE_COL))
+                  for f in files]
+        lf = pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL)
+        if spec.checks.unique_id:
+            lf = lf.with_columns((~pl.col(spec.id).is_first_distinct()).alias(validate.DUP_COL))
+        lf = validate.with_parsed_numbers(lf, spec).with_columns(validate.bad_flag(checks).alias(_BAD))
+        good = lf.filter(~pl.col(_BAD)).select(
+            *validate.typed_columns(spec), FILE_COL, LINE_COL, SEQ_COL, ROLE_COL
+        )
+        bad = lf.filter(pl.col(_BAD)).select(
+            FILE_COL, LINE_COL, EXTRA_COL, *spec.expected_columns,
+            *([validate.DUP_COL] if spec.checks.unique_id else []),
+        )
+        bad_sink = bad.sink_parquet(work / _BAD_ROWS, lazy=True)
+        try:
+            if in_memory:
+                frame, _ = pl.collect_all([good, bad_sink], engine="streaming")
+                return frame.lazy(), checks
+            staged = good.sink_parquet(work / _STAGED, compression="uncompressed", lazy=True)
+            pl.collect_all([staged, bad_sink], engine="streaming")
+            return pl.scan_parquet(work / _STAGED), checks
+        except pl.exceptions.ComputeError as exc:
+            if not lossy and "utf-8" in str(exc).lower():
+                log.info("ingest: invalid UTF-8 in the input, re-reading with per-row checks")
+                continue
+            raise DataError(f"reading {[str(f.path) for f in files]} failed: {exc}") from exc
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise DataError(f"reading {[str(f.path) for f in files]} failed: {exc}") from exc
+    raise AssertionError("unreachable: the lossy pass either returns or raises")
 
 
 def _write_quarantine(
-    spec: DataSpec, files: list[InputFile], checks: list[validate.Problem], staged: pl.LazyFrame,
+    spec: DataSpec, files: list[InputFile], checks: list[validate.Problem], bad: pl.LazyFrame,
     path: Path,
 ) -> dict[str, int]:
     """Pass 2: bad rows, original values and reasons; returns row counts per problem kind."""
-    raw = staged.filter(pl.col(_BAD)).select(
-        FILE_COL, LINE_COL,
-        *(pl.col(c).alias(c.removeprefix(_RAW)) for c in staged.collect_schema() if c.startswith(_RAW)),
-    )
+    bad = validate.with_parsed_numbers(bad, spec)
     paths = pl.col(FILE_COL).replace_strict([f.index for f in files], [str(f.path) for f in files])
-    bad = raw.with_columns(validate.reason(checks).alias("reason"), paths.alias("source_file"))
-    bad.select(
+    bad.with_columns(validate.reason(checks).alias("reason"), paths.alias("source_file")).select(
         "source_file", pl.col(LINE_COL).alias("line"), "reason", *spec.expected_columns
     ).sink_parquet(path)
     kinds: dict[str, list[pl.Expr]] = {}
     for p in checks:
         kinds.setdefault(p.kind, []).append(p.condition)
-    row = raw.select(
+    row = bad.select(
         pl.any_horizontal(conds).sum().alias(kind) for kind, conds in kinds.items()
     ).collect().row(0, named=True)
     return {k: int(v) for k, v in row.items() if v}
 
 
-def _count(files: list[InputFile], staged: pl.LazyFrame, source) -> dict:
-    """Rows per file: read independently of the validation pass, then checked against it."""
-    per_file = (
-        staged.group_by(FILE_COL)
-        .agg(pl.len().alias("rows"), pl.col(_BAD).sum().alias("quarantined"))
-        .collect()
-    )
-    by_index = {r[FILE_COL]: r for r in per_file.iter_rows(named=True)}
+def _count(files: list[InputFile], good: pl.LazyFrame, bad: pl.LazyFrame, source) -> dict:
+    """Rows per file, good + quarantined, checked against an independent count of the file."""
+    n_good = dict(good.group_by(FILE_COL).len().collect().iter_rows())
+    n_bad = dict(bad.group_by(FILE_COL).len().collect().iter_rows())
     out = []
     for f in files:
         independent = scan(f, source).select(pl.len()).collect().item()
-        got = by_index.get(f.index, {"rows": 0, "quarantined": 0})
-        if got["rows"] != independent:
-            raise RuntimeError(f"{f.path}: {independent} rows in the file, {got['rows']} validated")
+        g, b = n_good.get(f.index, 0), n_bad.get(f.index, 0)
+        if g + b != independent:
+            raise RuntimeError(f"{f.path}: {independent} rows read but {g} good + {b} quarantined")
         out.append({"path": str(f.path), "role": f.role, "bytes": f.path.stat().st_size,
-                    "rows": int(got["rows"]), "quarantined": int(got["quarantined"])})
+                    "rows": independent, "quarantined": b})
     read = sum(f["rows"] for f in out)
-    bad = sum(f["quarantined"] for f in out)
-    return {"files": out, "rows_read": read, "rows_quarantined": bad, "rows_good": read - bad}
+    quarantined = sum(f["quarantined"] for f in out)
+    return {"files": out, "rows_read": read, "rows_quarantined": quarantined,
+            "rows_good": read - quarantined}
 
 
-def _split(spec: DataSpec, files: list[InputFile], staged: pl.LazyFrame) -> pl.Expr:
+def _split(spec: DataSpec, files: list[InputFile], staged: pl.LazyFrame, counts: dict) -> pl.Expr:
     days: list[str] = []
     if spec.split.method == "day":
-        days = staged.filter(~pl.col(_BAD)).select(pl.col(spec.day).unique()).collect()[spec.day].to_list()
-    n_train = staged.filter(pl.col(ROLE_COL) == "train").select(pl.len()).collect().item()
+        days = staged.select(pl.col(spec.day).unique()).collect()[spec.day].to_list()
+    n_train = sum(f["rows"] for f in counts["files"] if f["role"] == "train")
     names = pl.col(FILE_COL).replace_strict([f.index for f in files], [f.path.name for f in files])
     return split_expr(
         spec, file_names=names, n_train_rows=n_train, days=days,
@@ -223,6 +271,8 @@ def _split(spec: DataSpec, files: list[InputFile], staged: pl.LazyFrame) -> pl.E
 def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> FeatureTransform:
     """Pass 3: vocabularies and numeric statistics from the training split only."""
     train = good.filter(pl.col(SPLIT_COL) == "train")
+    if train.select(pl.len()).collect().item() == 0:
+        raise DataError(f"{spec.name}: the training split is empty; check data.split ({spec.split})")
     base = FeatureTransform.load(base_artifacts).vocabularies if base_artifacts else {}
     vocab_fields = [f for f in spec.categorical if f.hash_buckets is None]
     counts = pl.collect_all(
@@ -242,33 +292,35 @@ def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> Fea
 
 
 def _write_model_ready(
-    spec: DataSpec, transform: FeatureTransform, staged: pl.LazyFrame, folder: Path
+    spec: DataSpec, transform: FeatureTransform, staged: pl.LazyFrame, folder: Path,
+    compression: str,
 ) -> dict[str, int]:
     """Pass 4: good rows → model inputs, hive-partitioned by split (and day)."""
     keep = [c for c in (spec.id, spec.group) if c is not None]
-    good = staged.filter(~pl.col(_BAD)).select(
+    good = staged.select(
         *keep, *([pl.col(spec.day).cast(pl.String)] if spec.day else []), SPLIT_COL,
         *transform.expressions(), *spec.task_names,
     )
     keys = [SPLIT_COL] + ([spec.day] if spec.day else [])
-    good.sink_parquet(pl.PartitionBy(folder, key=keys, include_key=False), mkdir=True)
+    good.sink_parquet(pl.PartitionBy(folder, key=keys, include_key=False), mkdir=True,
+                      compression=compression)
     written = pl.scan_parquet(folder, hive_partitioning=True).group_by(SPLIT_COL).len().collect()
     return {r[SPLIT_COL]: int(r["len"]) for r in written.iter_rows(named=True)}
 
 
-def _reject(spec: DataSpec, work: Path, out: Path, manifest: dict) -> None:
-    manifest |= {"status": "rejected"}
-    (work / _STAGED).unlink()
-    _write_manifest(work, manifest)
-    failed = out.parent / f"{out.name}.rejected"
-    _replace(work, failed)
+def _rejected(spec: DataSpec, manifest: dict, folder: Path) -> DataError:
     top = sorted(manifest["quarantine_reasons"].items(), key=lambda kv: -kv[1])[:5]
-    raise DataError(
+    return DataError(
         f"{spec.name}: {manifest['rows_quarantined']:,} of {manifest['rows_read']:,} rows rejected "
         f"({100 * manifest['reject_ratio']:.2f}% > data.checks.max_reject_ratio = "
         f"{100 * spec.checks.max_reject_ratio:.2f}%); most frequent: {top}. "
-        f"Quarantined rows with reasons: {failed / QUARANTINE_FILE}"
+        f"Quarantined rows with reasons: {folder / QUARANTINE_FILE}"
     )
+
+
+def _drop_staging(work: Path) -> None:
+    for name in (_STAGED, _BAD_ROWS):
+        (work / name).unlink(missing_ok=True)
 
 
 def _fingerprint(spec: DataSpec, files: list[InputFile], base: Path | None) -> str:
@@ -278,7 +330,7 @@ def _fingerprint(spec: DataSpec, files: list[InputFile], base: Path | None) -> s
         h.update(f"{f.path.resolve()}|{f.role}|{st.st_size}|{st.st_mtime_ns}".encode())
     if base is not None:
         h.update((Path(base) / "vocab.parquet").read_bytes())
-    h.update(pl.__version__.encode())
+    h.update(f"{pl.__version__}|{__version__}".encode())
     return h.hexdigest()
 
 

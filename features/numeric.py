@@ -15,7 +15,8 @@ from mtlrec.features.spec import NumericField
 
 
 def _raw(f: NumericField) -> pl.Expr:
-    x = pl.col(f.name).cast(pl.Float64)
+    # Inputs are rounded to float32 first (ingest parses them so), then computed in float64.
+    x = pl.col(f.name).cast(pl.Float32).cast(pl.Float64)
     if f.fill == "zero":
         x = x.fill_null(0.0)
     elif not isinstance(f.fill, str):

@@ -63,8 +63,11 @@ def open_inputs(source: Source, expected: list[str]) -> list[InputFile]:
     return out
 
 
-def scan(f: InputFile, source: Source) -> pl.LazyFrame:
-    """A lazy frame of the file's original values as strings + bookkeeping columns."""
+def scan(f: InputFile, source: Source, lossy: bool = False) -> pl.LazyFrame:
+    """A lazy frame of the file's original values as strings + bookkeeping columns.
+
+    lossy: decode invalid UTF-8 as U+FFFD instead of failing (validate flags those rows).
+    """
     if source.format == "parquet":
         lf = pl.scan_parquet(f.path, row_index_name=LINE_COL, row_index_offset=1)
         lf = lf.with_columns(pl.col(c).cast(pl.String) for c in f.columns)
@@ -77,7 +80,7 @@ def scan(f: InputFile, source: Source) -> pl.LazyFrame:
             separator=source.separator,
             quote_char=source.quote_char,
             schema=schema,
-            encoding="utf8-lossy",
+            encoding="utf8-lossy" if lossy else "utf8",
             row_index_name=LINE_COL,
             row_index_offset=2 if source.has_header else 1,
             truncate_ragged_lines=True,

@@ -45,6 +45,7 @@ class SynthParams:
     countries: tuple[str, ...] = ("NL", "ES", "FR", "US")
     format: str = "csv"  # csv | parquet
     chunk_rows: int = 250_000  # rows generated at a time (bounds memory)
+    corrupt_fraction: float = 0.0  # rows given one realistic defect (tests quarantine at scale)
 
     def __post_init__(self) -> None:
         if len(self.cardinalities) != N_CATEGORICAL:
@@ -53,9 +54,11 @@ class SynthParams:
             raise ValueError(f"synth: conflict_rho must be in [-1, 1], got {self.conflict_rho}")
         if self.format not in ("csv", "parquet"):
             raise ValueError(f"synth: format must be csv or parquet, got {self.format!r}")
+        if not 0.0 <= self.corrupt_fraction < 1.0:
+            raise ValueError(f"synth: corrupt_fraction must be in [0, 1), got {self.corrupt_fraction}")
 
 
-class _GroundTruth:
+class GroundTruth:
     """Everything fixed by the seed: value frequencies, effects, intercepts."""
 
     def __init__(self, p: SynthParams) -> None:
@@ -118,7 +121,7 @@ def _calibrate(logit: np.ndarray, target: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def _frame(truth: _GroundTruth, rng: np.random.Generator, n: int, first_id: int, day: str,
+def _frame(truth: GroundTruth, rng: np.random.Generator, n: int, first_id: int, day: str,
            p: SynthParams) -> pl.DataFrame:
     d = truth.draw(rng, n, p)
     click = rng.random(n) < 1.0 / (1.0 + np.exp(-d["ctr_logit"]))
@@ -132,7 +135,27 @@ def _frame(truth: _GroundTruth, rng: np.random.Generator, n: int, first_id: int,
         "country": np.asarray(p.countries)[d["country"]],
         "day": np.full(n, day),
     }
-    return pl.DataFrame(cols)
+    frame = pl.DataFrame(cols)
+    return _corrupt(frame, rng, p.corrupt_fraction) if p.corrupt_fraction else frame
+
+
+# Defects a real log pipeline produces: (column, bad value). ("click", "0") is written
+# on a row whose conversion is set to 1: a conversion without a click.
+_DEFECTS = [("numerical_5", "abc"), ("numerical_7", "1e999"), ("numerical_9", "nan"),
+            ("click", "2"), ("click", "0"), ("categorical_3", None)]
+
+
+def _corrupt(frame: pl.DataFrame, rng: np.random.Generator, fraction: float) -> pl.DataFrame:
+    """Give `fraction` of the rows one defect each (the touched columns become strings)."""
+    n = frame.height
+    kind = np.where(rng.random(n) < fraction, rng.integers(0, len(_DEFECTS), n), -1)
+    exprs: dict[str, pl.Expr] = {}
+    for j, (col, bad) in enumerate(_DEFECTS):
+        current = exprs.get(col, pl.col(col).cast(pl.String))
+        exprs[col] = pl.when(pl.Series(kind == j)).then(pl.lit(bad, pl.String)).otherwise(current)
+    converted = pl.Series(kind == _DEFECTS.index(("click", "0")))
+    exprs["conversion"] = pl.when(converted).then(pl.lit(1, pl.Int8)).otherwise(pl.col("conversion"))
+    return frame.with_columns(e.alias(c) for c, e in exprs.items())
 
 
 def generate(p: SynthParams, out_dir: Path, progress=None) -> list[Path]:
@@ -143,7 +166,7 @@ def generate(p: SynthParams, out_dir: Path, progress=None) -> list[Path]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    truth = _GroundTruth(p)
+    truth = GroundTruth(p)
     start = date.fromisoformat(p.start_day)
     paths = []
     for d in range(p.days):

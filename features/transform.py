@@ -67,8 +67,14 @@ class FeatureTransform:
         )
         table.select("field", *vocab.VOCAB_COLUMNS).write_parquet(folder / VOCAB_FILE)
         (folder / STATS_FILE).write_text(json.dumps(self.numeric_stats, indent=2))
-        info = {"polars_version": pl.__version__, "table_sizes": self.table_sizes,
-                "tasks": self.spec.task_names}
+        info = {
+            "polars_version": pl.__version__,
+            "categorical": self.categorical_names,
+            "numeric": self.numeric_names,
+            "tasks": self.spec.task_names,
+            "table_sizes": self.table_sizes,
+            "group": self.spec.group,
+        }
         (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
 
     @classmethod

@@ -18,6 +18,7 @@ from mtlrec.features.sources import EXTRA_COL, FILE_COL, LINE_COL, InputFile
 from mtlrec.features.spec import DataSpec
 
 DUP_COL = "__dup"  # computed over all input rows before validation (ingest)
+NUM_PREFIX = "__num:"  # numeric fields parsed once (see `with_parsed_numbers`)
 REPLACEMENT_CHAR = "\ufffd"  # what utf8-lossy decoding puts in place of invalid bytes
 _BINARY_TRUE = ["1", "1.0", "true", "True"]
 _BINARY_FALSE = ["0", "0.0", "false", "False"]
@@ -35,7 +36,19 @@ def _quoted(col: str) -> pl.Expr:
 
 
 def _number(col: str) -> pl.Expr:
-    return pl.col(col).cast(pl.Float64, strict=False)
+    return pl.col(NUM_PREFIX + col)
+
+
+def with_parsed_numbers(lf: pl.LazyFrame, spec: DataSpec) -> pl.LazyFrame:
+    """Parse every numeric field once; the checks and the typed values read the result.
+
+    Values are rounded to float32, the precision of the model inputs; serving rounds the
+    same way (features.numeric), so training and serving encode identical numbers.
+    """
+    return lf.with_columns(
+        pl.col(f.name).cast(pl.Float64, strict=False).cast(pl.Float32).alias(NUM_PREFIX + f.name)
+        for f in spec.numeric
+    )
 
 
 def _binary(col: str) -> pl.Expr:
@@ -74,8 +87,12 @@ def typed_columns(spec: DataSpec) -> list[pl.Expr]:
     return exprs
 
 
-def problems(spec: DataSpec, files: Iterable[InputFile]) -> list[Problem]:
-    """Every check, in the order its message appears in `reason`."""
+def problems(spec: DataSpec, files: Iterable[InputFile], check_utf8: bool = False) -> list[Problem]:
+    """Every check, in the order its message appears in `reason`.
+
+    check_utf8: look for U+FFFD, which lossy decoding puts in place of invalid bytes
+    (only needed when a file failed strict UTF-8 decoding).
+    """
     out: list[Problem] = [
         Problem(
             "blank line",
@@ -95,7 +112,7 @@ def problems(spec: DataSpec, files: Iterable[InputFile]) -> list[Problem]:
                 (pl.col(FILE_COL) == f.index) & (pl.col(LINE_COL) == f.truncated_line),
                 pl.lit("truncated last line (no final newline, too few fields)"),
             ))
-    out += _string_problems(spec)
+    out += _string_problems(spec, check_utf8)
     out += _numeric_problems(spec)
     out += _label_problems(spec)
     if spec.checks.unique_id:
@@ -107,11 +124,12 @@ def problems(spec: DataSpec, files: Iterable[InputFile]) -> list[Problem]:
     return [Problem(p.kind, p.condition.fill_null(False), p.message) for p in out]
 
 
-def _string_problems(spec: DataSpec) -> list[Problem]:
+def _string_problems(spec: DataSpec, check_utf8: bool) -> list[Problem]:
     out = []
     required = [f.name for f in spec.categorical if f.required]
     required += [c for c in (spec.id, spec.group, spec.day) if c is not None]
-    for c in [f.name for f in spec.categorical] + [x for x in (spec.id, spec.group, spec.day) if x]:
+    strings = [f.name for f in spec.categorical] + [x for x in (spec.id, spec.group, spec.day) if x]
+    for c in strings if check_utf8 else []:
         out.append(Problem(
             "invalid utf-8",
             pl.col(c).str.contains(REPLACEMENT_CHAR, literal=True),
@@ -136,7 +154,7 @@ def _numeric_problems(spec: DataSpec) -> list[Problem]:
         out.append(Problem(
             "unparseable number",
             raw.is_not_null() & x.is_null(),
-            pl.format("{}: not a number {}", pl.lit(f.name), _quoted(f.name)),
+            pl.format("{}: unparseable number {}", pl.lit(f.name), _quoted(f.name)),
         ))
         if f.nonfinite == "reject":
             out.append(Problem(
