@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "bench":
             if not overrides or overrides[0] not in BENCHES:
                 raise config_mod.ConfigError(f"mtlrec bench needs one of {list(BENCHES)}")
-            from mtlrec.pipeline import bench_ingest
+            from mtlrec.pipeline.benchmarks import ingest as bench_ingest
 
             bench_ingest.run(config_mod.load(overrides[1:]))
             return 0

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mtlrec import PROJECT_ROOT
 from mtlrec.configbase import Strict
+from mtlrec.features.ingest import IngestOptions
 from mtlrec.features.spec import DataSpec
 from mtlrec.models.config import ModelConfig
 from mtlrec.training.config import MethodConfig, TrainerConfig
@@ -37,11 +38,6 @@ class Paths(Strict):
     work_dir: str
     features: str
     reports: str
-
-
-class IngestConfig(Strict):
-    force: bool = False
-    base_artifacts: str | None = None
 
 
 class SynthConfig(Strict):
@@ -67,7 +63,7 @@ class Config(Strict):
     seed: int
     paths: Paths
     data: DataSpec
-    ingest: IngestConfig
+    ingest: IngestOptions
     synth: SynthConfig
     model: ModelConfig
     method: MethodConfig

@@ -33,11 +33,8 @@ def run_synth(cfg: Config) -> list[Path]:
 
 def run_ingest(cfg: Config) -> IngestOutput:
     """Validate, quarantine, fit and transform `data` into paths.features."""
-    base = Path(cfg.ingest.base_artifacts) if cfg.ingest.base_artifacts else None
-    out = ingest(
-        cfg.data, Path(cfg.paths.features), base_artifacts=base, force=cfg.ingest.force,
-        resolved_config=config_mod.to_yaml(cfg),
-    )
+    out = ingest(cfg.data, Path(cfg.paths.features), cfg.ingest,
+                 resolved_config=config_mod.to_yaml(cfg))
     m = out.manifest
     print(
         f"ingest {cfg.data.name}: {m['rows_read']:,} rows read, {m['rows_good']:,} good, "
