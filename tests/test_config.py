@@ -1,0 +1,107 @@
+"""Config composition, validation and the errors users see."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from mtlrec.pipeline import config
+from mtlrec.pipeline.cli import main
+
+
+def test_defaults_compose_and_are_typed():
+    cfg = config.load()
+    assert cfg.data.name == "synth" and cfg.model.arch == "mmoe" and cfg.method.name == "ew"
+    assert [f.name for f in cfg.data.numeric][:2] == ["numerical_1", "numerical_2"]
+    assert len(cfg.data.numeric) == 63 and len(cfg.data.categorical) == 16
+    assert cfg.data.group == "country" and cfg.data.day == "day"
+
+
+def test_group_choices_and_dotted_overrides():
+    cfg = config.load(["data=census", "model=ple", "method=stl", "trainer.max_epochs=3",
+                       "data.source.train=/logs/train.csv", "data.split.method=tail"])
+    assert cfg.data.name == "census" and cfg.model.arch == "ple" and cfg.method.name == "stl"
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.data.source.train == "/logs/train.csv"
+    assert cfg.data.split.method == "tail"
+    assert cfg.paths.features.endswith("features/census")
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(config.ConfigError) as err:
+        config.load(["trainer.max_epoch=3"])
+    msg = str(err.value)
+    assert "unknown key 'trainer.max_epoch'" in msg and "max_epochs" in msg and "batch_size" in msg
+
+
+def test_unknown_option_lists_available_options():
+    with pytest.raises(config.ConfigError) as err:
+        config.load(["model=transformer"])
+    msg = str(err.value)
+    assert "model/transformer" in msg
+    for option in ("hps", "mmoe", "ple"):
+        assert option in msg
+
+
+def test_invalid_value_names_the_field_and_choices():
+    with pytest.raises(config.ConfigError) as err:
+        config.load(["trainer.device=tpu"])
+    assert "trainer.device" in str(err.value) and "'cuda'" in str(err.value)
+
+
+def test_unknown_key_inside_data_conf_names_valid_keys():
+    with pytest.raises(config.ConfigError) as err:
+        config.load(["+data.source.seperator=x"])
+    msg = str(err.value)
+    assert "data.source.seperator: unknown key" in msg and "separator" in msg
+
+
+def test_inconsistent_data_conf_is_explained():
+    with pytest.raises(config.ConfigError, match="label columns must not also be features"):
+        config.load(["data=aliexpress", "data.labels=[{name: ctr, column: categorical_1}]"])
+
+
+def test_resolved_config_roundtrips_through_yaml():
+    cfg = config.load(["data=census"])
+    again = config.Config.model_validate(yaml.safe_load(config.to_yaml(cfg)))
+    assert again == cfg
+
+
+def test_cli_prints_resolved_config_and_rejects_bad_override(capsys):
+    assert main(["config", "data=aliexpress", "trainer.batch_size=64"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["name"] == "aliexpress" and printed["trainer"]["batch_size"] == 64
+    assert main(["config", "trainer.nope=1"]) == 2
+    assert "unknown key 'trainer.nope'" in capsys.readouterr().err
+
+
+def test_a_new_dataset_is_one_yaml_file(tmp_path, monkeypatch):
+    """A user's own log (other names, ';' separator, labels derived from other columns)."""
+    conf_dir = tmp_path / "conf"
+    for sub in ("data", "model", "method"):
+        (conf_dir / sub).mkdir(parents=True)
+    for path in config.CONF_DIR.rglob("*.yaml"):
+        target = conf_dir / path.relative_to(config.CONF_DIR)
+        target.write_text(path.read_text())
+    logs = tmp_path / "shop.csv"
+    rows = ["uid;item;price;viewed;bought"] + [
+        f"{i};it{i % 4};{i * 1.5};{int(i % 2 == 0)};{int(i % 4 == 0)}" for i in range(40)
+    ]
+    logs.write_text("\n".join(rows) + "\n")
+    (conf_dir / "data" / "shop.yaml").write_text(yaml.safe_dump({
+        "name": "shop",
+        "source": {"train": str(logs), "separator": ";"},
+        "categorical": [{"name": "item"}],
+        "numeric": [{"name": "price", "log1p": True}],
+        "labels": [{"name": "ctr", "column": "viewed"},
+                   {"name": "ctcvr", "all_of": ["viewed", "bought"]}],
+        "id": "uid",
+        "checks": {"implies": [["bought", "viewed"]]},
+    }))
+    monkeypatch.setattr(config, "CONF_DIR", conf_dir)
+    assert main(["ingest", "data=shop", f"paths.work_dir={tmp_path / 'work'}"]) == 0
+    out = tmp_path / "work" / "features" / "shop"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["name"] == "shop"
+    manifest = yaml.safe_load((out / "manifest.json").read_text())
+    assert manifest["rows_good"] == 40 and manifest["tasks"] == ["ctr", "ctcvr"]

@@ -1,0 +1,85 @@
+"""The synthetic AliExpress-schema generator: schema, marginals, learnable ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mtlrec.features.synth import GroundTruth, SynthParams, generate
+
+SMALL = dict(days=2, rows_per_day=20_000, cardinalities=(
+    1_000_000, 50_000, 5_000, 1_000, 500, 100, 50, 20, 10, 8, 6, 5, 4, 3, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth")
+    paths = generate(SynthParams(**SMALL), folder)
+    return paths, pl.concat([pl.read_csv(p) for p in paths])
+
+
+def test_schema_is_the_aliexpress_layout_plus_country_and_day(logs):
+    paths, df = logs
+    assert [p.name for p in paths] == ["day=2026-11-01.csv", "day=2026-11-02.csv"]
+    expected = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
+                + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion", "country", "day"])
+    assert df.columns == expected
+    assert df["search_id"].is_unique().all()
+    assert df["day"].unique().sort().to_list() == ["2026-11-01", "2026-11-02"]
+
+
+def test_marginals_are_realistic(logs):
+    _, df = logs
+    ctr, ctcvr = df["click"].mean(), df["conversion"].mean()
+    assert 0.03 < ctr < 0.05  # target 4%
+    assert 0.04 < ctcvr / ctr < 0.12  # target 8% of clicks convert
+    assert (df["conversion"] <= df["click"]).all()  # conversion means click and buy
+    nums = df.select(pl.selectors.starts_with("numerical_"))
+    assert nums.min().min_horizontal().item() >= 0 and nums.max().max_horizontal().item() <= 1
+    assert 0.3 < (nums.to_numpy() == 0).mean() < 0.7  # mostly-zero like the real logs
+
+
+def test_zipf_cardinalities(logs):
+    _, df = logs
+    distinct = df["categorical_1"].n_unique()
+    assert distinct > 5_000  # a heavy tail from a 10^6-value field
+    top = df["categorical_1"].value_counts(sort=True)["count"].to_list()
+    assert top[0] > 50 * top[len(top) // 2]  # a few values dominate
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    p = SynthParams(days=1, rows_per_day=500, cardinalities=SMALL["cardinalities"])
+    a = generate(p, tmp_path / "a")[0].read_bytes()
+    b = generate(p, tmp_path / "b")[0].read_bytes()
+    c = generate(SynthParams(**{**p.__dict__, "seed": 7}), tmp_path / "c")[0].read_bytes()
+    assert a == b and a != c
+
+
+def test_ground_truth_is_learnable_and_the_conflict_knob_works():
+    rng = np.random.default_rng(0)
+    for rho in (1.0, -1.0):
+        p = SynthParams(conflict_rho=rho, cardinalities=SMALL["cardinalities"])
+        truth = GroundTruth(p)
+        d = truth.draw(rng, 50_000, p)
+        click = rng.random(50_000) < 1 / (1 + np.exp(-d["ctr_logit"]))
+        assert roc_auc_score(click, d["ctr_logit"]) > 0.7
+        corr = np.corrcoef(truth.ctr_eff[0], truth.cvr_eff[0])[0, 1]
+        assert corr == pytest.approx(rho, abs=1e-6)
+
+
+def test_corrupt_fraction_produces_quarantinable_defects(tmp_path):
+    p = SynthParams(days=1, rows_per_day=5_000, corrupt_fraction=0.05,
+                    cardinalities=SMALL["cardinalities"])
+    df = pl.read_csv(generate(p, tmp_path)[0], infer_schema=False)
+    assert (df["numerical_5"] == "abc").sum() > 0
+    assert (df["click"] == "2").sum() > 0
+    assert ((df["click"] == "0") & (df["conversion"] == "1")).sum() > 0
+
+
+def test_bad_parameters_are_rejected():
+    with pytest.raises(ValueError, match="conflict_rho"):
+        SynthParams(conflict_rho=2.0)
+    with pytest.raises(ValueError, match="16 cardinalities"):
+        SynthParams(cardinalities=(10, 10))
