@@ -193,7 +193,9 @@ def _stage(
         lf = pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL)
         if spec.checks.unique_id:
             lf = lf.with_columns((~pl.col(spec.id).is_first_distinct()).alias(validate.DUP_COL))
-        lf = validate.with_parsed_numbers(lf, spec).with_columns(validate.bad_flag(checks).alias(_BAD))
+        lf = validate.with_parsed_numbers(lf, spec).with_columns(
+            validate.bad_flag(spec, checks).alias(_BAD)
+        )
         good = lf.filter(~pl.col(_BAD)).select(
             *validate.typed_columns(spec), FILE_COL, LINE_COL, SEQ_COL, ROLE_COL
         )

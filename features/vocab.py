@@ -66,12 +66,20 @@ def table_size(vocab: pl.DataFrame, field: CategoricalField) -> int:
 
 
 def encode(field: CategoricalField, vocab: pl.DataFrame) -> pl.Expr:
-    """Expression: the field's raw string → its Int32 id."""
+    """Expression: the field's raw string → its Int32 id.
+
+    Ids are dense from FIRST_ID in id order (refits only append), so a value's id is
+    FIRST_ID + its position, which a cast to an Enum of the vocabulary computes fast;
+    values outside it become null → OOV.
+    """
     col = pl.col(field.name)
     if field.hash_buckets is not None:
         known = (col.hash(seed=0) % field.hash_buckets).cast(pl.Int32) + FIRST_ID
     else:
-        known = col.replace_strict(
-            vocab["value"], vocab["id"], default=OOV_ID, return_dtype=pl.Int32
-        )
+        ordered = vocab.sort("id")
+        if not ordered["id"].equals(pl.int_range(FIRST_ID, FIRST_ID + ordered.height, dtype=pl.Int32,
+                                                 eager=True).alias("id")):
+            raise ValueError(f"vocabulary of '{field.name}' is not dense from id {FIRST_ID}")
+        position = col.cast(pl.Enum(ordered["value"]), strict=False).to_physical()
+        known = (position.cast(pl.Int32) + FIRST_ID).fill_null(OOV_ID)
     return pl.when(col.is_null()).then(pl.lit(MISSING_ID, pl.Int32)).otherwise(known).alias(field.name)
