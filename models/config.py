@@ -24,3 +24,7 @@ class ModelConfig(Strict):
     shared_experts: int = Field(4, ge=1)
     task_experts: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    embedding_impl: Literal["fused", "torchrec"] = Field(
+        "fused", description="fused: one table, single-device fast path; torchrec: EmbeddingBagCollection"
+    )
+    esmm: bool = Field(False, description="task 1 is CTCVR = CTR × CVR (click/conversion data)")

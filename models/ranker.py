@@ -1,0 +1,71 @@
+"""The multi-task ranker: embeddings + dense features → backbone → one tower per task.
+
+forward(sparse, dense) → logits [B, K]. `sparse` is a torchrec KeyedJaggedTensor (one
+id per field) or the equivalent ids tensor [B, F]. With `esmm` (Ma et al., SIGIR 2018),
+task 1 is CTCVR = CTR × CVR: its tower predicts pCVR and the returned logit is
+logit(pCTR · pCVR), so the CVR tower learns from the whole impression space.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtlrec.models.backbones import MMoE, PLE, SharedBottom, mlp
+from mtlrec.models.config import ModelConfig
+from mtlrec.models.embedding import make_embeddings
+
+
+def _product_logit(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Tensor:
+    """logit(σ(a)·σ(b)), computed in log space: log p − log(1 − p)."""
+    log_p = nn.functional.logsigmoid(logit_a) + nn.functional.logsigmoid(logit_b)
+    log_p = torch.clamp(log_p, max=-1e-7)
+    return log_p - torch.log(-torch.expm1(log_p))
+
+
+class MultiTaskRanker(nn.Module):
+    def __init__(self, cfg: ModelConfig, table_sizes: dict[str, int], n_dense: int,
+                 n_tasks: int) -> None:
+        super().__init__()
+        if cfg.esmm and n_tasks != 2:
+            raise ValueError(f"model.esmm needs exactly 2 tasks (CTR, CTCVR), got {n_tasks}")
+        self.cfg, self.n_tasks = cfg, n_tasks
+        self.embeddings = make_embeddings(table_sizes, cfg.embedding_dim, cfg.embedding_impl)
+        in_dim = len(table_sizes) * cfg.embedding_dim + n_dense
+        h, p = cfg.expert_hidden, cfg.dropout
+        if cfg.arch == "hps":
+            self.backbone: nn.Module = SharedBottom(in_dim, n_tasks, h, p)
+        elif cfg.arch == "mmoe":
+            self.backbone = MMoE(in_dim, n_tasks, cfg.n_experts, h, p)
+        else:
+            self.backbone = PLE(in_dim, n_tasks, cfg.levels, cfg.task_experts, cfg.shared_experts, h, p)
+        out = self.backbone.out_dim
+        self.towers = nn.ModuleList(
+            nn.Sequential(mlp(out, cfg.tower_hidden, p),
+                          nn.Linear(cfg.tower_hidden[-1] if cfg.tower_hidden else out, 1))
+            for _ in range(n_tasks)
+        )
+
+    def representation(self, sparse, dense: torch.Tensor) -> torch.Tensor:
+        """The input of the backbone: flattened embeddings next to the dense features."""
+        emb = self.embeddings(sparse)
+        return torch.cat([emb.flatten(1), dense], dim=1)
+
+    def forward(self, sparse, dense: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(self.representation(sparse, dense))
+        logits = [tower(h).squeeze(-1) for tower, h in zip(self.towers, hidden)]
+        if self.cfg.esmm:
+            logits[1] = _product_logit(logits[0], logits[1])
+        return torch.stack(logits, dim=1)
+
+    def task_parameters(self, k: int) -> list[nn.Parameter]:
+        """ψ_k: parameters only task k's loss reaches (its tower, gate, own experts)."""
+        modules = [self.towers[k], *self.backbone.task_modules(k)]
+        return [p for m in modules for p in m.parameters()]
+
+    def shared_parameters(self, include_embeddings: bool = True) -> list[nn.Parameter]:
+        """θ: parameters every task's loss reaches (embeddings optional)."""
+        task = {id(p) for k in range(self.n_tasks) for p in self.task_parameters(k)}
+        emb = {id(p) for p in self.embeddings.parameters()}
+        return [p for p in self.parameters()
+                if id(p) not in task and (include_embeddings or id(p) not in emb)]
