@@ -18,7 +18,9 @@ STAGES = {
     "config": "print the resolved configuration",
     "synth": "generate synthetic AliExpress-schema logs (one file per day)",
     "ingest": "validate, quarantine, fit vocabularies/statistics, write model-ready Parquet",
-    "run": "the main job: synthetic logs -> ingest (later: train, evaluate, export, register)",
+    "train": "train a model on ingested data (tracked in MLflow; resumes after a crash)",
+    "evaluate": "test-split metrics, per-group AUC, delta-m% vs STL, report with plots",
+    "run": "the main job: synthetic logs -> ingest -> train -> evaluate",
     "bench": "benchmarks: `mtlrec bench ingest`",
 }
 BENCHES = ("ingest",)
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=sorted(STAGES), metavar="stage")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data=census")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[mtlrec] %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="[mtlrec] %(message)s", stream=sys.stderr)
+    logging.getLogger("mtlrec").setLevel(logging.INFO)
     overrides = list(args.overrides)
     try:
         if args.stage == "bench":
@@ -51,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             stages.run_synth(cfg)
         elif args.stage == "ingest":
             stages.run_ingest(cfg)
+        elif args.stage == "train":
+            stages.run_train(cfg)
+        elif args.stage == "evaluate":
+            stages.run_evaluate(cfg)
         elif args.stage == "run":
-            stages.run_synth(cfg)
-            stages.run_ingest(cfg)
+            stages.run_main_job(cfg)
     except (config_mod.ConfigError, DataError) as exc:
         print(f"mtlrec {args.stage}: error: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,16 @@ class Paths(Strict):
     data_root: str
     work_dir: str
     features: str
+    run_dir: str
     reports: str
+
+
+class TrainStageConfig(Strict):
+    force: bool = Field(False, description="retrain a finished run from scratch")
+
+
+class EvaluateConfig(Strict):
+    stl_run: str = Field(description="run folder of the STL baseline that Δm% compares with")
 
 
 class SynthConfig(Strict):
@@ -68,6 +77,8 @@ class Config(Strict):
     model: ModelConfig
     method: MethodConfig
     trainer: TrainerConfig
+    train: TrainStageConfig
+    evaluate: EvaluateConfig
     bench: BenchConfig
 
 
@@ -83,12 +94,21 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
 
+def _upsert(override: str) -> str:
+    """`a.b=1` → `++a.b=1`: a key the YAML leaves at its typed default can still be set;
+    pydantic, not Hydra's struct mode, then rejects unknown keys (listing the valid ones)."""
+    key = override.split("=", 1)[0]
+    if "=" in override and "." in key and not key.startswith(("+", "~")):
+        return "++" + override
+    return override
+
+
 def compose_dict(overrides: list[str]) -> dict[str, Any]:
     """Hydra composition + interpolation, as a plain dict (no validation yet)."""
     _register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=[_upsert(o) for o in overrides])
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain_hydra(exc, overrides)) from None
@@ -112,16 +132,7 @@ def save(cfg: Config, path: Path) -> None:
 
 
 def _explain_hydra(exc: Exception, overrides: list[str]) -> str:
-    msg = str(exc).strip()
-    # "Could not override 'trainer.max_epoch'" / "Key 'x' is not in struct": list valid keys.
-    for ov in overrides:
-        key = ov.split("=", 1)[0].lstrip("+~")
-        if f"'{key}'" in msg and "." in key:
-            parent = key.rsplit(".", 1)[0]
-            valid = _keys_at(Config, parent.split("."))
-            if valid:
-                return f"unknown key '{key}' in override '{ov}'; valid keys under '{parent}': {valid}"
-    return msg
+    return f"{str(exc).strip()}\n(overrides: {' '.join(overrides)})"
 
 
 def _explain_validation(exc: ValidationError) -> str:

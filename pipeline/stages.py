@@ -43,3 +43,36 @@ def run_ingest(cfg: Config) -> IngestOutput:
     if m["rows_quarantined"]:
         print(f"  quarantine reasons: {m['quarantine_reasons']}")
     return out
+
+
+def run_train(cfg: Config) -> None:
+    from mtlrec.pipeline.train import run_train as train
+
+    trained = train(cfg)
+    for group, r in trained.results.items():
+        print(f"train {group}: best validation mean AUC {r.best_valid_auc:.4f} at epoch "
+              f"{r.best_epoch} ({r.epochs_run} epochs, {r.samples_per_s:,.0f} samples/s)")
+    print(f"  run folder: {trained.folder}  (MLflow run {trained.run_id})")
+
+
+def run_evaluate(cfg: Config) -> dict:
+    from mtlrec.pipeline.evaluate import run_evaluate as evaluate
+
+    metrics = evaluate(cfg)
+    aucs = ", ".join(f"{t} {m['auc']:.4f}" for t, m in metrics["tasks"].items())
+    print(f"evaluate: test AUC {aucs}; mean {metrics['mean_auc']:.4f}")
+    print(f"  report: {Path(cfg.paths.run_dir) / 'evaluation' / 'report.md'}")
+    return metrics
+
+
+def run_main_job(cfg: Config) -> None:
+    """Synthetic logs → ingest → train → evaluate (export and registry come with serving)."""
+    run_synth(cfg)
+    run_ingest(cfg)
+    if (Path(cfg.paths.run_dir) / "run.json").exists() and not cfg.train.force:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"force": True})})
+    run_train(cfg)
+    run_evaluate(cfg)
+    from mtlrec.pipeline.tracking import tracking_uri
+
+    print(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.paths.work_dir)}")

@@ -45,6 +45,19 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+@torch.no_grad()
+def predict(model: nn.Module, data: SplitData, batch_size: int = 8192,
+            device: torch.device = torch.device("cpu"), bf16: bool = False) -> np.ndarray:
+    """Logits [N, K] in the split's row order."""
+    model.eval()
+    out = []
+    for batch in BatchLoader(data, batch_size, shuffle=False):
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append(model(batch.sparse, batch.dense).float().cpu())
+    return torch.cat(out).numpy()
+
+
 @dataclass
 class TrainResult:
     best_epoch: int
@@ -133,21 +146,10 @@ class Trainer:
         elapsed = time.perf_counter() - start
         return float(total) / max(len(loader), 1), seen / max(elapsed, 1e-9)
 
-    @torch.no_grad()
-    def predict(self, data: SplitData, batch_size: int = 8192) -> np.ndarray:
-        """Logits [N, K] in the split's row order."""
-        self.model.eval()
-        loader = BatchLoader(data, batch_size, shuffle=False)
-        out = []
-        for batch in loader:
-            batch = batch.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out.append(self.model(batch.sparse, batch.dense).float().cpu())
-        return torch.cat(out).numpy()
-
     def evaluate(self, data: SplitData) -> dict[str, dict]:
         labels = data.labels.numpy()[:, self.task_index]
-        return task_metrics(labels, self.predict(data), self.tasks)
+        logits = predict(self.model, data, device=self.device, bf16=self.autocast)
+        return task_metrics(labels, logits, self.tasks)
 
     def _checkpoint(self, next_epoch: int, done: bool, best_auc: float, best_epoch: int,
                     stale: int, best_weights: dict, history: list[dict]) -> None:

@@ -1,0 +1,107 @@
+"""The evaluation report: plots (ROC per task, training curves, calibration) + Markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from mtlrec.pipeline.config import Config  # noqa: E402
+from mtlrec.training.metrics import sigmoid  # noqa: E402
+
+
+def plots(folder: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str],
+          history: dict[str, list[dict]]) -> dict[str, str]:
+    """Write the PNGs into folder; returns {title: file name}."""
+    out = {"ROC per task": "roc.png", "Training curves": "curves.png",
+           "Calibration": "calibration.png"}
+    _roc(folder / out["ROC per task"], labels, logits, tasks)
+    _curves(folder / out["Training curves"], history)
+    _calibration(folder / out["Calibration"], labels, logits, tasks)
+    return out
+
+
+def _roc(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str]) -> None:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for k, task in enumerate(tasks):
+        if labels[:, k].min() == labels[:, k].max():
+            continue
+        fpr, tpr, _ = roc_curve(labels[:, k], logits[:, k])
+        ax.plot(fpr, tpr, label=task)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
+    ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _curves(path: Path, history: dict[str, list[dict]]) -> None:
+    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for group, rows in history.items():
+        epochs = [r["epoch"] for r in rows]
+        label = "multi-task" if group == "all" else group
+        loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=label)
+        auc_ax.plot(epochs, [r["valid_mean_auc"] for r in rows], marker="o", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="train loss (sum over tasks)", title="Training loss")
+    auc_ax.set(xlabel="epoch", ylabel="validation mean AUC", title="Validation AUC")
+    loss_ax.legend()
+    auc_ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _calibration(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str],
+                 bins: int = 10) -> None:
+    """Reliability diagram on prediction deciles (log-log: rates are small for CTCVR)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = 1.0, 0.0
+    for k, task in enumerate(tasks):
+        p = sigmoid(logits[:, k])
+        edges = np.quantile(p, np.linspace(0, 1, bins + 1))
+        which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, bins - 1)
+        mean_p = np.bincount(which, p, bins) / np.maximum(np.bincount(which, minlength=bins), 1)
+        rate = np.bincount(which, labels[:, k], bins) / np.maximum(np.bincount(which, minlength=bins), 1)
+        keep = (mean_p > 0) & (rate > 0)
+        ax.plot(mean_p[keep], rate[keep], marker="o", label=task)
+        if keep.any():
+            lo, hi = min(lo, mean_p[keep].min(), rate[keep].min()), max(hi, mean_p[keep].max(), rate[keep].max())
+    ax.plot([lo, hi], [lo, hi], "k:", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="mean prediction", ylabel="observed rate",
+           title="Calibration (test, prediction deciles)")
+    ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def markdown(cfg: Config, run_dir: Path, metrics: dict, plots: dict[str, str]) -> str:
+    lines = [
+        f"# Evaluation: {run_dir.name}", "",
+        f"data `{cfg.data.name}`, model `{cfg.model.arch}`, method `{cfg.method.name}`, "
+        f"seed {cfg.seed}; {metrics['rows']:,} test rows.", "",
+        "| task | AUC | logloss | mean prediction | base rate | calibration |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for task, m in metrics["tasks"].items():
+        lines.append(f"| {task} | {m['auc']:.4f} | {m['logloss']:.4f} | {m['mean_prediction']:.4f} | "
+                     f"{m['base_rate']:.4f} | {m['calibration']:.3f} |")
+    lines += ["", f"Mean AUC: **{metrics['mean_auc']:.4f}**."]
+    if "delta_m_pct" in metrics:
+        lines.append(f"Δm% vs STL (test AUC, DTJS Eq. 3-12): **{metrics['delta_m_pct']:+.3f}%** "
+                     f"(STL AUC {metrics['stl_auc']}).")
+    else:
+        lines.append("Δm%: no evaluated STL run for this data and seed (`mtlrec train method=stl "
+                     "model=hps` then `mtlrec evaluate method=stl model=hps`).")
+    if "group_auc" in metrics:
+        tasks = list(metrics["tasks"])
+        lines += ["", "## AUC per group", "", "| group | " + " | ".join(tasks) + " |",
+                  "| --- | " + " | ".join("---:" for _ in tasks) + " |"]
+        for group, aucs in metrics["group_auc"].items():
+            lines.append(f"| {group} | " + " | ".join(f"{aucs[t]:.4f}" for t in tasks) + " |")
+    for title, file in plots.items():
+        lines += ["", f"## {title}", "", f"![{title}]({file})"]
+    return "\n".join(lines) + "\n"

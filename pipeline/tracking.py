@@ -1,0 +1,83 @@
+"""MLflow tracking: every train/evaluate stage is (part of) an MLflow run.
+
+Embedded default: a SQLite backend (`<work_dir>/mlflow.db`) and an artifact folder
+(`<work_dir>/mlartifacts`), no server to start. `MLFLOW_TRACKING_URI` switches to a
+user's tracking server. Runs record the resolved config as params, the git commit and
+the data manifest fingerprint as tags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from mtlrec import PROJECT_ROOT
+
+_PARAM_MAX = 6000  # MLflow's limit on one param value
+
+
+def tracking_uri(work_dir: str | Path) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    folder = Path(work_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def experiment_id(name: str, work_dir: str | Path) -> str:
+    """The experiment's id, created on first use (local artifacts next to the database)."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (Path(work_dir).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def run(work_dir: str | Path, experiment: str, run_name: str, run_id: str | None = None
+        ) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, with run_id, continue) an MLflow run."""
+    mlflow.set_tracking_uri(tracking_uri(work_dir))
+    exp = experiment_id(experiment, work_dir)
+    with mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=run_name) as active:
+        yield active
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → {"a.b.c": value} with long values (lists) JSON-encoded and capped."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, name + ".")
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            out[name] = text[:_PARAM_MAX]
+    return out
+
+
+def log_config(config: dict[str, Any]) -> None:
+    params = flatten(config)
+    items = list(params.items())
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
+        mlflow.log_params(dict(items[i:i + 100]))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"

@@ -1,0 +1,135 @@
+"""`mtlrec train`: train a model on an ingested data set, tracked in MLflow.
+
+The run folder (`paths.run_dir`) holds everything a later stage needs: `run.json`
+(MLflow run id, status), the resolved `config.yaml`, `model_config.json`, the best
+weights (`model.pt`, or `model-<task>.pt` per task for STL), per-epoch `history.json`,
+and the checkpoints. Running the same command again after a crash resumes from the
+checkpoint inside the same MLflow run; after a finished run it is an error unless
+`train.force=true`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+
+from mtlrec.features.batches import FeatureInfo, SplitData
+from mtlrec.features.errors import DataError
+from mtlrec.features.ingest import ARTIFACTS_DIR, DATA_DIR, MANIFEST_FILE
+from mtlrec.models.config import ModelConfig
+from mtlrec.models.ranker import MultiTaskRanker
+from mtlrec.pipeline import config as config_mod
+from mtlrec.pipeline import tracking
+from mtlrec.pipeline.config import Config
+from mtlrec.training.loop import Trainer, TrainResult, seed_everything
+from mtlrec.training.step import EqualWeighting
+
+log = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    folder: Path
+    run_id: str
+    results: dict[str, TrainResult]  # "all" for a multi-task model, one per task for STL
+
+
+def load_features(cfg: Config) -> tuple[Path, dict, FeatureInfo]:
+    folder = Path(cfg.paths.features)
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DataError(f"no ingested data in {folder}: run `mtlrec ingest data={cfg.data.name}` first")
+    return folder, json.loads(manifest_path.read_text()), FeatureInfo.load(folder / ARTIFACTS_DIR)
+
+
+def build_model(model_cfg: ModelConfig, info: FeatureInfo, n_tasks: int) -> MultiTaskRanker:
+    return MultiTaskRanker(model_cfg, info.table_sizes, len(info.numeric), n_tasks)
+
+
+def task_groups(cfg: Config, tasks: list[str]) -> dict[str, list[int]]:
+    """Which label columns each model trains on: all tasks together, or one per model (STL)."""
+    if cfg.method.name == "stl":
+        return {t: [k] for k, t in enumerate(tasks)}
+    return {"all": list(range(len(tasks)))}
+
+
+def weights_file(group: str) -> str:
+    return "model.pt" if group == "all" else f"model-{group}.pt"
+
+
+def run_train(cfg: Config) -> TrainedRun:
+    folder, manifest, info = load_features(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    state = _run_state(run_dir, cfg)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    train = SplitData(folder / DATA_DIR, "train", info)
+    valid = SplitData(folder / DATA_DIR, "valid", info)
+    if len(valid) == 0:
+        raise DataError(f"{folder}: the validation split is empty; early stopping needs one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_mod.save(cfg, run_dir / "config.yaml")
+    (run_dir / "model_config.json").write_text(cfg.model.model_dump_json(indent=2))
+    name = run_dir.name
+    with tracking.run(cfg.paths.work_dir, cfg.data.name, name, state.get("run_id")) as active:
+        run_id = active.info.run_id
+        _write_state(run_dir, {"run_id": run_id, "status": "running", "features": str(folder)})
+        if state.get("run_id") is None:
+            tracking.log_config(cfg.model_dump(mode="json"))
+            mlflow.set_tags({"git_commit": tracking.git_commit(), "stage": "train",
+                             "data_fingerprint": manifest["fingerprint"], "method": cfg.method.name,
+                             "model": cfg.model.arch, "data": cfg.data.name})
+        results = {}
+        for group, index in task_groups(cfg, info.tasks).items():
+            seed_everything(cfg.seed)
+            tasks = [info.tasks[k] for k in index]
+            model = build_model(cfg.model, info, len(index))
+            prefix = "" if group == "all" else f"{group}."
+            trainer = Trainer(
+                model, EqualWeighting(cfg.method.task_weights), cfg.trainer, tasks, index, cfg.seed,
+                checkpoint_path=run_dir / f"checkpoint-{group}.pt",
+                on_epoch=lambda epoch, row, p=prefix: mlflow.log_metrics(
+                    {p + k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch),
+            )
+            results[group] = trainer.fit(train, valid)
+            torch.save(trainer.model.state_dict(), run_dir / weights_file(group))
+        history = {g: r.history for g, r in results.items()}
+        (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+        mlflow.log_metrics({f"{'' if g == 'all' else g + '.'}best_valid_mean_auc": r.best_valid_auc
+                            for g, r in results.items()})
+        mlflow.log_artifacts(str(folder / ARTIFACTS_DIR), "features")
+        mlflow.log_artifact(str(folder / MANIFEST_FILE), "features")
+        for f in ("config.yaml", "model_config.json", "history.json"):
+            mlflow.log_artifact(str(run_dir / f))
+        for group in results:
+            mlflow.log_artifact(str(run_dir / weights_file(group)), "model")
+        _write_state(run_dir, {"run_id": run_id, "status": "trained", "features": str(folder)})
+    log.info("train: %s done (MLflow run %s)", run_dir, run_id)
+    return TrainedRun(run_dir, run_id, results)
+
+
+def _run_state(run_dir: Path, cfg: Config) -> dict:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return {}
+    state = json.loads(path.read_text())
+    if state.get("status") == "running":
+        return state  # interrupted: resume from the checkpoints, same MLflow run
+    if not cfg.train.force:
+        raise DataError(f"{run_dir} is already trained; evaluate it, or pass train.force=true "
+                        "to train it again from scratch")
+    shutil.rmtree(run_dir)
+    return {}
+
+
+def _write_state(run_dir: Path, state: dict) -> None:
+    tmp = run_dir / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(run_dir / RUN_FILE)
