@@ -44,11 +44,27 @@ def experiment_id(name: str, work_dir: str | Path) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def activate(work_dir: str | Path) -> str:
+    """Point MLflow's fluent API at our tracking URI and return it.
+
+    mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment; that
+    variable is the user's switch to a server, so it is put back as it was.
+    """
+    uri = tracking_uri(work_dir)
+    user = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if user is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user
+    return uri
+
+
 @contextmanager
 def run(work_dir: str | Path, experiment: str, run_name: str, run_id: str | None = None
         ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, with run_id, continue) an MLflow run."""
-    mlflow.set_tracking_uri(tracking_uri(work_dir))
+    activate(work_dir)
     exp = experiment_id(experiment, work_dir)
     with mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=run_name) as active:
         yield active

@@ -9,8 +9,9 @@ import polars as pl
 from mtlrec.pipeline.cli import main
 
 
-def test_run_generates_and_ingests(tmp_path, capsys):
-    args = [f"paths.work_dir={tmp_path}", "synth.rows_per_day=3000", "synth.days=4"]
+def test_run_generates_ingests_trains_and_evaluates(tmp_path, capsys):
+    args = [f"paths.work_dir={tmp_path}", "synth.rows_per_day=3000", "synth.days=4",
+            "model.n_experts=2", "model.expert_hidden=[16]", "trainer.max_epochs=1"]
     assert main(["run", *args]) == 0
     out = tmp_path / "features" / "synth"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -18,7 +19,11 @@ def test_run_generates_and_ingests(tmp_path, capsys):
     assert manifest["split_rows"] == {"train": 6000, "valid": 3000, "test": 3000}
     days = pl.read_parquet(out / "data", hive_partitioning=True)["day"].cast(pl.String).unique().sort()
     assert days.to_list() == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
-    assert "12,000 rows read" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "12,000 rows read" in printed
+    report = tmp_path / "runs" / "synth" / "mmoe-ew-seed2026" / "evaluation" / "report.md"
+    assert f"report: {report}" in printed and report.is_file()
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db" in printed
     # a second run changes nothing: same inputs, same spec → the output is reused
     before = (out / "manifest.json").stat().st_mtime_ns
     assert main(["ingest", *args]) == 0

@@ -47,16 +47,16 @@ def test_train_and_evaluate_with_mlflow_run_and_report(work):
     for png in ("roc.png", "curves.png", "calibration.png"):
         assert (run_dir / "evaluation" / png).stat().st_size > 1000
 
-    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
-    run = mlflow.MlflowClient().get_run(state["run_id"])
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    run = client.get_run(state["run_id"])
     assert run.data.params["model.arch"] == "mmoe" and run.data.params["trainer.max_epochs"] == "2"
     assert {"git_commit", "data_fingerprint"} <= set(run.data.tags)
     assert "test_mean_auc" in run.data.metrics and "valid_mean_auc" in run.data.metrics
-    history = mlflow.MlflowClient().get_metric_history(state["run_id"], "valid_mean_auc")
+    history = client.get_metric_history(state["run_id"], "valid_mean_auc")
     assert [m.step for m in history] == [0, 1]
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(state["run_id"], "evaluation")}
+    artifacts = {a.path for a in client.list_artifacts(state["run_id"], "evaluation")}
     assert "evaluation/report.md" in artifacts and "evaluation/roc.png" in artifacts
-    features = {a.path for a in mlflow.MlflowClient().list_artifacts(state["run_id"], "features")}
+    features = {a.path for a in client.list_artifacts(state["run_id"], "features")}
     assert "features/vocab.parquet" in features and "features/manifest.json" in features
     # a finished run is not silently retrained
     assert main(["train", *_args(work)]) == 2
