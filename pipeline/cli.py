@@ -21,9 +21,9 @@ STAGES = {
     "train": "train a model on ingested data (tracked in MLflow; resumes after a crash)",
     "evaluate": "test-split metrics, per-group AUC, delta-m% vs STL, report with plots",
     "run": "the main job: synthetic logs -> ingest -> train -> evaluate",
-    "bench": "benchmarks: `mtlrec bench ingest`",
+    "bench": "benchmarks: `mtlrec bench ingest|census`",
 }
-BENCHES = ("ingest",)
+BENCHES = ("ingest", "census")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,9 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "bench":
             if not overrides or overrides[0] not in BENCHES:
                 raise config_mod.ConfigError(f"mtlrec bench needs one of {list(BENCHES)}")
-            from mtlrec.pipeline.benchmarks import ingest as bench_ingest
+            target, rest = overrides[0], overrides[1:]
+            if target == "ingest":
+                from mtlrec.pipeline.benchmarks import ingest as bench_ingest
 
-            bench_ingest.run(config_mod.load(overrides[1:]))
+                bench_ingest.run(config_mod.load(rest))
+            else:
+                from mtlrec.pipeline.benchmarks import census as bench_census
+
+                bench_census.run(config_mod.load(rest), rest)
             return 0
         cfg = config_mod.load(overrides)
         if args.stage == "config":

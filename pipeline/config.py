@@ -66,6 +66,7 @@ class BenchConfig(Strict):
     days: int = Field(4, ge=1)
     pandas: bool = True
     reader_batch_size: int = Field(2048, ge=1)
+    seeds: int = Field(3, ge=1, description="bench census: seeds 0..seeds-1")
 
 
 class Config(Strict):
