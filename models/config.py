@@ -27,4 +27,7 @@ class ModelConfig(Strict):
     embedding_impl: Literal["fused", "torchrec"] = Field(
         "fused", description="fused: one table, single-device fast path; torchrec: EmbeddingBagCollection"
     )
+    embedding_grad: Literal["auto", "dense", "sparse"] = Field(
+        "auto", description="fused tables: sparse gradients + SparseAdam (auto: from 100k rows on)"
+    )
     esmm: bool = Field(False, description="task 1 is CTCVR = CTR × CVR (click/conversion data)")

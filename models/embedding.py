@@ -40,13 +40,17 @@ def _ids(sparse: KeyedJaggedTensor | torch.Tensor, n_fields: int) -> torch.Tenso
 
 
 class FusedEmbeddings(nn.Module):
-    def __init__(self, configs: list[EmbeddingBagConfig]) -> None:
+    """sparse: the table's gradient is a sparse tensor holding only the rows a batch
+    touched (the trainer then updates it with SparseAdam, "lazy" Adam); a dense
+    gradient of a 10^6-row table would cost a full-table optimizer step per batch."""
+
+    def __init__(self, configs: list[EmbeddingBagConfig], sparse: bool = False) -> None:
         super().__init__()
         self.configs = configs
         self.dim = configs[0].embedding_dim
         sizes = torch.tensor([c.num_embeddings for c in configs])
         self.register_buffer("offsets", torch.cumsum(sizes, 0) - sizes, persistent=False)
-        self.table = nn.Embedding(int(sizes.sum()), self.dim)
+        self.table = nn.Embedding(int(sizes.sum()), self.dim, sparse=sparse)
         nn.init.normal_(self.table.weight, std=INIT_STD)
 
     def forward(self, sparse: KeyedJaggedTensor | torch.Tensor) -> torch.Tensor:
@@ -80,10 +84,14 @@ class TorchrecEmbeddings(nn.Module):
         return [self.ebc.embedding_bags[c.name].weight for c in self.configs]
 
 
-def make_embeddings(table_sizes: dict[str, int], dim: int, impl: str) -> nn.Module:
+SPARSE_FROM_ROWS = 100_000  # "auto": sparse gradients from this many embedding rows on
+
+
+def make_embeddings(table_sizes: dict[str, int], dim: int, impl: str, grad: str = "auto") -> nn.Module:
     configs = table_configs(table_sizes, dim)
     if impl == "fused":
-        return FusedEmbeddings(configs)
+        sparse = grad == "sparse" or (grad == "auto" and sum(table_sizes.values()) >= SPARSE_FROM_ROWS)
+        return FusedEmbeddings(configs, sparse=sparse)
     if impl == "torchrec":
         return TorchrecEmbeddings(configs)
     raise ValueError(f"model.embedding_impl must be 'fused' or 'torchrec', got {impl!r}")

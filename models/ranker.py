@@ -30,7 +30,8 @@ class MultiTaskRanker(nn.Module):
         if cfg.esmm and n_tasks != 2:
             raise ValueError(f"model.esmm needs exactly 2 tasks (CTR, CTCVR), got {n_tasks}")
         self.cfg, self.n_tasks = cfg, n_tasks
-        self.embeddings = make_embeddings(table_sizes, cfg.embedding_dim, cfg.embedding_impl)
+        self.embeddings = make_embeddings(table_sizes, cfg.embedding_dim, cfg.embedding_impl,
+                                          cfg.embedding_grad)
         in_dim = len(table_sizes) * cfg.embedding_dim + n_dense
         h, p = cfg.expert_hidden, cfg.dropout
         if cfg.arch == "hps":

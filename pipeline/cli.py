@@ -21,9 +21,9 @@ STAGES = {
     "train": "train a model on ingested data (tracked in MLflow; resumes after a crash)",
     "evaluate": "test-split metrics, per-group AUC, delta-m% vs STL, report with plots",
     "run": "the main job: synthetic logs -> ingest -> train -> evaluate",
-    "bench": "benchmarks: `mtlrec bench ingest|census`",
+    "bench": "benchmarks: `mtlrec bench ingest|census|train`",
 }
-BENCHES = ("ingest", "census")
+BENCHES = ("ingest", "census", "train")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +48,14 @@ def main(argv: list[str] | None = None) -> int:
                 from mtlrec.pipeline.benchmarks import ingest as bench_ingest
 
                 bench_ingest.run(config_mod.load(rest))
-            else:
+            elif target == "census":
                 from mtlrec.pipeline.benchmarks import census as bench_census
 
                 bench_census.run(config_mod.load(rest), rest)
+            else:
+                from mtlrec.pipeline.benchmarks import train as bench_train
+
+                bench_train.run(config_mod.load(rest), rest)
             return 0
         cfg = config_mod.load(overrides)
         if args.stage == "config":

@@ -67,6 +67,7 @@ class BenchConfig(Strict):
     pandas: bool = True
     reader_batch_size: int = Field(2048, ge=1)
     seeds: int = Field(3, ge=1, description="bench census: seeds 0..seeds-1")
+    train_rows: int = Field(100_000, ge=1000, description="bench train: synthetic rows per day")
 
 
 class Config(Strict):

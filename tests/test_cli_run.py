@@ -32,4 +32,4 @@ def test_run_generates_ingests_trains_and_evaluates(tmp_path, capsys):
 
 def test_bench_needs_a_known_target(capsys):
     assert main(["bench", "nonsense"]) == 2
-    assert "mtlrec bench needs one of ['ingest', 'census']" in capsys.readouterr().err
+    assert "mtlrec bench needs one of ['ingest', 'census', 'train']" in capsys.readouterr().err

@@ -67,3 +67,21 @@ def test_esmm_ctcvr_is_the_product_of_ctr_and_cvr():
     assert (torch.sigmoid(logits[:, 1]) <= torch.sigmoid(logits[:, 0]) + 1e-7).all()
     with pytest.raises(ValueError, match="esmm needs exactly 2 tasks"):
         MultiTaskRanker(ModelConfig(arch="hps", esmm=True), SIZES, 4, 3)
+
+
+def test_sparse_embedding_gradients_touch_only_the_batch_rows():
+    from mtlrec.training.config import TrainerConfig
+    from mtlrec.training.loop import make_optimizers
+
+    model = MultiTaskRanker(ModelConfig(arch="hps", embedding_grad="sparse"), SIZES, 4, 2)
+    batch = _batch(n=4)
+    model(batch.sparse, batch.dense).sum().backward()
+    grad = model.embeddings.table.weight.grad
+    assert grad.is_sparse
+    touched = set((batch.ids + model.embeddings.offsets).flatten().tolist())
+    assert set(grad.coalesce().indices()[0].tolist()) == touched
+    optimizers = make_optimizers(model, TrainerConfig())
+    assert [type(o).__name__ for o in optimizers] == ["Adam", "SparseAdam"]
+    dense = MultiTaskRanker(ModelConfig(arch="hps"), SIZES, 4, 2)  # auto: small tables → dense
+    assert not dense.embeddings.table.sparse
+    assert len(make_optimizers(dense, TrainerConfig())) == 1

@@ -45,6 +45,17 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def make_optimizers(model: nn.Module, cfg: TrainerConfig) -> list[torch.optim.Optimizer]:
+    """Adam for dense parameters; SparseAdam for embeddings with sparse gradients."""
+    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in ids]
+    out: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    if sparse:
+        out.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+    return out
+
+
 @torch.no_grad()
 def predict(model: nn.Module, data: SplitData, batch_size: int = 8192,
             device: torch.device = torch.device("cpu"), bf16: bool = False) -> np.ndarray:
@@ -79,8 +90,8 @@ class Trainer:
         self.step, self.cfg, self.seed = step, cfg, seed
         self.tasks, self.task_index = tasks, task_index
         self.checkpoint_path, self.on_epoch = checkpoint_path, on_epoch
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.optimizers = make_optimizers(model, cfg)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for o in self.optimizers]
         self.autocast = cfg.bf16 and self.device.type == "cuda"
 
     def _lr_factor(self, epoch: int) -> float:
@@ -97,11 +108,12 @@ class Trainer:
         for epoch in range(first, self.cfg.max_epochs):
             loader.set_epoch(epoch)
             train_loss, speed = self._train_epoch(loader, epoch)
-            self.scheduler.step()
+            for scheduler in self.schedulers:
+                scheduler.step()
             metrics = self.evaluate(valid)
             mean_auc = float(np.mean([metrics[t]["auc"] for t in self.tasks]))
             row = {"epoch": epoch, "train_loss": train_loss, "valid_mean_auc": mean_auc,
-                   "samples_per_s": speed, "lr": self.optimizer.param_groups[0]["lr"]}
+                   "samples_per_s": speed, "lr": self.optimizers[0].param_groups[0]["lr"]}
             row |= {f"valid_{t}_{m}": metrics[t][m] for t in self.tasks for m in ("auc", "logloss")}
             history.append(row)
             if mean_auc > best_auc:
@@ -135,9 +147,11 @@ class Trainer:
                 logits = self.model(batch.sparse, batch.dense)
             losses = nn.functional.binary_cross_entropy_with_logits(
                 logits.float(), labels, reduction="none").mean(dim=0)
-            self.optimizer.zero_grad(set_to_none=True)
+            for optimizer in self.optimizers:
+                optimizer.zero_grad(set_to_none=True)
             self.step.backward(losses)
-            self.optimizer.step()
+            for optimizer in self.optimizers:
+                optimizer.step()
             total += losses.detach().sum()
             seen += len(batch)
             if i % 50 == 0:
@@ -158,7 +172,8 @@ class Trainer:
         checkpoint.save_atomic({
             "epoch": next_epoch, "done": done, "best_auc": best_auc, "best_epoch": best_epoch, "stale": stale,
             "model": self.model.state_dict(), "best_weights": best_weights,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
             "step": self.step.state_dict(), "rng": torch.get_rng_state(), "history": history,
         }, self.checkpoint_path)
 
@@ -169,8 +184,10 @@ class Trainer:
             return fresh
         state = checkpoint.load(self.checkpoint_path)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
         self.step.load_state_dict(state["step"])
         torch.set_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d", self.checkpoint_path, state["epoch"])
