@@ -32,6 +32,9 @@ from mtlrec.training.step import EqualWeighting
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
+# Checkpoints (weights + optimizer moments) above this size stay in the run folder only;
+# the best weights (model*.pt) are always logged.
+CHECKPOINT_ARTIFACT_MAX_MB = 256
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ def run_train(cfg: Config) -> TrainedRun:
             mlflow.log_artifact(str(run_dir / f))
         for group in results:
             mlflow.log_artifact(str(run_dir / weights_file(group)), "model")
+            ckpt = run_dir / f"checkpoint-{group}.pt"
+            if ckpt.stat().st_size <= CHECKPOINT_ARTIFACT_MAX_MB * 2**20:
+                mlflow.log_artifact(str(ckpt), "checkpoint")
         _write_state(run_dir, {"run_id": run_id, "status": "trained", "features": str(folder)})
     log.info("train: %s done (MLflow run %s)", run_dir, run_id)
     return TrainedRun(run_dir, run_id, results)

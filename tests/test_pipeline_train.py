@@ -56,6 +56,8 @@ def test_train_and_evaluate_with_mlflow_run_and_report(work):
     assert [m.step for m in history] == [0, 1]
     artifacts = {a.path for a in client.list_artifacts(state["run_id"], "evaluation")}
     assert "evaluation/report.md" in artifacts and "evaluation/roc.png" in artifacts
+    assert [a.path for a in client.list_artifacts(state["run_id"], "checkpoint")] == [
+        "checkpoint/checkpoint-all.pt"]
     features = {a.path for a in client.list_artifacts(state["run_id"], "features")}
     assert "features/vocab.parquet" in features and "features/manifest.json" in features
     # a finished run is not silently retrained

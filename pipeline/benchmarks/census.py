@@ -22,7 +22,7 @@ from mtlrec.pipeline.config import Config
 ANCHOR = {"income": 0.9517, "marital": 0.9947, "mean": 0.9732, "stl_income": 0.9510,
           "stl_marital": 0.9947, "samples_per_s": 10_400}
 SETTING = ["data=census", "data.split.method=tail", "trainer.batch_size=1024", "trainer.lr=0.001",
-           "trainer.max_epochs=10", "trainer.patience=2"]
+           "trainer.max_epochs=20", "trainer.patience=2"]
 MODELS = [("hps", "stl"), ("hps", "ew"), ("mmoe", "ew"), ("ple", "ew")]
 
 
