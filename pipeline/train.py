@@ -28,7 +28,7 @@ from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline import tracking
 from mtlrec.pipeline.config import Config
 from mtlrec.training.loop import Trainer, TrainResult, seed_everything
-from mtlrec.training.step import EqualWeighting
+from mtlrec.training.mtl.step import make_step
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
@@ -96,7 +96,7 @@ def run_train(cfg: Config) -> TrainedRun:
             model = build_model(cfg.model, info, len(index))
             prefix = "" if group == "all" else f"{group}."
             trainer = Trainer(
-                model, EqualWeighting(cfg.method.task_weights), cfg.trainer, tasks, index, cfg.seed,
+                model, make_step(cfg.method, model, cfg.seed), cfg.trainer, tasks, index, cfg.seed,
                 checkpoint_path=run_dir / f"checkpoint-{group}.pt",
                 on_epoch=lambda epoch, row, p=prefix: mlflow.log_metrics(
                     {p + k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch),

@@ -110,3 +110,15 @@ def test_a_new_dataset_is_one_yaml_file(tmp_path, monkeypatch):
     assert saved["data"]["name"] == "shop"
     manifest = yaml.safe_load((out / "manifest.json").read_text())
     assert manifest["rows_good"] == 40 and manifest["tasks"] == ["ctr", "ctcvr"]
+
+
+def test_method_presets_compose_and_impossible_combinations_explain_why():
+    dbmtl = config.load(["method=dbmtl"]).method
+    assert (dbmtl.loss, dbmtl.aggregate, dbmtl.dbmtl.beta) == ("log", "dbmtl", 0.9)
+    mixed = config.load(["method=mocograd", "method.loss=log", "method.name=log+mocograd",
+                         "method.mocograd.lam=0.5"]).method
+    assert (mixed.loss, mixed.aggregate, mixed.mocograd.lam) == ("log", "mocograd", 0.5)
+    with pytest.raises(config.ConfigError, match="stl trains one model per task"):
+        config.load(["method=stl", "method.aggregate=pcgrad"])
+    with pytest.raises(config.ConfigError, match="task_weights only apply to aggregate=sum"):
+        config.load(["method=pcgrad", "method.task_weights=[1,2]"])

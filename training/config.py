@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mtlrec.configbase import Strict
 
@@ -19,8 +19,35 @@ class TrainerConfig(Strict):
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
 
 
-class MethodConfig(Strict):
-    """The multi-task step. ew: sum of task losses; stl: one model per task."""
+class DBMTLConfig(Strict):
+    beta: float = Field(0.9, gt=0, lt=1, description="EMA factor β of the task gradients")
+    sigma: float = Field(0.0, ge=0, description="β_t = β / t^σ (0: constant)")
 
-    name: Literal["ew", "stl"]
+
+class MoCoGradConfig(Strict):
+    lam: float = Field(0.1, gt=0, le=1, description="calibration strength λ (paper's best: 0.1)")
+    beta1: float = Field(0.9, gt=0, lt=1, description="momentum factor of the task gradients")
+
+
+class MethodConfig(Strict):
+    """The multi-task step as parts: loss transform × aggregator of the per-task gradients
+    on the shared dense parameters. Presets in conf/method/ (ew, stl, pcgrad, dbmtl,
+    mocograd); parts can be recombined, e.g. `method=mocograd method.loss=log`.
+    stl: one model per task (nothing to combine)."""
+
+    name: str
+    loss: Literal["identity", "log"] = "identity"
+    aggregate: Literal["sum", "pcgrad", "dbmtl", "mocograd"] = "sum"
     task_weights: list[float] | None = None
+    dbmtl: DBMTLConfig = DBMTLConfig()
+    mocograd: MoCoGradConfig = MoCoGradConfig()
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "MethodConfig":
+        if self.name == "stl" and (self.aggregate != "sum" or self.loss != "identity"):
+            raise ValueError("method stl trains one model per task: there are no task losses or "
+                             "gradients to combine, so loss/aggregate must stay identity/sum")
+        if self.task_weights is not None and self.aggregate != "sum":
+            raise ValueError(f"task_weights only apply to aggregate=sum; {self.aggregate} sets "
+                             "its own task balance")
+        return self

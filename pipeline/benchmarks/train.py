@@ -24,9 +24,9 @@ from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline import stages
 from mtlrec.pipeline.benchmarks.measure import machine, write_report
 from mtlrec.pipeline.config import Config
-from mtlrec.training.config import TrainerConfig
 from mtlrec.training.loop import Trainer
-from mtlrec.training.step import EqualWeighting
+from mtlrec.training.config import MethodConfig, TrainerConfig
+from mtlrec.training.mtl.step import make_step
 
 ARCHS = ("hps", "mmoe", "ple")
 DIMS = (16, 64, 128)
@@ -66,7 +66,8 @@ def _samples_per_s(model_cfg: ModelConfig, sizes: dict[str, int], info: FeatureI
     torch.manual_seed(seed)
     model = MultiTaskRanker(model_cfg, sizes, len(info.numeric), len(info.tasks))
     trainer_cfg = TrainerConfig(max_epochs=2, batch_size=2048, patience=5, device=device)
-    trainer = Trainer(model, EqualWeighting(), trainer_cfg, info.tasks, list(range(len(info.tasks))), seed)
+    step = make_step(MethodConfig(name="ew"), model, seed)
+    trainer = Trainer(model, step, trainer_cfg, info.tasks, list(range(len(info.tasks))), seed)
     return trainer.fit(train, valid).history[-1]["samples_per_s"]
 
 

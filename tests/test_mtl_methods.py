@@ -1,0 +1,54 @@
+"""Hand-computed expectations for the gradient-level methods on tiny tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from mtlrec.training.mtl.dbmtl import DBMTLState, dbmtl
+from mtlrec.training.mtl.gradients import per_task_gradients, write_gradient
+from mtlrec.training.mtl.mocograd import mocograd
+from mtlrec.training.mtl.pcgrad import pcgrad
+
+
+def test_pcgrad_projects_conflicting_pairs_by_hand():
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])  # g1·g2 = -1 < 0
+    out = pcgrad(torch.stack([g1, g2]))
+    # g1 - (-1/2) g2 = [0.5, 0.5]; g2 - (-1/1) g1 = [0, 1]; sum = [0.5, 1.5]
+    assert torch.allclose(out, torch.tensor([0.5, 1.5]))
+    aligned = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert torch.allclose(pcgrad(aligned), aligned.sum(0))  # no conflict: plain sum
+
+
+def test_dbmtl_gives_every_task_the_largest_norm():
+    grads = torch.tensor([[3.0, 4.0], [0.0, 0.5]])  # norms 5 and 0.5
+    state = DBMTLState()
+    out = dbmtl(grads, state, beta=0.0)  # β = 0: the EMA is the current gradient
+    assert torch.allclose(out, 5 * (torch.tensor([0.6, 0.8]) + torch.tensor([0.0, 1.0])), atol=1e-6)
+    second = dbmtl(grads, state, beta=0.5, sigma=1.0)  # β_2 = 0.5 / 2 = 0.25
+    assert state.step == 2
+    assert torch.allclose(state.ema, grads)  # 0.25·g + 0.75·g
+    assert torch.allclose(second, out, atol=1e-6)
+
+
+def test_mocograd_calibrates_with_the_previous_momentum():
+    g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    m = torch.tensor([[0.0, 2.0], [0.0, 0.0]])  # task 1 has no momentum yet: skipped
+    shared, new_m = mocograd(g, m, lam=0.5, beta1=0.9)
+    # task 1 (g1·g0 = -1 < 0) is calibrated with m_0: g1 + 0.5·(‖g0‖/‖m0‖)·m0 = [-1, 1.5]
+    # task 0 conflicts with g1 but m_1 = 0 → unchanged
+    assert torch.allclose(shared, torch.tensor([1.0, 0.0]) + torch.tensor([-1.0, 1.5]))
+    assert torch.allclose(new_m, 0.9 * m + 0.1 * g)
+    no_conflict, _ = mocograd(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), m, lam=0.5)
+    assert torch.allclose(no_conflict, torch.tensor([2.0, 1.0]))
+
+
+def test_per_task_gradients_and_write_back():
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    b = torch.nn.Parameter(torch.tensor(0.5))
+    unused = torch.nn.Parameter(torch.zeros(3))
+    losses = torch.stack([(w * w).sum() + b, (3 * w).sum()])
+    G = per_task_gradients(losses, [w, b, unused])
+    assert torch.allclose(G, torch.tensor([[2.0, 4.0, 1.0, 0, 0, 0], [3.0, 3.0, 0.0, 0, 0, 0]]))
+    write_gradient([w, b, unused], G.sum(0))
+    assert torch.allclose(w.grad, torch.tensor([5.0, 7.0])) and b.grad.item() == 1.0
+    losses.sum().backward()  # the graph was kept for the rest of the model
