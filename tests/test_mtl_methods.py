@@ -52,3 +52,28 @@ def test_per_task_gradients_and_write_back():
     write_gradient([w, b, unused], G.sum(0))
     assert torch.allclose(w.grad, torch.tensor([5.0, 7.0])) and b.grad.item() == 1.0
     losses.sum().backward()  # the graph was kept for the rest of the model
+
+
+def test_mgda_finds_the_min_norm_point():
+    from mtlrec.training.mtl.mgda import mgda, mgda_weights
+
+    orthogonal = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.allclose(mgda(orthogonal), torch.tensor([0.5, 0.5]), atol=1e-5)
+    nested = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # the shorter one is the min-norm point
+    assert torch.allclose(mgda_weights(nested), torch.tensor([1.0, 0.0]), atol=1e-5)
+    g = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    d = mgda(g)
+    assert (g @ d >= -1e-5).all()  # no task's loss increases along d
+
+
+def test_cagrad_by_hand_and_on_conflicts():
+    from mtlrec.training.mtl.cagrad import cagrad
+
+    g = torch.tensor([3.0, 4.0])
+    same = cagrad(torch.stack([g, g]), c=0.4)  # g_w = g₀ = g: d = (1 + c) g / (1 + c²)
+    assert torch.allclose(same, 1.4 / 1.16 * g, atol=1e-5)
+    assert torch.allclose(cagrad(torch.stack([g, -g]), c=0.0), torch.zeros(2), atol=1e-6)
+    conflict = torch.tensor([[1.0, 0.1], [-0.5, 1.0]])
+    d = cagrad(conflict, c=0.4)
+    worst = (conflict @ (d * 1.16)).min()  # undo the 1/(1 + c²) rescale
+    assert worst >= (conflict @ conflict.mean(0)).min() - 1e-6  # worst task does no worse than EW

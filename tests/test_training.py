@@ -34,6 +34,8 @@ METHODS = {
     "dbmtl": MethodConfig(name="dbmtl", loss="log", aggregate="dbmtl"),
     "mocograd": MethodConfig(name="mocograd", aggregate="mocograd"),
     "log+mocograd": MethodConfig(name="log+mocograd", loss="log", aggregate="mocograd"),
+    "mgda": MethodConfig(name="mgda", aggregate="mgda"),
+    "cagrad": MethodConfig(name="cagrad", aggregate="cagrad"),
 }
 
 

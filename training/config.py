@@ -29,18 +29,23 @@ class MoCoGradConfig(Strict):
     beta1: float = Field(0.9, gt=0, lt=1, description="momentum factor of the task gradients")
 
 
+class CAGradConfig(Strict):
+    c: float = Field(0.4, ge=0, description="radius of the ball around the mean gradient")
+
+
 class MethodConfig(Strict):
     """The multi-task step as parts: loss transform × aggregator of the per-task gradients
     on the shared dense parameters. Presets in conf/method/ (ew, stl, pcgrad, dbmtl,
-    mocograd); parts can be recombined, e.g. `method=mocograd method.loss=log`.
+    mocograd, mgda, cagrad); parts can be recombined, e.g. `method=mocograd method.loss=log`.
     stl: one model per task (nothing to combine)."""
 
     name: str
     loss: Literal["identity", "log"] = "identity"
-    aggregate: Literal["sum", "pcgrad", "dbmtl", "mocograd"] = "sum"
+    aggregate: Literal["sum", "pcgrad", "dbmtl", "mocograd", "mgda", "cagrad"] = "sum"
     task_weights: list[float] | None = None
     dbmtl: DBMTLConfig = DBMTLConfig()
     mocograd: MoCoGradConfig = MoCoGradConfig()
+    cagrad: CAGradConfig = CAGradConfig()
 
     @model_validator(mode="after")
     def _compatible(self) -> "MethodConfig":

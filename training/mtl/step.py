@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from mtlrec.training.config import MethodConfig
+from mtlrec.training.mtl.cagrad import cagrad
 from mtlrec.training.mtl.dbmtl import DBMTLState, dbmtl
 from mtlrec.training.mtl.gradients import per_task_gradients, write_gradient
+from mtlrec.training.mtl.mgda import mgda
 from mtlrec.training.mtl.mocograd import mocograd
 from mtlrec.training.mtl.pcgrad import pcgrad
 
@@ -49,6 +51,10 @@ class ComposedStep:
             return pcgrad(grads, self.generator)
         if m.aggregate == "dbmtl":
             return dbmtl(grads, self.dbmtl_state, m.dbmtl.beta, m.dbmtl.sigma)
+        if m.aggregate == "mgda":
+            return mgda(grads)
+        if m.aggregate == "cagrad":
+            return cagrad(grads, m.cagrad.c)
         if self.momentum is None:
             self.momentum = torch.zeros_like(grads)
         shared, self.momentum = mocograd(grads, self.momentum, m.mocograd.lam, m.mocograd.beta1,
