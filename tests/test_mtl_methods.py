@@ -77,3 +77,28 @@ def test_cagrad_by_hand_and_on_conflicts():
     d = cagrad(conflict, c=0.4)
     worst = (conflict @ (d * 1.16)).min()  # undo the 1/(1 + c²) rescale
     assert worst >= (conflict @ conflict.mean(0)).min() - 1e-6  # worst task does no worse than EW
+
+
+def test_imtl_g_projects_equally_on_every_task():
+    from mtlrec.training.mtl.imtl import imtl_g
+
+    g = torch.randn(3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    d = imtl_g(g)
+    projections = (g / g.norm(dim=1, keepdim=True)) @ d
+    assert torch.allclose(projections, projections[0].expand(3), atol=1e-9)
+    two = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    assert torch.allclose(imtl_g(two), torch.tensor([2 / 3, 2 / 3], dtype=torch.float64))
+
+
+def test_gradvac_lifts_the_cosine_to_its_target():
+    from mtlrec.training.mtl.gradvac import gradvac
+
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # cos = 0
+    targets = torch.full((2, 2), 0.5, dtype=torch.float64)
+    shared, new_targets = gradvac(g, targets, beta=0.01)
+    # each g_i is moved to cos 0.5 with the other: g_0 → [1, 1/√3], g_1 → [1/√3, 1]
+    third = 1 / 3 ** 0.5
+    assert torch.allclose(shared, torch.tensor([1 + third, 1 + third], dtype=torch.float64))
+    assert torch.allclose(new_targets[0, 1], torch.tensor(0.99 * 0.5, dtype=torch.float64))
+    above, _ = gradvac(g, torch.full((2, 2), -0.5, dtype=torch.float64))
+    assert torch.allclose(above, g.sum(0))  # already above target: untouched

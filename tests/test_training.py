@@ -36,6 +36,8 @@ METHODS = {
     "log+mocograd": MethodConfig(name="log+mocograd", loss="log", aggregate="mocograd"),
     "mgda": MethodConfig(name="mgda", aggregate="mgda"),
     "cagrad": MethodConfig(name="cagrad", aggregate="cagrad"),
+    "imtl_g": MethodConfig(name="imtl_g", aggregate="imtl_g"),
+    "gradvac": MethodConfig(name="gradvac", aggregate="gradvac"),
 }
 
 

@@ -33,19 +33,25 @@ class CAGradConfig(Strict):
     c: float = Field(0.4, ge=0, description="radius of the ball around the mean gradient")
 
 
+class GradVacConfig(Strict):
+    beta: float = Field(0.01, gt=0, le=1, description="EMA factor of the cosine targets")
+
+
 class MethodConfig(Strict):
     """The multi-task step as parts: loss transform × aggregator of the per-task gradients
     on the shared dense parameters. Presets in conf/method/ (ew, stl, pcgrad, dbmtl,
-    mocograd, mgda, cagrad); parts can be recombined, e.g. `method=mocograd method.loss=log`.
+    mocograd, mgda, cagrad, imtl_g, gradvac); parts can be recombined, e.g. `method=mocograd method.loss=log`.
     stl: one model per task (nothing to combine)."""
 
     name: str
     loss: Literal["identity", "log"] = "identity"
-    aggregate: Literal["sum", "pcgrad", "dbmtl", "mocograd", "mgda", "cagrad"] = "sum"
+    aggregate: Literal["sum", "pcgrad", "dbmtl", "mocograd", "mgda", "cagrad", "imtl_g",
+                       "gradvac"] = "sum"
     task_weights: list[float] | None = None
     dbmtl: DBMTLConfig = DBMTLConfig()
     mocograd: MoCoGradConfig = MoCoGradConfig()
     cagrad: CAGradConfig = CAGradConfig()
+    gradvac: GradVacConfig = GradVacConfig()
 
     @model_validator(mode="after")
     def _compatible(self) -> "MethodConfig":

@@ -16,6 +16,8 @@ from mtlrec.training.config import MethodConfig
 from mtlrec.training.mtl.cagrad import cagrad
 from mtlrec.training.mtl.dbmtl import DBMTLState, dbmtl
 from mtlrec.training.mtl.gradients import per_task_gradients, write_gradient
+from mtlrec.training.mtl.gradvac import gradvac
+from mtlrec.training.mtl.imtl import imtl_g
 from mtlrec.training.mtl.mgda import mgda
 from mtlrec.training.mtl.mocograd import mocograd
 from mtlrec.training.mtl.pcgrad import pcgrad
@@ -33,6 +35,7 @@ class ComposedStep:
         self.generator = torch.Generator().manual_seed(seed)
         self.dbmtl_state = DBMTLState()
         self.momentum: torch.Tensor | None = None
+        self.cosine_targets: torch.Tensor | None = None
 
     def backward(self, losses: torch.Tensor) -> None:
         m = self.method
@@ -55,6 +58,14 @@ class ComposedStep:
             return mgda(grads)
         if m.aggregate == "cagrad":
             return cagrad(grads, m.cagrad.c)
+        if m.aggregate == "imtl_g":
+            return imtl_g(grads)
+        if m.aggregate == "gradvac":
+            if self.cosine_targets is None:
+                self.cosine_targets = torch.zeros(grads.shape[0], grads.shape[0], dtype=grads.dtype)
+            shared, self.cosine_targets = gradvac(grads, self.cosine_targets, m.gradvac.beta,
+                                                  self.generator)
+            return shared
         if self.momentum is None:
             self.momentum = torch.zeros_like(grads)
         shared, self.momentum = mocograd(grads, self.momentum, m.mocograd.lam, m.mocograd.beta1,
@@ -63,12 +74,14 @@ class ComposedStep:
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "dbmtl_ema": self.dbmtl_state.ema,
-                "dbmtl_step": self.dbmtl_state.step, "momentum": self.momentum}
+                "dbmtl_step": self.dbmtl_state.step, "momentum": self.momentum,
+                "cosine_targets": self.cosine_targets}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.dbmtl_state = DBMTLState(state["dbmtl_ema"], state["dbmtl_step"])
         self.momentum = state["momentum"]
+        self.cosine_targets = state["cosine_targets"]
 
 
 def make_step(method: MethodConfig, model: torch.nn.Module, seed: int) -> ComposedStep:

@@ -1,0 +1,31 @@
+"""GradVac: "Gradient Vaccine" (Wang et al., ICLR 2021), Eq. 6-7 and Algorithm 2.
+
+Each task pair keeps an EMA target φ̂_ij of its gradient cosine (φ̂ ← (1−β)φ̂ + βφ,
+β = 0.01). For task i and the others j in random order, when the current cosine
+φ = cos(g_i, g_j) falls below the target, g_i is moved towards g_j just enough to
+reach it: g_i ← g_i + ‖g_i‖ (φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²)) · g_j.
+PCGrad is the special case of a constant target 0 applied only when φ < 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gradvac(grads: torch.Tensor, targets: torch.Tensor, beta: float = 0.01,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """grads [K, D], targets [K, K] → (shared gradient [D], updated targets)."""
+    k = grads.shape[0]
+    out, targets = grads.clone(), targets.clone()
+    norms = grads.norm(dim=1).clamp_min(1e-12)
+    for i in range(k):
+        for j in torch.randperm(k, generator=generator).tolist():
+            if j == i:
+                continue
+            phi = (out[i] @ grads[j]) / (out[i].norm().clamp_min(1e-12) * norms[j])
+            target = targets[i, j]
+            if phi < target:
+                root_phi, root_t = (1 - phi**2).clamp_min(0).sqrt(), (1 - target**2).clamp_min(1e-12).sqrt()
+                out[i] = out[i] + out[i].norm() * (target * root_phi - phi * root_t) / (norms[j] * root_t) * grads[j]
+            targets[i, j] = (1 - beta) * target + beta * phi
+    return out.sum(dim=0), targets
