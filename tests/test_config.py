@@ -122,3 +122,9 @@ def test_method_presets_compose_and_impossible_combinations_explain_why():
         config.load(["method=stl", "method.aggregate=pcgrad"])
     with pytest.raises(config.ConfigError, match="task_weights only apply to aggregate=sum"):
         config.load(["method=pcgrad", "method.task_weights=[1,2]"])
+
+
+def test_loss_weightings_do_not_mix_with_aggregators():
+    assert config.load(["method=gls"]).method.weighting == "gls"
+    with pytest.raises(config.ConfigError, match="weighting=rlw defines how the task losses combine"):
+        config.load(["method=rlw", "method.aggregate=pcgrad"])

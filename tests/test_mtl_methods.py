@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mtlrec.training.mtl.dbmtl import DBMTLState, dbmtl
@@ -102,3 +103,26 @@ def test_gradvac_lifts_the_cosine_to_its_target():
     assert torch.allclose(new_targets[0, 1], torch.tensor(0.99 * 0.5, dtype=torch.float64))
     above, _ = gradvac(g, torch.full((2, 2), -0.5, dtype=torch.float64))
     assert torch.allclose(above, g.sum(0))  # already above target: untouched
+
+
+def test_gls_is_the_geometric_mean_and_weighs_small_losses_up():
+    from mtlrec.training.mtl.gls import gls
+
+    losses = torch.tensor([0.5, 2.0], requires_grad=True)
+    value = gls(losses)
+    assert value.item() == pytest.approx(1.0)  # √(0.5 · 2)
+    value.backward()
+    # ∂GLS/∂L_k = GLS / (K · L_k)
+    assert torch.allclose(losses.grad, torch.tensor([1.0 / (2 * 0.5), 1.0 / (2 * 2.0)]))
+
+
+def test_rlw_weights_are_random_on_the_simplex_and_seeded():
+    from mtlrec.training.mtl.rlw import rlw_weights
+
+    a = [rlw_weights(3, torch.Generator().manual_seed(4)) for _ in range(2)]
+    assert torch.equal(a[0], a[1])
+    g = torch.Generator().manual_seed(4)
+    first, second = rlw_weights(3, g), rlw_weights(3, g)
+    assert not torch.equal(first, second)
+    for w in (first, second):
+        assert (w > 0).all() and w.sum().item() == pytest.approx(1.0)

@@ -37,6 +37,8 @@ METHODS = {
     "mgda": MethodConfig(name="mgda", aggregate="mgda"),
     "cagrad": MethodConfig(name="cagrad", aggregate="cagrad"),
     "imtl_g": MethodConfig(name="imtl_g", aggregate="imtl_g"),
+    "rlw": MethodConfig(name="rlw", weighting="rlw"),
+    "gls": MethodConfig(name="gls", weighting="gls"),
     "gradvac": MethodConfig(name="gradvac", aggregate="gradvac"),
 }
 

@@ -39,12 +39,15 @@ class GradVacConfig(Strict):
 
 class MethodConfig(Strict):
     """The multi-task step as parts: loss transform × aggregator of the per-task gradients
-    on the shared dense parameters. Presets in conf/method/ (ew, stl, pcgrad, dbmtl,
-    mocograd, mgda, cagrad, imtl_g, gradvac); parts can be recombined, e.g. `method=mocograd method.loss=log`.
+    on the shared dense parameters, or a loss weighting (fixed, RLW, GLS). Presets in
+    conf/method/ (ew, stl, rlw, gls, pcgrad, dbmtl, mocograd, mgda, cagrad, imtl_g, gradvac); parts can be recombined, e.g. `method=mocograd method.loss=log`.
     stl: one model per task (nothing to combine)."""
 
     name: str
     loss: Literal["identity", "log"] = "identity"
+    weighting: Literal["fixed", "rlw", "gls"] = Field(
+        "fixed", description="how aggregate=sum combines the losses: fixed task_weights, "
+        "random weights each step (RLW) or their geometric mean (GLS)")
     aggregate: Literal["sum", "pcgrad", "dbmtl", "mocograd", "mgda", "cagrad", "imtl_g",
                        "gradvac"] = "sum"
     task_weights: list[float] | None = None
@@ -58,6 +61,11 @@ class MethodConfig(Strict):
         if self.name == "stl" and (self.aggregate != "sum" or self.loss != "identity"):
             raise ValueError("method stl trains one model per task: there are no task losses or "
                              "gradients to combine, so loss/aggregate must stay identity/sum")
+        if self.weighting != "fixed" and self.aggregate != "sum":
+            raise ValueError(f"weighting={self.weighting} defines how the task losses combine; "
+                             f"aggregate={self.aggregate} would replace that combination")
+        if self.task_weights is not None and self.weighting != "fixed":
+            raise ValueError(f"task_weights only apply to weighting=fixed, not {self.weighting}")
         if self.task_weights is not None and self.aggregate != "sum":
             raise ValueError(f"task_weights only apply to aggregate=sum; {self.aggregate} sets "
                              "its own task balance")

@@ -1,5 +1,5 @@
 """CAGrad: "Conflict-Averse Gradient Descent for Multi-task Learning" (Liu et al.,
-NeurIPS 2021), Eq. 2 / Algorithm 1.
+NeurIPS 2021), the CAGrad algorithm of Sec. 3.
 
 With g₀ the average gradient and φ = c²‖g₀‖²: w = argmin_{w ∈ Δ} g_wᵀg₀ + √φ‖g_w‖
 (g_w = Σ w_k g_k), then d = g₀ + (√φ / ‖g_w‖) g_w, the update that maximises the

@@ -1,4 +1,4 @@
-"""GradVac: "Gradient Vaccine" (Wang et al., ICLR 2021), Eq. 6-7 and Algorithm 2.
+"""GradVac: "Gradient Vaccine" (Wang et al., ICLR 2021), the GradVac update of Sec. 3.
 
 Each task pair keeps an EMA target φ̂_ij of its gradient cosine (φ̂ ← (1−β)φ̂ + βφ,
 β = 0.01). For task i and the others j in random order, when the current cosine

@@ -1,4 +1,4 @@
-"""IMTL-G: "Towards Impartial Multi-task Learning" (Liu et al., ICLR 2021), Eq. 11-13.
+"""IMTL-G: "Towards Impartial Multi-task Learning" (Liu et al., ICLR 2021), Sec. 3.
 
 Find the combination g = Σ_k α_k g_k (Σα = 1) whose projections onto every task's unit
 gradient u_k are equal — no task is favoured by the shared update. With

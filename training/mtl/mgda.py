@@ -1,5 +1,5 @@
 """MGDA: "Multi-Task Learning as Multi-Objective Optimization" (Sener & Koltun,
-NeurIPS 2018), Eq. 3: the min-norm point of the convex hull of the task gradients,
+NeurIPS 2018), Sec. 3: the min-norm point of the convex hull of the task gradients,
 d = Σ_k w_k g_k with w = argmin_{w ∈ Δ} ‖Σ_k w_k g_k‖² — a direction that decreases
 every task loss (or 0 at a Pareto-stationary point). Solved on the K×K Gram matrix.
 """

@@ -1,8 +1,8 @@
 """The composed multi-task step: loss transform × aggregator on the shared parameters.
 
 backward(L): the transformed losses ℓ_k = T(L_k) (identity or log) reach the
-task-specific parameters and embeddings as the gradient of Σ_k ℓ_k (with sum, weighted by
-`task_weights`). With an aggregator, the shared dense parameters θ get instead
+task-specific parameters and embeddings as the gradient of Σ_k ℓ_k (with sum: combined
+by the weighting — fixed `task_weights`, RLW's random weights or GLS's geometric mean). With an aggregator, the shared dense parameters θ get instead
 A(G), where G = [∇_θ ℓ_1; …; ∇_θ ℓ_K] is computed once per step.
 """
 
@@ -15,12 +15,14 @@ import torch
 from mtlrec.training.config import MethodConfig
 from mtlrec.training.mtl.cagrad import cagrad
 from mtlrec.training.mtl.dbmtl import DBMTLState, dbmtl
+from mtlrec.training.mtl.gls import gls
 from mtlrec.training.mtl.gradients import per_task_gradients, write_gradient
 from mtlrec.training.mtl.gradvac import gradvac
 from mtlrec.training.mtl.imtl import imtl_g
 from mtlrec.training.mtl.mgda import mgda
 from mtlrec.training.mtl.mocograd import mocograd
 from mtlrec.training.mtl.pcgrad import pcgrad
+from mtlrec.training.mtl.rlw import rlw_weights
 
 
 def transform(losses: torch.Tensor, kind: str) -> torch.Tensor:
@@ -41,12 +43,20 @@ class ComposedStep:
         m = self.method
         ell = transform(losses, m.loss)
         if m.aggregate == "sum":
-            w = torch.ones_like(ell) if m.task_weights is None else torch.tensor(m.task_weights).to(ell)
-            (w * ell).sum().backward()
+            self._combined(ell).backward()
             return
         grads = per_task_gradients(ell, self.shared)
         torch.autograd.backward(ell.sum(), inputs=self.others)
         write_gradient(self.shared, self._aggregate(grads))
+
+    def _combined(self, ell: torch.Tensor) -> torch.Tensor:
+        m = self.method
+        if m.weighting == "gls":
+            return gls(ell)
+        if m.weighting == "rlw":
+            return (rlw_weights(ell.shape[0], self.generator).to(ell) * ell).sum()
+        w = torch.ones_like(ell) if m.task_weights is None else torch.tensor(m.task_weights).to(ell)
+        return (w * ell).sum()
 
     def _aggregate(self, grads: torch.Tensor) -> torch.Tensor:
         m = self.method

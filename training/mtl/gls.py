@@ -1,0 +1,14 @@
+"""GLS: geometric loss strategy, "MultiNet++" (Chennupati et al., CVPRW 2019).
+
+Minimise the geometric mean (Π_k L_k)^{1/K}; its gradient weighs each task by
+GLS / (K·L_k), so tasks with small losses are not drowned by large ones. Computed in
+log space: exp(mean_k log L_k).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gls(losses: torch.Tensor) -> torch.Tensor:
+    return torch.exp(torch.log(losses.clamp_min(1e-12)).mean())
