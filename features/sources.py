@@ -57,8 +57,8 @@ def open_inputs(source: Source, expected: list[str]) -> list[InputFile]:
             columns, truncated = _inspect(path, source, expected)
             f = InputFile(path, role, len(out), tuple(columns), None)
             if truncated:
-                last = scan(f, source).select(pl.col(LINE_COL).max()).collect().item()
-                f = InputFile(path, role, f.index, f.columns, last)
+                rows = scan(f, source).select(pl.len()).collect().item()
+                f = InputFile(path, role, f.index, f.columns, _first_data_line(source) + rows - 1)
             out.append(f)
     return out
 
@@ -82,7 +82,7 @@ def scan(f: InputFile, source: Source, lossy: bool = False) -> pl.LazyFrame:
             schema=schema,
             encoding="utf8-lossy" if lossy else "utf8",
             row_index_name=LINE_COL,
-            row_index_offset=2 if source.has_header else 1,
+            row_index_offset=_first_data_line(source),
             truncate_ragged_lines=True,
             missing_columns="insert",
             raise_if_empty=True,
@@ -97,6 +97,10 @@ def scan(f: InputFile, source: Source, lossy: bool = False) -> pl.LazyFrame:
     return lf.with_columns(
         pl.lit(f.index, pl.Int32).alias(FILE_COL), pl.col(LINE_COL).cast(pl.Int64)
     )
+
+
+def _first_data_line(source: Source) -> int:
+    return 2 if source.has_header else 1
 
 
 def _inspect(path: Path, source: Source, expected: list[str]) -> tuple[list[str], bool]:

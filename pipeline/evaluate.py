@@ -43,10 +43,10 @@ def predict_run(run_dir: Path, data: SplitData, info: FeatureInfo) -> np.ndarray
 def run_evaluate(cfg: Config) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     state_path = run_dir / RUN_FILE
-    if not state_path.is_file() or json.loads(state_path.read_text())["status"] != "trained":
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    if state.get("status") != "trained":
         raise DataError(f"{run_dir} holds no finished training run: run `mtlrec train` first "
                         "with the same data/model/method/seed")
-    state = json.loads(state_path.read_text())
     features = Path(state["features"])
     info = FeatureInfo.load(features / ARTIFACTS_DIR)
     extra = (info.group,) if info.group else ()

@@ -64,6 +64,13 @@ def _summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _cell(value: tuple[float, float] | None, fmt: str = ".4f") -> str:
+    """mean ± std, or a dash when there is no value (Δm% of the STL row itself)."""
+    if value is None:
+        return "–"
+    return f"{value[0]:{fmt}} ± {value[1]:{fmt.lstrip('+')}}"
+
+
 def _markdown(r: dict) -> str:
     lines = ["# Census-income: STL, HPS, MMoE, PLE with EW (`mtlrec bench census`)", "",
              f"Test AUC, mean ± std over seeds {r['seeds']}; Δm% vs STL (DTJS Eq. 3-12) per seed, "
@@ -72,10 +79,9 @@ def _markdown(r: dict) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for s in r["summary"]:
         name = "STL (MLP per task)" if s["method"] == "stl" else f"{s['model'].upper()} (EW)"
-        cell = lambda v, d=4: "–" if v is None else f"{v[0]:.{d}f} ± {v[1]:.{d}f}"  # noqa: E731
-        dm = "–" if s["delta_m_pct"] is None else f"{s['delta_m_pct'][0]:+.3f} ± {s['delta_m_pct'][1]:.3f}"
-        lines.append(f"| {name} | {cell(s['income_auc'])} | {cell(s['marital_auc'])} | "
-                     f"{cell(s['mean_auc'])} | {dm} | {s['samples_per_s'][0]:,.0f} |")
+        lines.append(f"| {name} | {_cell(s['income_auc'])} | {_cell(s['marital_auc'])} | "
+                     f"{_cell(s['mean_auc'])} | {_cell(s['delta_m_pct'], '+.3f')} | "
+                     f"{s['samples_per_s'][0]:,.0f} |")
     a = r["anchor"]
     lines += ["", f"Anchor (torch-rechub 0.9.0, same split, this machine): MMoE income {a['income']}, "
               f"marital {a['marital']}, mean {a['mean']}; single-task {a['stl_income']} / "
