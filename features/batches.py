@@ -84,6 +84,13 @@ class SplitData:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def head(self, n: int) -> "SplitData":
+        """The first n rows as a split of their own (views, no copy): short runs, tests."""
+        out = object.__new__(SplitData)
+        out.keys, out.ids, out.dense, out.labels = self.keys, self.ids[:n], self.dense[:n], self.labels[:n]
+        out.extra = {c: v[:n] for c, v in self.extra.items()}
+        return out
+
     def batch(self, index: torch.Tensor) -> Batch:
         return Batch(self.keys, self.ids.index_select(0, index),
                      self.dense.index_select(0, index), self.labels.index_select(0, index))

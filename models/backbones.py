@@ -10,6 +10,12 @@
 Experts of one group run together (`ExpertGroup`): E small MLPs cost one GEMM per
 layer instead of E launches. Gates are per-task modules, so every
 task-specific parameter belongs to exactly one task (`task_modules`).
+
+forward = decode(encode(x)): `encode` computes the shared representation — the tensors
+every task consumes before anything task-specific touches them (HPS: the bottom's
+output; MMoE: the input the gates read and the expert outputs; PLE: its input, since
+task experts start at the first level) — and `decode` the task-specific rest. Gradient
+methods with grad_on=representation take per-task gradients there.
 """
 
 from __future__ import annotations
@@ -70,9 +76,14 @@ class SharedBottom(nn.Module):
         self.bottom = mlp(in_dim, hidden, dropout)
         self.n_tasks, self.out_dim = n_tasks, hidden[-1]
 
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.bottom(x)]
+
+    def decode(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [parts[0]] * self.n_tasks
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h = self.bottom(x)
-        return [h] * self.n_tasks
+        return self.decode(self.encode(x))
 
     def task_modules(self, k: int) -> list[nn.Module]:
         return []
@@ -86,9 +97,15 @@ class MMoE(nn.Module):
         self.gates = nn.ModuleList(nn.Linear(in_dim, n_experts) for _ in range(n_tasks))
         self.out_dim = hidden[-1]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        experts = self.experts(x)
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, self.experts(x)]
+
+    def decode(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        x, experts = parts
         return [_mix(gate, x, experts) for gate in self.gates]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.decode(self.encode(x))
 
     def task_modules(self, k: int) -> list[nn.Module]:
         return [self.gates[k]]
@@ -132,11 +149,17 @@ class PLE(nn.Module):
         )
         self.n_tasks, self.out_dim = n_tasks, hidden[-1]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        task_inputs, shared = [x] * self.n_tasks, x
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
+
+    def decode(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        task_inputs, shared = [parts[0]] * self.n_tasks, parts[0]
         for level in self.levels:
             task_inputs, shared = level(task_inputs, shared)
         return task_inputs
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.decode(self.encode(x))
 
     def task_modules(self, k: int) -> list[nn.Module]:
         """Task k's gates at every level and its experts at the top level. Below the top,

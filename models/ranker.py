@@ -53,7 +53,17 @@ class MultiTaskRanker(nn.Module):
         return torch.cat([emb.flatten(1), dense], dim=1)
 
     def forward(self, sparse, dense: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(self.representation(sparse, dense))
+        return self.heads(self.backbone(self.representation(sparse, dense)))
+
+    def encode(self, sparse, dense: torch.Tensor) -> list[torch.Tensor]:
+        """The shared representation (see backbones): what every task consumes."""
+        return self.backbone.encode(self.representation(sparse, dense))
+
+    def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Logits [B, K] from the shared representation: forward = decode ∘ encode."""
+        return self.heads(self.backbone.decode(parts))
+
+    def heads(self, hidden: list[torch.Tensor]) -> torch.Tensor:
         logits = [tower(h).squeeze(-1) for tower, h in zip(self.towers, hidden)]
         if self.cfg.esmm:
             logits[1] = _product_logit(logits[0], logits[1])

@@ -11,18 +11,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from mtlrec.pipeline import diagnostics  # noqa: E402
 from mtlrec.pipeline.config import Config  # noqa: E402
 from mtlrec.training.metrics import sigmoid  # noqa: E402
 
 
 def plots(folder: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str],
           history: dict[str, list[dict]]) -> dict[str, str]:
-    """Write the PNGs into folder; returns {title: file name}."""
+    """Write the PNGs into folder (the run's evaluation folder); returns {title: file name}.
+    The run's conflict diagnostics (`diagnostics-*.jsonl` in the run folder) are plotted too."""
     out = {"ROC per task": "roc.png", "Training curves": "curves.png",
            "Calibration": "calibration.png"}
     _roc(folder / out["ROC per task"], labels, logits, tasks)
     _curves(folder / out["Training curves"], history)
     _calibration(folder / out["Calibration"], labels, logits, tasks)
+    for path in sorted(folder.parent.glob("diagnostics-*.jsonl")):
+        out |= diagnostics.plot(path, folder)
     return out
 
 

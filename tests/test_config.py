@@ -120,7 +120,7 @@ def test_method_presets_compose_and_impossible_combinations_explain_why():
     assert (mixed.loss, mixed.aggregate, mixed.mocograd.lam) == ("log", "mocograd", 0.5)
     with pytest.raises(config.ConfigError, match="stl trains one model per task"):
         config.load(["method=stl", "method.aggregate=pcgrad"])
-    with pytest.raises(config.ConfigError, match="task_weights only apply to aggregate=sum"):
+    with pytest.raises(config.ConfigError, match="task_weights only apply to weighting=fixed with aggregate=sum"):
         config.load(["method=pcgrad", "method.task_weights=[1,2]"])
 
 

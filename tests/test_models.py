@@ -70,8 +70,11 @@ def test_esmm_ctcvr_is_the_product_of_ctr_and_cvr():
 
 
 def test_sparse_embedding_gradients_touch_only_the_batch_rows():
-    from mtlrec.training.config import TrainerConfig
-    from mtlrec.training.loop import make_optimizers
+    from mtlrec.training.config import MethodConfig, TrainerConfig
+    from mtlrec.training.optim import Optimizers
+
+    def make_optimizers(model, cfg):
+        return Optimizers(model, cfg, MethodConfig(name="ew"), [], 2).all
 
     model = MultiTaskRanker(ModelConfig(arch="hps", embedding_grad="sparse"), SIZES, 4, 2)
     batch = _batch(n=4)

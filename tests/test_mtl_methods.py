@@ -13,19 +13,19 @@ from mtlrec.training.mtl.pcgrad import pcgrad
 
 def test_pcgrad_projects_conflicting_pairs_by_hand():
     g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])  # g1·g2 = -1 < 0
-    out = pcgrad(torch.stack([g1, g2]))
+    out = pcgrad(torch.stack([g1, g2])).sum(0)
     # g1 - (-1/2) g2 = [0.5, 0.5]; g2 - (-1/1) g1 = [0, 1]; sum = [0.5, 1.5]
     assert torch.allclose(out, torch.tensor([0.5, 1.5]))
     aligned = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    assert torch.allclose(pcgrad(aligned), aligned.sum(0))  # no conflict: plain sum
+    assert torch.allclose(pcgrad(aligned), aligned)  # no conflict: plain sum
 
 
 def test_dbmtl_gives_every_task_the_largest_norm():
     grads = torch.tensor([[3.0, 4.0], [0.0, 0.5]])  # norms 5 and 0.5
     state = DBMTLState()
-    out = dbmtl(grads, state, beta=0.0)  # β = 0: the EMA is the current gradient
+    out = dbmtl(grads, state, beta=0.0).sum(0)  # β = 0: the EMA is the current gradient
     assert torch.allclose(out, 5 * (torch.tensor([0.6, 0.8]) + torch.tensor([0.0, 1.0])), atol=1e-6)
-    second = dbmtl(grads, state, beta=0.5, sigma=1.0)  # β_2 = 0.5 / 2 = 0.25
+    second = dbmtl(grads, state, beta=0.5, sigma=1.0).sum(0)  # β_2 = 0.5 / 2 = 0.25
     assert state.step == 2
     assert torch.allclose(state.ema, grads)  # 0.25·g + 0.75·g
     assert torch.allclose(second, out, atol=1e-6)
@@ -37,10 +37,10 @@ def test_mocograd_calibrates_with_the_previous_momentum():
     shared, new_m = mocograd(g, m, lam=0.5, beta1=0.9)
     # task 1 (g1·g0 = -1 < 0) is calibrated with m_0: g1 + 0.5·(‖g0‖/‖m0‖)·m0 = [-1, 1.5]
     # task 0 conflicts with g1 but m_1 = 0 → unchanged
-    assert torch.allclose(shared, torch.tensor([1.0, 0.0]) + torch.tensor([-1.0, 1.5]))
+    assert torch.allclose(shared, torch.tensor([[1.0, 0.0], [-1.0, 1.5]]))
     assert torch.allclose(new_m, 0.9 * m + 0.1 * g)
     no_conflict, _ = mocograd(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), m, lam=0.5)
-    assert torch.allclose(no_conflict, torch.tensor([2.0, 1.0]))
+    assert torch.allclose(no_conflict.sum(0), torch.tensor([2.0, 1.0]))
 
 
 def test_per_task_gradients_and_write_back():
@@ -59,11 +59,11 @@ def test_mgda_finds_the_min_norm_point():
     from mtlrec.training.mtl.mgda import mgda, mgda_weights
 
     orthogonal = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert torch.allclose(mgda(orthogonal), torch.tensor([0.5, 0.5]), atol=1e-5)
+    assert torch.allclose(mgda(orthogonal).sum(0), torch.tensor([0.5, 0.5]), atol=1e-5)
     nested = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # the shorter one is the min-norm point
     assert torch.allclose(mgda_weights(nested), torch.tensor([1.0, 0.0]), atol=1e-5)
     g = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
-    d = mgda(g)
+    d = mgda(g).sum(0)
     assert (g @ d >= -1e-5).all()  # no task's loss increases along d
 
 
@@ -71,11 +71,11 @@ def test_cagrad_by_hand_and_on_conflicts():
     from mtlrec.training.mtl.cagrad import cagrad
 
     g = torch.tensor([3.0, 4.0])
-    same = cagrad(torch.stack([g, g]), c=0.4)  # g_w = g₀ = g: d = (1 + c) g / (1 + c²)
+    same = cagrad(torch.stack([g, g]), c=0.4).sum(0)  # g_w = g₀ = g: d = (1 + c) g / (1 + c²)
     assert torch.allclose(same, 1.4 / 1.16 * g, atol=1e-5)
-    assert torch.allclose(cagrad(torch.stack([g, -g]), c=0.0), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(cagrad(torch.stack([g, -g]), c=0.0).sum(0), torch.zeros(2), atol=1e-6)
     conflict = torch.tensor([[1.0, 0.1], [-0.5, 1.0]])
-    d = cagrad(conflict, c=0.4)
+    d = cagrad(conflict, c=0.4).sum(0)
     worst = (conflict @ (d * 1.16)).min()  # undo the 1/(1 + c²) rescale
     assert worst >= (conflict @ conflict.mean(0)).min() - 1e-6  # worst task does no worse than EW
 
@@ -84,11 +84,11 @@ def test_imtl_g_projects_equally_on_every_task():
     from mtlrec.training.mtl.imtl import imtl_g
 
     g = torch.randn(3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    d = imtl_g(g)
+    d = imtl_g(g).sum(0)
     projections = (g / g.norm(dim=1, keepdim=True)) @ d
     assert torch.allclose(projections, projections[0].expand(3), atol=1e-9)
     two = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
-    assert torch.allclose(imtl_g(two), torch.tensor([2 / 3, 2 / 3], dtype=torch.float64))
+    assert torch.allclose(imtl_g(two).sum(0), torch.tensor([2 / 3, 2 / 3], dtype=torch.float64))
 
 
 def test_gradvac_lifts_the_cosine_to_its_target():
@@ -99,10 +99,10 @@ def test_gradvac_lifts_the_cosine_to_its_target():
     shared, new_targets = gradvac(g, targets, beta=0.01)
     # each g_i is moved to cos 0.5 with the other: g_0 → [1, 1/√3], g_1 → [1/√3, 1]
     third = 1 / 3 ** 0.5
-    assert torch.allclose(shared, torch.tensor([1 + third, 1 + third], dtype=torch.float64))
+    assert torch.allclose(shared, torch.tensor([[1, third], [third, 1]], dtype=torch.float64))
     assert torch.allclose(new_targets[0, 1], torch.tensor(0.99 * 0.5, dtype=torch.float64))
     above, _ = gradvac(g, torch.full((2, 2), -0.5, dtype=torch.float64))
-    assert torch.allclose(above, g.sum(0))  # already above target: untouched
+    assert torch.allclose(above, g)  # already above target: untouched
 
 
 def test_gls_is_the_geometric_mean_and_weighs_small_losses_up():

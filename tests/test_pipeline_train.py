@@ -79,6 +79,26 @@ def test_stl_baseline_gives_delta_m(work):
     assert ple["delta_m_pct"] == pytest.approx(expected)
 
 
+def test_conflict_diagnostics_reach_mlflow_and_the_report(work):
+    args = _args(work, "method=grouped", "method.diagnostics_every=10", "method.grouped.warmup_steps=5",
+                 "method.grouped.regroup_every=5", "optimizer=adatask_adam")
+    assert main(["train", *args]) == 0 and main(["evaluate", *args]) == 0
+    run_dir = work / "runs" / "synth" / "mmoe-grouped+adatask_adam-seed2026"
+    lines = (run_dir / "diagnostics-all.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"tasks": ["ctr", "ctcvr"]} and len(lines) > 3
+    record = json.loads(lines[-1])
+    assert {"cosine", "magnitude", "affinity", "groups", "adatask_rau"} <= set(record)
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    cosine = client.get_metric_history(run_id, "grad_cosine.ctr.vs.ctcvr")
+    assert len(cosine) == len(lines) - 1 and all(-1 <= m.value <= 1 for m in cosine)
+    assert client.get_metric_history(run_id, "group_count")
+    report = (run_dir / "evaluation" / "report.md").read_text()
+    for png in ("diagnostics-all-conflict.png", "diagnostics-all-affinity.png",
+                "diagnostics-all-adatask_rau.png"):
+        assert f"]({png})" in report and (run_dir / "evaluation" / png).stat().st_size > 1000
+
+
 def test_killed_training_resumes_in_the_same_mlflow_run(work):
     args = _args(work, "model=hps", "trainer.max_epochs=6", "trainer.patience=10", "seed=5",
                  "trainer.batch_size=128")

@@ -49,7 +49,7 @@ def _trainer(info, ckpt, epochs=3, on_epoch=None, seed=0, patience=10, lr=1e-3, 
                                         dropout=0.1), info.table_sizes, len(info.numeric), len(info.tasks))
     cfg = TrainerConfig(max_epochs=epochs, batch_size=256, patience=patience, device="cpu",
                         lr_schedule="cosine", lr=lr)
-    return Trainer(model, make_step(method, model, 0), cfg, info.tasks, [0, 1], seed=7, checkpoint_path=ckpt,
+    return Trainer(model, make_step(method, model, cfg, 2, 0), cfg, info.tasks, [0, 1], seed=7, checkpoint_path=ckpt,
                    on_epoch=on_epoch)
 
 
@@ -60,7 +60,19 @@ def test_training_learns_the_ground_truth(synth_splits, tmp_path):
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] * 1.05
 
 
-@pytest.mark.parametrize("method", [EW, METHODS["mocograd"]], ids=["ew", "mocograd"])
+RESUMABLE = {
+    "ew": EW, "mocograd": METHODS["mocograd"],
+    "adatask+pcgrad": MethodConfig(name="adatask+pcgrad", optimizer="adatask_adam", aggregate="pcgrad"),
+    "dtjs": MethodConfig(name="dtjs", loss="superloss", aggregate="dtjs", outer="dtjs",
+                         dtjs={"every": 5, "dev_batch_size": 128}),
+    "grouped": MethodConfig(name="grouped", schedule="grouped", grouped={"warmup_steps": 10, "regroup_every": 5}),
+    "uw": MethodConfig(name="uw", weighting="uw"), "famo": MethodConfig(name="famo", weighting="famo"),
+    "gradnorm": MethodConfig(name="gradnorm", aggregate="gradnorm"),
+    "dwa": MethodConfig(name="dwa", weighting="dwa"),
+}
+
+
+@pytest.mark.parametrize("method", RESUMABLE.values(), ids=RESUMABLE.keys())
 def test_interrupted_and_resumed_run_matches_uninterrupted(synth_splits, tmp_path, method):
     info, train, valid = synth_splits
     straight = _trainer(info, tmp_path / "a.pt", method=method)

@@ -37,36 +37,124 @@ class GradVacConfig(Strict):
     beta: float = Field(0.01, gt=0, le=1, description="EMA factor of the cosine targets")
 
 
+class SuperLossConfig(Strict):
+    lam: float = Field(1.0, gt=0, description="λ of SuperLoss (regularisation of log σ)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="τ ← m·τ + (1 − m)·mean(l)")
+
+
+class DTJSConfig(Strict):
+    every: int = Field(100, ge=1, description="steps between α updates (bi-level outer loop)")
+    terms: int = Field(3, ge=0, description="Neumann-series terms J (0: first order)")
+    alpha_lr: float = Field(1e-3, gt=0)
+    clip: float = Field(10.0, gt=0, description="max norm of the α hypergradient")
+    dev_batch_size: int = Field(2048, ge=1, description="dev batch size (validation split)")
+
+
+class FAMOConfig(Strict):
+    lr: float = Field(0.025, gt=0, description="Adam lr of the task logits ξ")
+    weight_decay: float = Field(1e-3, ge=0)
+
+
+class GradNormConfig(Strict):
+    alpha: float = Field(1.5, ge=0, description="restoring-force strength α")
+    lr: float = Field(0.025, gt=0, description="Adam lr of the task weights")
+
+
+class DWAConfig(Strict):
+    temperature: float = Field(2.0, gt=0)
+
+
+class GroupedConfig(Strict):
+    beta: float = Field(1e-3, gt=0, le=1, description="EMA factor of the affinity (1e-4 with many tasks)")
+    warmup_steps: int = Field(100, ge=0, description="steps with every task alone before regrouping")
+    regroup_every: int = Field(100, ge=1)
+    initial: list[list[int]] | None = Field(None, description="starting groups (default: every "
+                                            "task alone)")
+
+
 class MethodConfig(Strict):
-    """The multi-task step as parts: loss transform × aggregator of the per-task gradients
-    on the shared dense parameters, or a loss weighting (fixed, RLW, GLS). Presets in
-    conf/method/ (ew, stl, rlw, gls, pcgrad, dbmtl, mocograd, mgda, cagrad, imtl_g, gradvac); parts can be recombined, e.g. `method=mocograd method.loss=log`.
-    stl: one model per task (nothing to combine)."""
+    """The multi-task step as parts (DESIGN.md, ALGORITHMS.md): loss transform × loss
+    weighting or aggregator of the per-task gradients × optimizer × schedule × optional
+    DTJS outer loop. Presets in conf/method/; parts recombine from the command line
+    (`method=adatask aggregate=pcgrad`, `loss=log aggregate=mocograd`). stl: one model per
+    task (nothing to combine)."""
 
     name: str
-    loss: Literal["identity", "log"] = "identity"
-    weighting: Literal["fixed", "rlw", "gls"] = Field(
-        "fixed", description="how aggregate=sum combines the losses: fixed task_weights, "
-        "random weights each step (RLW) or their geometric mean (GLS)")
+    loss: Literal["identity", "log", "superloss"] = "identity"
+    weighting: Literal["fixed", "rlw", "gls", "uw", "dwa", "famo"] = Field(
+        "fixed", description="how the task losses combine into one: fixed task_weights, RLW, "
+        "GLS (geometric mean), UW (learnt uncertainty), DWA (loss-ratio softmax), FAMO")
     aggregate: Literal["sum", "pcgrad", "dbmtl", "mocograd", "mgda", "cagrad", "imtl_g",
-                       "gradvac"] = "sum"
+                       "gradvac", "graddrop", "nash_mtl", "aligned_mtl", "gradnorm",
+                       "dtjs"] = Field("sum", description="map of the per-task gradients "
+                                       "G [K, D] on the shared part to its update")
+    optimizer: Literal["adam", "rmsprop", "adagrad", "adatask_adam", "adatask_rmsprop",
+                       "adatask_adagrad"] = "adam"
+    schedule: Literal["joint", "grouped"] = Field(
+        "joint", description="one update per batch, or selective task group updates")
+    outer: Literal["none", "dtjs"] = Field("none", description="DTJS bi-level α updates")
+    grad_on: Literal["shared", "representation", "shared_and_embeddings"] = Field(
+        "shared", description="where per-task gradients are taken: shared dense parameters, "
+        "the shared representation (cheaper), or also the embedding tables (small ones)")
+    batched_grads: bool = Field(False, description="per-task gradients by one vmapped "
+                                "vector-Jacobian product instead of K backward passes (slower "
+                                "on the CPU: `mtlrec bench methods`)")
     task_weights: list[float] | None = None
+    diagnostics_every: int = Field(200, ge=0, description="steps between conflict "
+                                   "diagnostics (0: off)")
     dbmtl: DBMTLConfig = DBMTLConfig()
     mocograd: MoCoGradConfig = MoCoGradConfig()
     cagrad: CAGradConfig = CAGradConfig()
     gradvac: GradVacConfig = GradVacConfig()
+    superloss: SuperLossConfig = SuperLossConfig()
+    dtjs: DTJSConfig = DTJSConfig()
+    famo: FAMOConfig = FAMOConfig()
+    gradnorm: GradNormConfig = GradNormConfig()
+    dwa: DWAConfig = DWAConfig()
+    grouped: GroupedConfig = GroupedConfig()
+
+    @property
+    def single_task(self) -> bool:
+        """The STL preset (possibly renamed by recombination, `stl+…`)."""
+        return self.name.partition("+")[0] == "stl"
+
+    @property
+    def adatask(self) -> bool:
+        return self.optimizer.startswith("adatask_")
 
     @model_validator(mode="after")
     def _compatible(self) -> "MethodConfig":
-        if self.name == "stl" and (self.aggregate != "sum" or self.loss != "identity"):
-            raise ValueError("method stl trains one model per task: there are no task losses or "
-                             "gradients to combine, so loss/aggregate must stay identity/sum")
-        if self.weighting != "fixed" and self.aggregate != "sum":
-            raise ValueError(f"weighting={self.weighting} defines how the task losses combine; "
-                             f"aggregate={self.aggregate} would replace that combination")
-        if self.task_weights is not None and self.weighting != "fixed":
-            raise ValueError(f"task_weights only apply to weighting=fixed, not {self.weighting}")
-        if self.task_weights is not None and self.aggregate != "sum":
-            raise ValueError(f"task_weights only apply to aggregate=sum; {self.aggregate} sets "
-                             "its own task balance")
+        problems = _incompatibilities(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+def _incompatibilities(m: MethodConfig) -> list[str]:
+    """Combinations that cannot work, each with the reason."""
+    out = []
+    if m.single_task and (m.aggregate != "sum" or m.loss != "identity" or m.weighting != "fixed"
+                            or m.schedule != "joint" or m.outer != "none"):
+        out.append("method stl trains one model per task: there are no task losses or "
+                   "gradients to combine, so loss/weighting/aggregate/schedule/outer must stay "
+                   "identity/fixed/sum/joint/none")
+    if m.weighting != "fixed" and m.aggregate != "sum":
+        out.append(f"weighting={m.weighting} defines how the task losses combine; "
+                   f"aggregate={m.aggregate} would replace that combination")
+    if m.task_weights is not None and (m.weighting != "fixed" or m.aggregate != "sum"):
+        out.append("task_weights only apply to weighting=fixed with aggregate=sum; "
+                   f"{m.weighting}/{m.aggregate} sets its own task balance")
+    if m.adatask and m.grad_on == "representation":
+        out.append(f"optimizer={m.optimizer} keeps per-task moments of the shared parameters; "
+                   "grad_on=representation gives per-task gradients on activations instead")
+    if m.outer == "dtjs" and m.aggregate != "dtjs":
+        out.append("outer=dtjs learns the α of DTJS's φ weights: it needs aggregate=dtjs")
+    if m.outer == "dtjs" and m.grad_on == "representation":
+        out.append("outer=dtjs needs the hypergradient through the whole model: use "
+                   "grad_on=shared")
+    if m.schedule == "grouped" and (m.weighting == "famo" or m.outer != "none"):
+        out.append("schedule=grouped makes several updates per batch; FAMO's weight update and "
+                   "DTJS's α update are defined for one joint update")
+    if m.weighting == "famo" and m.loss != "identity":
+        out.append("weighting=famo already balances log L_k; use loss=identity")
+    return out

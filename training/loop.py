@@ -27,7 +27,7 @@ from mtlrec.features.batches import BatchLoader, SplitData
 from mtlrec.training import checkpoint
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.metrics import task_metrics
-from mtlrec.training.step import MultiTaskStep
+from mtlrec.training.step import Forward, MultiTaskStep, Pass
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,9 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def make_optimizers(model: nn.Module, cfg: TrainerConfig) -> list[torch.optim.Optimizer]:
-    """Adam for dense parameters; SparseAdam for embeddings with sparse gradients."""
-    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
-    ids = {id(p) for p in sparse}
-    dense = [p for p in model.parameters() if id(p) not in ids]
-    out: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    if sparse:
-        out.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
-    return out
+def binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-task log loss [B, K] of click/conversion labels."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
 
 
 @torch.no_grad()
@@ -84,13 +78,18 @@ class Trainer:
     def __init__(self, model: nn.Module, step: MultiTaskStep, cfg: TrainerConfig,
                  tasks: list[str], task_index: list[int], seed: int,
                  checkpoint_path: Path | None = None,
-                 on_epoch: Callable[[int, dict], None] | None = None) -> None:
+                 on_epoch: Callable[[int, dict], None] | None = None,
+                 on_diagnostics: Callable[[dict], None] | None = None,
+                 task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = binary_cross_entropy
+                 ) -> None:
+        """`step` must have been built on `model` already moved to the training device."""
         self.device = pick_device(cfg.device)
         self.model = model.to(self.device)
         self.step, self.cfg, self.seed = step, cfg, seed
         self.tasks, self.task_index = tasks, task_index
-        self.checkpoint_path, self.on_epoch = checkpoint_path, on_epoch
-        self.optimizers = make_optimizers(model, cfg)
+        self.checkpoint_path, self.on_epoch, self.on_diagnostics = checkpoint_path, on_epoch, on_diagnostics
+        self.task_loss = task_loss
+        self.optimizers = step.optimizers.all
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for o in self.optimizers]
         self.autocast = cfg.bf16 and self.device.type == "cuda"
 
@@ -107,7 +106,7 @@ class Trainer:
         first = self.cfg.max_epochs if state["done"] else state["epoch"]
         for epoch in range(first, self.cfg.max_epochs):
             loader.set_epoch(epoch)
-            train_loss, speed = self._train_epoch(loader, epoch)
+            train_loss, speed = self._train_epoch(loader, epoch, valid)
             for scheduler in self.schedulers:
                 scheduler.step()
             metrics = self.evaluate(valid)
@@ -135,30 +134,56 @@ class Trainer:
         return TrainResult(best_epoch, best_auc, len(history), history,
                            float(np.median(speeds)) if speeds else float("nan"))
 
-    def _train_epoch(self, loader: BatchLoader, epoch: int) -> tuple[float, float]:
+    def _train_epoch(self, loader: BatchLoader, epoch: int, valid: SplitData) -> tuple[float, float]:
         self.model.train()
         total, seen = torch.zeros((), device=self.device), 0
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=2.0)
         for i, batch in enumerate(bar):
-            batch = batch.to(self.device, non_blocking=True)
-            labels = batch.labels[:, self.task_index]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.model(batch.sparse, batch.dense)
-            losses = nn.functional.binary_cross_entropy_with_logits(
-                logits.float(), labels, reduction="none").mean(dim=0)
-            for optimizer in self.optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            self.step.backward(losses)
-            for optimizer in self.optimizers:
-                optimizer.step()
-            total += losses.detach().sum()
+            dev = self.dev_forward(valid, epoch * len(loader) + i)
+            losses = self.step.train_batch(self.batch_forward(batch), epoch, dev)
+            for record in self.step.diagnostics:
+                if self.on_diagnostics is not None:
+                    self.on_diagnostics(record)
+            self.step.diagnostics.clear()
+            total += losses.sum()
             seen += len(batch)
             if i % 50 == 0:
                 rate = seen / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{float(total) / (i + 1):.4f}", samples_s=f"{rate:,.0f}")
         elapsed = time.perf_counter() - start
         return float(total) / max(len(loader), 1), seen / max(elapsed, 1e-9)
+
+    def batch_forward(self, batch) -> Forward:
+        """The model on one batch, as the closure the step calls (once or several times)."""
+        batch = batch.to(self.device, non_blocking=True)
+        labels = batch.labels[:, self.task_index]
+
+        def forward(split: bool) -> Pass:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                if not split:
+                    return Pass(self.task_loss(self.model(batch.sparse, batch.dense).float(), labels))
+                rep = self.model.encode(batch.sparse, batch.dense)
+                leaves = [t.detach().requires_grad_() for t in rep]
+                logits = self.model.decode(leaves)
+            return Pass(self.task_loss(logits.float(), labels), rep, leaves)
+
+        return forward
+
+    def dev_forward(self, valid: SplitData, index: int) -> Forward | None:
+        """A dev batch from the validation split for outer-loop methods (DTJS's α): rows
+        drawn with a generator seeded by the global batch index, so a resumed run draws
+        the same ones."""
+        size = self.step.dev_batch_size
+        if size is None:
+            return None
+
+        def dev(split: bool) -> Pass:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            rows = torch.randint(len(valid), (size,), generator=gen)
+            return self.batch_forward(valid.batch(rows))(split)
+
+        return dev
 
     def evaluate(self, data: SplitData) -> dict[str, dict]:
         labels = data.labels.numpy()[:, self.task_index]

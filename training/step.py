@@ -1,20 +1,45 @@
-"""The multi-task step: how per-task losses become parameter gradients.
+"""The multi-task step: how one batch's per-task losses become a parameter update.
 
-`Trainer` computes the per-task mean losses L [K] of a batch and calls
-`step.backward(L)`; the step fills `.grad` of every parameter. `training.mtl.step`
-implements it (equal weighting is its simplest form); a step's own state is saved in
-checkpoints.
+`Trainer` hands `step.train_batch` a `Forward` closure (the model on the batch, returning
+per-sample task losses, split at the shared representation on request) and, for methods
+with an outer loop, a closure over dev batches; the step computes gradients and steps its
+own optimizers — some methods update several times per batch (grouped updates) or run the
+batch again (FAMO). `training.mtl.step.ComposedStep` implements it; its state is saved
+in checkpoints and its diagnostics samples are handed to the caller.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 
+@dataclass
+class Pass:
+    """One forward pass: per-sample task losses, and with a split model the shared
+    representation `rep` (graph to the shared parameters) next to the detached `leaves`
+    the task-specific part consumed."""
+    losses: torch.Tensor  # [B, K]
+    rep: list[torch.Tensor] = field(default_factory=list)
+    leaves: list[torch.Tensor] = field(default_factory=list)
+
+
+Forward = Callable[[bool], Pass]  # the argument: split at the shared representation?
+
+
 class MultiTaskStep(Protocol):
-    def backward(self, losses: torch.Tensor) -> None: ...
+    optimizers: Any  # training.optim.Optimizers
+    diagnostics: list[dict[str, Any]]
+
+    @property
+    def dev_batch_size(self) -> int | None:
+        """Batch size of the dev batches an outer loop needs (None: it needs none)."""
+
+    def train_batch(self, forward: Forward, epoch: int = 0, dev: Forward | None = None
+                    ) -> torch.Tensor: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 

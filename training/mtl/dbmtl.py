@@ -23,11 +23,11 @@ class DBMTLState:
 
 def dbmtl(grads: torch.Tensor, state: DBMTLState, beta: float = 0.9, sigma: float = 0.0
           ) -> torch.Tensor:
-    """grads [K, D] (of log-losses) → balanced shared gradient [D]; updates `state`."""
+    """grads [K, D] (of log-losses) → balanced task gradients [K, D]; updates `state`."""
     state.step += 1
     beta_t = beta / state.step**sigma
     if state.ema is None:
         state.ema = torch.zeros_like(grads)
     state.ema = beta_t * state.ema + (1.0 - beta_t) * grads
     norms = state.ema.norm(dim=1)
-    return norms.max() * (state.ema / (norms + 1e-8).unsqueeze(1)).sum(dim=0)
+    return norms.max() * state.ema / (norms + 1e-8).unsqueeze(1)

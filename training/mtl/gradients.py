@@ -1,29 +1,48 @@
-"""Per-task gradients on the shared parameters, as the K×D matrix the methods act on."""
+"""Per-task gradients on the shared part, as the K×D matrix the methods act on.
+
+Two ways to get the K rows: K backward passes through the retained graph, or one
+vectorised vector-Jacobian product (`torch.autograd.grad(..., is_grads_batched=True)`,
+vmap over the K one-hot output gradients). `mtlrec bench methods` measures both.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
-def per_task_gradients(losses: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """G[k] = ∇_θ L_k flattened over `params` (a parameter no loss reaches counts as 0).
-
-    The graph is kept, so the caller can still backpropagate the combined loss into the
-    parameters that are not in `params` (towers, gates, embeddings).
-    """
+def per_task_gradients(losses: torch.Tensor, inputs: list[torch.Tensor], batched: bool = False
+                       ) -> torch.Tensor:
+    """G[k] = ∇ L_k flattened over `inputs` (parameters or activations; one no loss
+    reaches counts as 0). The graph is kept for the rest of the step."""
+    if batched:
+        eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
+        grads = torch.autograd.grad(losses, inputs, grad_outputs=eye, retain_graph=True,
+                                    allow_unused=True, is_grads_batched=True)
+        return torch.cat([
+            (torch.zeros(losses.shape[0], x.numel(), dtype=x.dtype, device=x.device) if g is None
+             else g.reshape(losses.shape[0], -1)) for x, g in zip(inputs, grads)], dim=1)
     rows = []
     for k in range(losses.shape[0]):
-        grads = torch.autograd.grad(losses[k], params, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(losses[k], inputs, retain_graph=True, allow_unused=True)
         rows.append(torch.cat([
-            (torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)
+            (torch.zeros_like(x) if g is None else g).reshape(-1) for x, g in zip(inputs, grads)
         ]))
     return torch.stack(rows)
 
 
+def split_like(flat: torch.Tensor, tensors: list[torch.Tensor], leading: bool = False
+               ) -> list[torch.Tensor]:
+    """Cut a flat vector [D] (or rows [K, D] with `leading`) into the tensors' shapes."""
+    out, offset = [], 0
+    for t in tensors:
+        n = t.numel()
+        piece = flat[..., offset:offset + n]
+        out.append(piece.reshape(*flat.shape[:-1], *t.shape) if leading else piece.view_as(t))
+        offset += n
+    return out
+
+
 def write_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
     """Set `.grad` of params from one flat vector (the aggregated shared gradient)."""
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    for p, piece in zip(params, split_like(flat, params)):
+        p.grad = piece.clone()

@@ -14,7 +14,7 @@ import torch
 
 def gradvac(grads: torch.Tensor, targets: torch.Tensor, beta: float = 0.01,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """grads [K, D], targets [K, K] → (shared gradient [D], updated targets)."""
+    """grads [K, D], targets [K, K] → (vaccinated gradients [K, D], updated targets)."""
     k = grads.shape[0]
     out, targets = grads.clone(), targets.clone()
     norms = grads.norm(dim=1).clamp_min(1e-12)
@@ -28,4 +28,4 @@ def gradvac(grads: torch.Tensor, targets: torch.Tensor, beta: float = 0.01,
                 root_phi, root_t = (1 - phi**2).clamp_min(0).sqrt(), (1 - target**2).clamp_min(1e-12).sqrt()
                 out[i] = out[i] + out[i].norm() * (target * root_phi - phi * root_t) / (norms[j] * root_t) * grads[j]
             targets[i, j] = (1 - beta) * target + beta * phi
-    return out.sum(dim=0), targets
+    return out, targets

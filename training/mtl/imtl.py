@@ -12,10 +12,10 @@ import torch
 
 
 def imtl_g(grads: torch.Tensor) -> torch.Tensor:
-    """grads [K, D] → impartial combination [D]."""
+    """grads [K, D] → rows α_k g_k [K, D]; their sum is the impartial combination."""
     units = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
     d = grads[:1] - grads[1:]
     u = units[:1] - units[1:]
     alpha_rest = torch.linalg.solve((d @ u.t()).t(), (grads[0] @ u.t()))
     alpha = torch.cat([1.0 - alpha_rest.sum(0, keepdim=True), alpha_rest])
-    return alpha @ grads
+    return alpha.unsqueeze(1) * grads

@@ -18,7 +18,7 @@ def mgda_weights(grads: torch.Tensor) -> torch.Tensor:
 
 
 def mgda(grads: torch.Tensor) -> torch.Tensor:
-    """grads [K, D] → min-norm convex combination [D]."""
-    return mgda_weights(grads) @ grads
+    """grads [K, D] → the weighted rows w_k g_k [K, D]; their sum is the min-norm point."""
+    return mgda_weights(grads).unsqueeze(1) * grads
 
 

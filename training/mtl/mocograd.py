@@ -17,7 +17,7 @@ import torch
 
 def mocograd(grads: torch.Tensor, momentum: torch.Tensor, lam: float = 0.1, beta1: float = 0.9,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """grads, momentum [K, D] → (shared gradient [D], updated momentum [K, D])."""
+    """grads, momentum [K, D] → (calibrated gradients [K, D], updated momentum [K, D])."""
     k = grads.shape[0]
     calibrated = grads.clone()
     grad_norms, mom_norms = grads.norm(dim=1), momentum.norm(dim=1)
@@ -27,4 +27,4 @@ def mocograd(grads: torch.Tensor, momentum: torch.Tensor, lam: float = 0.1, beta
                 continue
             if calibrated[i] @ grads[j] < 0:
                 calibrated[i] += lam * grad_norms[j] / mom_norms[j] * momentum[j]
-    return calibrated.sum(dim=0), beta1 * momentum + (1.0 - beta1) * grads
+    return calibrated, beta1 * momentum + (1.0 - beta1) * grads

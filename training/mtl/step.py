@@ -1,102 +1,368 @@
-"""The composed multi-task step: loss transform × aggregator on the shared parameters.
+"""The composed multi-task step (DESIGN.md "Composable MTL methods", ALGORITHMS.md).
 
-backward(L): the transformed losses ℓ_k = T(L_k) (identity or log) reach the
-task-specific parameters and embeddings as the gradient of Σ_k ℓ_k (with sum: combined
-by the weighting — fixed `task_weights`, RLW's random weights or GLS's geometric mean). With an aggregator, the shared dense parameters θ get instead
-A(G), where G = [∇_θ ℓ_1; …; ∇_θ ℓ_K] is computed once per step.
+One call of `train_batch` trains on one batch, read top to bottom:
+
+1. loss transform: per-sample losses [B, K] → task losses ℓ_k (mean, log of the mean,
+   or SuperLoss);
+2. either a loss weighting combines ℓ into one scalar (fixed weights, RLW, GLS, UW, DWA,
+   FAMO) — or per-task gradients G = [∇ℓ_1; …; ∇ℓ_K] are taken once on the shared part
+   (dense parameters, representation, or with the embedding tables) and an aggregator
+   maps G to per-task rows C with the update Σ_k C_k (PCGrad, DB-MTL, MoCoGrad, …, DTJS's
+   φ). Everything outside the shared part gets ∇ of Σ_k w_k ℓ_k with the aggregator's
+   head weights w (1 unless the method weighs tasks);
+3. optimizer: plain (Adam, RMSProp, AdaGrad) on the summed update, or AdaTask's per-task
+   moments on the rows C;
+4. schedule: one joint update, or selective group updates (one update per task group,
+   the loss changes credited to the group that caused them);
+5. outer loop: DTJS's α takes a hypergradient step on a dev batch every `dtjs.every`.
+
+Methods are functions in their own files; this class only holds their state and wires
+them. Per-task gradients are computed only when a part needs them.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
-from mtlrec.training.config import MethodConfig
+from mtlrec.training.config import MethodConfig, TrainerConfig
+from mtlrec.training.mtl import diagnostics
+from mtlrec.training.mtl.aligned_mtl import aligned_mtl
 from mtlrec.training.mtl.cagrad import cagrad
 from mtlrec.training.mtl.dbmtl import DBMTLState, dbmtl
+from mtlrec.training.mtl.dtjs import hypergradient, inter_task_stats, phi
+from mtlrec.training.mtl.dwa import EpochLosses, dwa_weights
+from mtlrec.training.mtl.famo import famo_logit_gradient, famo_loss
 from mtlrec.training.mtl.gls import gls
-from mtlrec.training.mtl.gradients import per_task_gradients, write_gradient
+from mtlrec.training.mtl.gradients import per_task_gradients, split_like, write_gradient
+from mtlrec.training.mtl.graddrop import graddrop
+from mtlrec.training.mtl.gradnorm import gradnorm_weight_gradient, renormalise
 from mtlrec.training.mtl.gradvac import gradvac
+from mtlrec.training.mtl.grouping import credit, regroup
 from mtlrec.training.mtl.imtl import imtl_g
 from mtlrec.training.mtl.mgda import mgda
 from mtlrec.training.mtl.mocograd import mocograd
+from mtlrec.training.mtl.nash_mtl import nash_mtl
 from mtlrec.training.mtl.pcgrad import pcgrad
 from mtlrec.training.mtl.rlw import rlw_weights
+from mtlrec.training.mtl.superloss import superloss, update_threshold
+from mtlrec.training.mtl.uw import uw_loss
+from mtlrec.training.optim import Optimizers, sparse_parameters
+from mtlrec.training.step import Forward, Pass
 
 
-def transform(losses: torch.Tensor, kind: str) -> torch.Tensor:
-    """identity, or log L_k (DB-MTL's loss-scale balancing: ∇ log L = ∇L / L)."""
-    return torch.log(losses + 1e-8) if kind == "log" else losses
+@dataclass
+class MethodState:
+    """Everything a method remembers between steps (checkpointed)."""
+    step: int = 0
+    tau: torch.Tensor | None = None  # SuperLoss thresholds
+    dbmtl: DBMTLState = field(default_factory=DBMTLState)
+    momentum: torch.Tensor | None = None  # MoCoGrad
+    cosine_targets: torch.Tensor | None = None  # GradVac
+    epoch_losses: EpochLosses = field(default_factory=EpochLosses)  # DWA
+    initial_losses: torch.Tensor | None = None  # GradNorm
+    affinity: torch.Tensor | None = None  # grouped updates
+    groups: list[list[int]] = field(default_factory=list)
 
 
 class ComposedStep:
-    def __init__(self, method: MethodConfig, shared: list[torch.nn.Parameter],
-                 others: list[torch.nn.Parameter], seed: int = 0) -> None:
-        self.method, self.shared, self.others = method, shared, others
+    def __init__(self, method: MethodConfig, model: nn.Module, trainer: TrainerConfig,
+                 n_tasks: int, seed: int = 0) -> None:
+        self.method, self.model, self.k, self.lr = method, model, n_tasks, trainer.lr
+        self.split = method.grad_on == "representation"
+        self.shared = model.shared_parameters(include_embeddings=method.grad_on == "shared_and_embeddings")
+        if method.grad_on == "shared_and_embeddings" and any(
+                id(p) in {id(s) for s in sparse_parameters(model)} for p in self.shared):
+            raise ValueError("grad_on=shared_and_embeddings needs dense embedding gradients: "
+                             "set model.embedding_grad=dense (small tables only)")
+        shared_ids = {id(p) for p in self.shared}
+        self.others = [p for p in model.parameters() if id(p) not in shared_ids and p.requires_grad]
+        self.dense = [p for p in model.parameters()
+                      if p.requires_grad and id(p) not in {id(s) for s in sparse_parameters(model)}]
+        self.optimizers = Optimizers(model, trainer, method, self.shared, n_tasks,
+                                     track_dominance=method.diagnostics_every > 0)
         self.generator = torch.Generator().manual_seed(seed)
-        self.dbmtl_state = DBMTLState()
-        self.momentum: torch.Tensor | None = None
-        self.cosine_targets: torch.Tensor | None = None
+        groups = method.grouped.initial or [[t] for t in range(n_tasks)]
+        if sorted(t for g in groups for t in g) != list(range(n_tasks)):
+            raise ValueError(f"method.grouped.initial={groups} is not a partition of the "
+                             f"{n_tasks} tasks 0..{n_tasks - 1}")
+        self.state = MethodState(groups=groups)
+        self.weights = self._learnable_weights()
+        self.diagnostics: list[dict[str, Any]] = []
+        self._sigma: torch.Tensor | None = None  # SuperLoss weights of the last batch
+        self._dtjs_dm: tuple[torch.Tensor, torch.Tensor] | None = None  # DTJS d_k, m_k
 
-    def backward(self, losses: torch.Tensor) -> None:
+    @property
+    def dev_batch_size(self) -> int | None:
+        return self.method.dtjs.dev_batch_size if self.method.outer == "dtjs" else None
+
+    def _learnable_weights(self) -> dict[str, tuple[torch.Tensor, torch.optim.Optimizer]]:
+        """Task-weight parameters some methods learn, each with its own optimizer."""
+        m, k = self.method, self.k
+        if m.weighting == "uw":
+            s = torch.zeros(k, requires_grad=True)
+            return {"uw": (s, torch.optim.Adam([s], lr=self.lr))}
+        if m.weighting == "famo":
+            xi = torch.zeros(k, requires_grad=True)
+            return {"famo": (xi, torch.optim.Adam([xi], lr=m.famo.lr, weight_decay=m.famo.weight_decay))}
+        if m.aggregate == "gradnorm":
+            w = torch.ones(k, requires_grad=True)
+            return {"gradnorm": (w, torch.optim.Adam([w], lr=m.gradnorm.lr))}
+        if m.aggregate == "dtjs":
+            alpha = torch.rand(2, k, generator=self.generator).requires_grad_()
+            return {"dtjs": (alpha, torch.optim.Adam([alpha], lr=m.dtjs.alpha_lr))}
+        return {}
+
+    # ---------------------------------------------------------------- one batch
+    def train_batch(self, forward: Forward, epoch: int = 0, dev: Forward | None = None
+                    ) -> torch.Tensor:
+        """Train on one batch; returns its mean task losses [K] (before any update)."""
+        self.state.step += 1
+        if self.method.schedule == "grouped":
+            raw = self._grouped(forward)
+        else:
+            p = forward(self.split)
+            raw = p.losses.detach().mean(dim=0)
+            self._update(p, list(range(self.k)), dev)
+            if self.method.weighting == "famo":
+                self._famo_update(forward, raw)
+        self.state.epoch_losses.add(raw, epoch)
+        return raw
+
+    def _grouped(self, forward: Forward) -> torch.Tensor:
+        """M = #groups updates on the batch; each loss change is credited to its cause."""
+        s, g = self.state, self.method.grouped
+        if s.affinity is None:
+            s.affinity = torch.zeros(self.k, self.k)
+        first, before, previous = None, None, None
+        for group in s.groups:
+            p = forward(self.split)
+            losses = p.losses.detach().mean(dim=0).cpu()
+            if previous is not None:
+                s.affinity = credit(s.affinity, previous, before, losses, g.beta)
+            first = losses if first is None else first
+            self._update(p, group, None)
+            before, previous = losses, group
+        with torch.no_grad():
+            after = forward(False).losses.mean(dim=0).cpu()
+        s.affinity = credit(s.affinity, previous, before, after, g.beta)
+        if s.step > g.warmup_steps and s.step % g.regroup_every == 0:
+            s.groups = regroup(s.affinity, s.groups)
+        return first.to(after.device)
+
+    def _update(self, p: Pass, tasks: list[int], dev: Forward | None) -> None:
         m = self.method
-        ell = transform(losses, m.loss)
-        if m.aggregate == "sum":
-            self._combined(ell).backward()
+        self.optimizers.zero_grad()
+        ell_all = self._transform(p.losses)
+        ell = ell_all[tasks]
+        sample = (m.diagnostics_every and self.state.step % m.diagnostics_every == 0
+                  and not (self.diagnostics and self.diagnostics[-1]["step"] == self.state.step))
+        if m.aggregate == "sum" and not m.adatask and not sample:
+            self._combine(ell, tasks).backward()
+            self._backward_rep(p)
+            self.optimizers.step()
+            self._step_weights()
             return
-        grads = per_task_gradients(ell, self.shared)
-        torch.autograd.backward(ell.sum(), inputs=self.others)
-        write_gradient(self.shared, self._aggregate(grads))
+        inputs = p.leaves if self.split else self.shared
+        grads = per_task_gradients(ell, inputs, batched=m.batched_grads)
+        if m.aggregate == "sum":
+            combined = self._combine(ell, tasks)
+            w = torch.autograd.grad(combined, ell, retain_graph=True)[0].detach()
+            rows, head_loss = w.unsqueeze(1) * grads, combined
+        else:
+            rows, head_w = self._aggregate(grads, ell, tasks)
+            head_loss = (head_w.detach().to(ell) * ell).sum()
+            if m.outer == "dtjs" and dev is not None and self.state.step % m.dtjs.every == 0:
+                self._dtjs_alpha(ell, grads, dev)
+        if sample:  # conflict between all tasks, also when only a group is updated
+            full = grads if len(tasks) == self.k else per_task_gradients(ell_all, inputs, m.batched_grads)
+            self._record(full, tasks)
+        if self.split:
+            head_loss.backward()
+            torch.autograd.backward(p.rep, split_like(rows.sum(0), p.rep))
+        else:
+            torch.autograd.backward(head_loss, inputs=self.others + self._weight_params())
+            if self.optimizers.adatask is not None:
+                self.optimizers.adatask.step_tasks(split_like(rows, self.shared, leading=True), tasks)
+            else:
+                write_gradient(self.shared, rows.sum(0))
+        self.optimizers.step()
+        self._step_weights()
 
-    def _combined(self, ell: torch.Tensor) -> torch.Tensor:
+    def _backward_rep(self, p: Pass) -> None:
+        """With a split model, carry the heads' gradient on the leaves into the encoder."""
+        if self.split:
+            torch.autograd.backward(p.rep, [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
+                                            for leaf in p.leaves])
+
+    # ---------------------------------------------------------------- parts
+    def _transform(self, losses: torch.Tensor) -> torch.Tensor:
+        """Per-sample [B, K] → task losses [K]."""
+        m = self.method
+        if m.loss == "superloss":
+            self.state.tau = update_threshold(self.state.tau, losses, m.superloss.momentum)
+            lam = torch.full_like(self.state.tau, m.superloss.lam)
+            task, self._sigma = superloss(losses, self.state.tau, lam)
+            return task
+        mean = losses.mean(dim=0)
+        return torch.log(mean + 1e-8) if m.loss == "log" else mean
+
+    def _combine(self, ell: torch.Tensor, tasks: list[int]) -> torch.Tensor:
+        """The loss-level weightings: task losses → one scalar."""
         m = self.method
         if m.weighting == "gls":
             return gls(ell)
+        if m.weighting == "uw":
+            return uw_loss(ell, self.weights["uw"][0][tasks].to(ell))
+        if m.weighting == "famo":
+            return famo_loss(ell, self.weights["famo"][0][tasks].to(ell))
         if m.weighting == "rlw":
-            return (rlw_weights(ell.shape[0], self.generator).to(ell) * ell).sum()
-        w = torch.ones_like(ell) if m.task_weights is None else torch.tensor(m.task_weights).to(ell)
-        return (w * ell).sum()
+            w = rlw_weights(self.k, self.generator)[tasks]
+        elif m.weighting == "dwa":
+            w = dwa_weights(self.state.epoch_losses, self.k, m.dwa.temperature)[tasks]
+        else:
+            w = torch.ones(self.k) if m.task_weights is None else torch.tensor(m.task_weights)
+            w = w[tasks]
+        return (w.to(ell) * ell).sum()
 
-    def _aggregate(self, grads: torch.Tensor) -> torch.Tensor:
-        m = self.method
-        if m.aggregate == "pcgrad":
-            return pcgrad(grads, self.generator)
-        if m.aggregate == "dbmtl":
-            return dbmtl(grads, self.dbmtl_state, m.dbmtl.beta, m.dbmtl.sigma)
-        if m.aggregate == "mgda":
-            return mgda(grads)
-        if m.aggregate == "cagrad":
-            return cagrad(grads, m.cagrad.c)
-        if m.aggregate == "imtl_g":
-            return imtl_g(grads)
-        if m.aggregate == "gradvac":
-            if self.cosine_targets is None:
-                self.cosine_targets = torch.zeros(grads.shape[0], grads.shape[0], dtype=grads.dtype)
-            shared, self.cosine_targets = gradvac(grads, self.cosine_targets, m.gradvac.beta,
-                                                  self.generator)
-            return shared
-        if self.momentum is None:
-            self.momentum = torch.zeros_like(grads)
-        shared, self.momentum = mocograd(grads, self.momentum, m.mocograd.lam, m.mocograd.beta1,
-                                         self.generator)
-        return shared
+    def _aggregate(self, grads: torch.Tensor, ell: torch.Tensor, tasks: list[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """G [k, D] → (rows C [k, D], head weights [k]) for the methods acting on G."""
+        m, s, ones = self.method, self.state, torch.ones(len(tasks))
+        match m.aggregate:
+            case "pcgrad":
+                return pcgrad(grads, self.generator), ones
+            case "dbmtl":
+                return dbmtl(grads, s.dbmtl, m.dbmtl.beta, m.dbmtl.sigma), ones
+            case "mgda":
+                return mgda(grads), ones
+            case "cagrad":
+                return cagrad(grads, m.cagrad.c), ones
+            case "imtl_g":
+                return imtl_g(grads), ones
+            case "nash_mtl":
+                return nash_mtl(grads), ones
+            case "aligned_mtl":
+                return aligned_mtl(grads), ones
+            case "graddrop":
+                return graddrop(grads, self.generator), ones
+            case "gradvac":
+                if s.cosine_targets is None:
+                    s.cosine_targets = torch.zeros(self.k, self.k, dtype=grads.dtype, device=grads.device)
+                rows, s.cosine_targets = gradvac(grads, s.cosine_targets, m.gradvac.beta, self.generator)
+                return rows, ones
+            case "mocograd":
+                if s.momentum is None:
+                    s.momentum = torch.zeros_like(grads)
+                rows, s.momentum = mocograd(grads, s.momentum, m.mocograd.lam, m.mocograd.beta1,
+                                            self.generator)
+                return rows, ones
+            case "gradnorm":
+                w, _ = self.weights["gradnorm"]
+                if s.initial_losses is None:
+                    s.initial_losses = ell.detach().clone()
+                w_now = w.detach()[tasks].to(grads)
+                w.grad = torch.zeros_like(w)
+                w.grad[tasks] = gradnorm_weight_gradient(
+                    w_now, grads, ell, s.initial_losses[tasks], m.gradnorm.alpha).cpu().to(w.dtype)
+                return w_now.unsqueeze(1) * grads, w_now
+            case "dtjs":
+                d, mag = inter_task_stats(grads)
+                self._dtjs_dm = (d.detach(), mag.detach())
+                weights = phi(self.weights["dtjs"][0].detach()[:, tasks].to(grads), d, mag)
+                return weights.unsqueeze(1) * grads, weights
+        raise AssertionError(m.aggregate)
 
+    def _dtjs_alpha(self, ell: torch.Tensor, grads: torch.Tensor, dev: Forward) -> None:
+        """Bi-level step of α on a dev batch (hypergradient, clipped, Adam)."""
+        alpha, optimizer = self.weights["dtjs"]
+        d, mag = self._dtjs_dm
+        dev_losses = dev(False).losses
+        if self.method.loss == "superloss":  # the training thresholds, not updated on dev
+            lam = torch.full_like(self.state.tau, self.method.superloss.lam)
+            dev_task = superloss(dev_losses, self.state.tau, lam)[0]
+        else:
+            dev_task = self._plain(dev_losses)
+        hg = hypergradient(lambda a: (phi(a.to(ell), d, mag) * ell).sum(), dev_task.sum(),
+                           self.dense, alpha, self.lr, self.method.dtjs.terms)
+        optimizer.zero_grad()
+        alpha.grad = hg * (self.method.dtjs.clip / hg.norm().clamp_min(self.method.dtjs.clip))
+        optimizer.step()
+
+    def _plain(self, losses: torch.Tensor) -> torch.Tensor:
+        mean = losses.mean(dim=0)
+        return torch.log(mean + 1e-8) if self.method.loss == "log" else mean
+
+    def _famo_update(self, forward: Forward, before: torch.Tensor) -> None:
+        """FAMO: after the model step, the same batch again; ξ descends Jᵀδ."""
+        xi, optimizer = self.weights["famo"]
+        with torch.no_grad():
+            after = forward(False).losses.mean(dim=0)
+        optimizer.zero_grad()
+        xi.grad = famo_logit_gradient(xi, before.cpu(), after.cpu())
+        optimizer.step()
+
+    def _weight_params(self) -> list[torch.Tensor]:
+        """Learnable weights trained by the head loss's backward (UW's log-variances)."""
+        return [self.weights["uw"][0]] if "uw" in self.weights else []
+
+    def _step_weights(self) -> None:
+        if "uw" in self.weights:
+            self.weights["uw"][1].step()
+            self.weights["uw"][1].zero_grad()
+        if "gradnorm" in self.weights:
+            w, optimizer = self.weights["gradnorm"]
+            optimizer.step()
+            with torch.no_grad():
+                w.copy_(renormalise(w))
+
+    def _record(self, grads: torch.Tensor, tasks: list[int]) -> None:
+        """A diagnostics sample: gradient conflict of all K tasks plus each part's state
+        (`tasks`: the ones being updated)."""
+        record: dict[str, Any] = {"step": self.state.step, "tasks": list(range(self.k)),
+                                  **diagnostics.gradient_similarity(grads)}
+        if self.method.loss == "superloss":
+            record["superloss_sigma"] = [diagnostics.histogram(self._sigma[:, k], 20, 0.0, 2.72)
+                                         for k in range(self.k)]
+        if "dtjs" in self.weights:
+            alpha = self.weights["dtjs"][0].detach()
+            d, mag = self._dtjs_dm
+            record["dtjs_alpha"] = alpha.tolist()
+            record["dtjs_phi"] = phi(alpha[:, tasks].to(d), d, mag).cpu().tolist()
+        for name in ("uw", "famo", "gradnorm"):
+            if name in self.weights:
+                record[f"{name}_weights"] = self.weights[name][0].detach().tolist()
+        if self.optimizers.adatask is not None and self.state.step > 1:
+            rau = self.optimizers.adatask.task_dominance()
+            record["adatask_rau"] = [diagnostics.histogram(rau[k], 20, 0.0, 1.0) for k in range(self.k)]
+        if self.method.schedule == "grouped":
+            record["affinity"] = self.state.affinity.tolist()
+            record["groups"] = [list(g) for g in self.state.groups]
+        self.diagnostics.append(record)
+
+    # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "dbmtl_ema": self.dbmtl_state.ema,
-                "dbmtl_step": self.dbmtl_state.step, "momentum": self.momentum,
-                "cosine_targets": self.cosine_targets}
+        """Plain tensors, lists and dicts (checkpoints load with weights_only)."""
+        return {"generator": self.generator.get_state(), "state": asdict(self.state),
+                "weights": {k: (w.detach().clone(), o.state_dict()) for k, (w, o) in self.weights.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.dbmtl_state = DBMTLState(state["dbmtl_ema"], state["dbmtl_step"])
-        self.momentum = state["momentum"]
-        self.cosine_targets = state["cosine_targets"]
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.generator.set_state(saved["generator"])
+        state = dict(saved["state"])
+        self.state = MethodState(**state | {"dbmtl": DBMTLState(**state["dbmtl"]),
+                                            "epoch_losses": EpochLosses(**state["epoch_losses"])})
+        for name, (value, opt_state) in saved["weights"].items():
+            w, optimizer = self.weights[name]
+            with torch.no_grad():
+                w.copy_(value)
+            optimizer.load_state_dict(opt_state)
 
 
-def make_step(method: MethodConfig, model: torch.nn.Module, seed: int) -> ComposedStep:
-    """The step for a model exposing `shared_parameters` (per-task gradients go there)."""
-    shared = model.shared_parameters(include_embeddings=False)
-    ids = {id(p) for p in shared}
-    others = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
-    return ComposedStep(method, shared, others, seed)
+def make_step(method: MethodConfig, model: nn.Module, trainer: TrainerConfig, n_tasks: int,
+              seed: int) -> ComposedStep:
+    """The step for a model exposing `shared_parameters` (and `encode`/`decode` when
+    grad_on=representation)."""
+    return ComposedStep(method, model, trainer, n_tasks, seed)
