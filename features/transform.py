@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,15 @@ class FeatureTransform:
 
     def expressions(self) -> list[pl.Expr]:
         """Typed columns → Int32 ids and Float32 dense values, named after the fields."""
-        return [vocab.encode(f, self.vocabularies[f.name]) for f in self.spec.categorical] + [
+        return list(self._encoders)
+
+    @cached_property
+    def _encoders(self) -> tuple[pl.Expr, ...]:
+        # Built once: an Enum over a large vocabulary costs milliseconds to construct, far
+        # more than encoding a served request of 100 rows with it.
+        return tuple([vocab.encode(f, self.vocabularies[f.name]) for f in self.spec.categorical] + [
             numeric.encode(f, self.numeric_stats[f.name]) for f in self.spec.numeric
-        ]
+        ])
 
     def to_numpy(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Typed rows → (ids int64 [N, F], dense float32 [N, D]), the exported model's inputs."""

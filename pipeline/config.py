@@ -47,6 +47,53 @@ class TrainStageConfig(Strict):
 
 class EvaluateConfig(Strict):
     stl_run: str = Field(description="run folder of the STL baseline that Δm% compares with")
+    logs: str | None = Field(None, description="raw logs scored through a served model "
+                             "(`mtlrec evaluate model=models:/…`)")
+
+
+class RegistryConfig(Strict):
+    model_name: str = Field(min_length=1, description="MLflow registered model name")
+    version: int | None = Field(None, ge=1, description="mtlrec promote: version made champion")
+
+
+class ExportConfig(Strict):
+    parity_rows: int = Field(10_000, ge=10_000, description="rows compared torch vs onnxruntime")
+    parity_tolerance: float = Field(1e-5, gt=0, le=1e-3)
+    opset: int = Field(18, ge=17)
+
+
+class GateConfig(Strict):
+    """Promotion gate: a candidate replaces the champion when, on the same holdout rows,
+    every task has AUC >= champion - auc_tolerance and logloss <= champion + logloss_tolerance
+    (negative tolerances demand an improvement)."""
+
+    auc_tolerance: float = 0.002
+    logloss_tolerance: float = 0.001
+    holdout: str | None = Field(None, description="raw logs both models are scored on "
+                                "(default: the newest day partition of data.source.train)")
+
+
+class ServeConfig(Strict):
+    model: str = Field(description="models:/<name>@<alias>, models:/<name>/<version> or a bundle folder")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_rows: int = Field(1000, ge=1)
+    max_body_mb: float = Field(8, gt=0)
+    poll_seconds: float = Field(30, ge=0, description="registry poll period; 0 = no hot reload")
+    threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
+
+
+class ScoreConfig(Strict):
+    input: str | None = None
+    output: str | None = None
+    chunk_rows: int = Field(100_000, ge=1)
+    id_column: str | None = None
+
+
+class RetrainConfig(Strict):
+    window_days: int = Field(4, ge=3, description="days per job: train days + validation + holdout")
+    warm_start: bool = True
+    dir: str
 
 
 class SynthConfig(Strict):
@@ -68,6 +115,8 @@ class BenchConfig(Strict):
     reader_batch_size: int = Field(2048, ge=1)
     seeds: int = Field(3, ge=1, description="bench census: seeds 0..seeds-1")
     train_rows: int = Field(100_000, ge=1000, description="bench train: synthetic rows per day")
+    serve_rows_per_day: int = Field(20_000, ge=1000, description="bench serve: training data of its model")
+    serve_requests: int = Field(1000, ge=10, description="bench serve: HTTP requests per concurrency level")
 
 
 class Config(Strict):
@@ -82,6 +131,12 @@ class Config(Strict):
     train: TrainStageConfig
     evaluate: EvaluateConfig
     bench: BenchConfig
+    registry: RegistryConfig
+    export: ExportConfig
+    gate: GateConfig
+    serve: ServeConfig
+    score: ScoreConfig
+    retrain: RetrainConfig
 
 
 def _seq(prefix: str, first: int, last: int) -> list[str]:
@@ -105,12 +160,31 @@ def _upsert(override: str) -> str:
     return override
 
 
+# Parts of the multi-task step that may be named at the top level: `aggregate=pcgrad`
+# means `method.aggregate=pcgrad` (DESIGN.md: a preset plus free combinations).
+METHOD_PARTS = ("loss", "weighting", "aggregate", "optimizer", "schedule", "outer", "grad_on")
+
+
+def _method_part(override: str) -> str:
+    key = override.split("=", 1)[0]
+    return f"method.{override}" if "=" in override and key in METHOD_PARTS else override
+
+
 def compose_dict(overrides: list[str]) -> dict[str, Any]:
-    """Hydra composition + interpolation, as a plain dict (no validation yet)."""
+    """Hydra composition + interpolation, as a plain dict (no validation yet).
+
+    A preset recombined with other parts is named after both (`adatask+pcgrad`), unless
+    `method.name` is given, so runs and tables say what actually ran.
+    """
     _register_resolvers()
+    expanded = [_method_part(o) for o in overrides]
+    parts = [o.split("=", 1)[1] for o in expanded
+             if o.startswith("method.") and o.split("=", 1)[0].removeprefix("method.") in METHOD_PARTS]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name="config", overrides=[_upsert(o) for o in overrides])
+            cfg = compose(config_name="config", overrides=[_upsert(o) for o in expanded])
+        if parts and not any(o.startswith("method.name=") for o in expanded):
+            cfg.method.name = "+".join([cfg.method.name, *parts])  # before run_dir resolves
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain_hydra(exc, overrides)) from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline import tracking
 from mtlrec.pipeline.config import Config
+from mtlrec.pipeline.diagnostics import DiagnosticsLog
 from mtlrec.training.loop import Trainer, TrainResult, seed_everything
 from mtlrec.training.mtl.step import make_step
 
@@ -58,7 +60,7 @@ def build_model(model_cfg: ModelConfig, info: FeatureInfo, n_tasks: int) -> Mult
 
 def task_groups(cfg: Config, tasks: list[str]) -> dict[str, list[int]]:
     """Which label columns each model trains on: all tasks together, or one per model (STL)."""
-    if cfg.method.name == "stl":
+    if cfg.method.single_task:
         return {t: [k] for k, t in enumerate(tasks)}
     return {"all": list(range(len(tasks)))}
 
@@ -67,7 +69,9 @@ def weights_file(group: str) -> str:
     return "model.pt" if group == "all" else f"model-{group}.pt"
 
 
-def run_train(cfg: Config) -> TrainedRun:
+def run_train(cfg: Config, init: Callable[[MultiTaskRanker], None] | None = None) -> TrainedRun:
+    """Train (or resume) the run of `cfg`; `init` is applied to each fresh model before
+    training (retrain's warm start from the champion; a resumed checkpoint overrides it)."""
     folder, manifest, info = load_features(cfg)
     run_dir = Path(cfg.paths.run_dir)
     state = _run_state(run_dir, cfg)
@@ -94,12 +98,16 @@ def run_train(cfg: Config) -> TrainedRun:
             seed_everything(cfg.seed)
             tasks = [info.tasks[k] for k in index]
             model = build_model(cfg.model, info, len(index))
+            if init is not None:
+                init(model)
             prefix = "" if group == "all" else f"{group}."
             trainer = Trainer(
-                model, make_step(cfg.method, model, cfg.seed), cfg.trainer, tasks, index, cfg.seed,
+                model, make_step(cfg.method, model, cfg.trainer, len(index), cfg.seed), cfg.trainer, tasks,
+                index, cfg.seed,
                 checkpoint_path=run_dir / f"checkpoint-{group}.pt",
                 on_epoch=lambda epoch, row, p=prefix: mlflow.log_metrics(
                     {p + k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch),
+                on_diagnostics=DiagnosticsLog(run_dir / f"diagnostics-{group}.jsonl", tasks, prefix),
             )
             results[group] = trainer.fit(train, valid)
             torch.save(trainer.model.state_dict(), run_dir / weights_file(group))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlflow
 import polars as pl
 
 from mtlrec.pipeline.cli import main
@@ -24,6 +25,17 @@ def test_run_generates_ingests_trains_and_evaluates(tmp_path, capsys):
     report = tmp_path / "runs" / "synth" / "mmoe-ew-seed2026" / "evaluation" / "report.md"
     assert f"report: {report}" in printed and report.is_file()
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db" in printed
+    # exported, parity-checked, registered and made champion; the job ends with the pointers
+    assert "export: synth-ranker version 1 -> champion" in printed
+    assert printed.rstrip().splitlines()[-2:] == [
+        f"report: {report}",
+        f"open the MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db"]
+    bundle = report.parent.parent / "bundle"
+    assert json.loads((bundle / "parity.json").read_text())["passed"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    champion = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(
+        "synth-ranker", "champion")
+    assert champion.version == 1 and champion.source.endswith("/artifacts/bundle")
     # a second run changes nothing: same inputs, same spec → the output is reused
     before = (out / "manifest.json").stat().st_mtime_ns
     assert main(["ingest", *args]) == 0
@@ -32,4 +44,4 @@ def test_run_generates_ingests_trains_and_evaluates(tmp_path, capsys):
 
 def test_bench_needs_a_known_target(capsys):
     assert main(["bench", "nonsense"]) == 2
-    assert "mtlrec bench needs one of ['ingest', 'census', 'train']" in capsys.readouterr().err
+    assert "mtlrec bench needs one of ['ingest', 'census', 'census_methods', 'methods', 'adatask'," in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""Validated raw rows of a few files, in memory: the checks of ingest without its fitting.
+
+For inputs of bounded size that are validated but not turned into a training set: one
+day partition entering the retrain store, a holdout day scored by two bundles for the
+promotion gate, new logs scored by a served model. The same `validate` expressions as
+ingest decide which rows are good, so the good rows here are exactly the rows ingest
+would keep; bad rows come back with their reasons (never silently dropped).
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from mtlrec.features import validate
+from mtlrec.features.errors import DataError
+from mtlrec.features.sources import FILE_COL, LINE_COL, open_inputs, scan
+from mtlrec.features.spec import DataSpec
+
+_BAD = "__bad"
+_DAY = re.compile(r"day=(\d{4}-\d{2}-\d{2})")
+
+
+@dataclass(frozen=True)
+class RawRows:
+    good: pl.DataFrame  # the good rows' original values (strings), the spec's columns
+    quarantine: pl.DataFrame  # source_file, line, reason + the original values
+    files: list[str]
+
+    def typed(self, spec: DataSpec) -> pl.DataFrame:
+        """The good rows typed as ingest types them (categorical strings, numeric floats,
+        labels 0/1, id/group/day): what `FeatureTransform` and the metrics read."""
+        return validate.with_parsed_numbers(self.good.lazy(), spec).select(
+            validate.typed_columns(spec)).collect()
+
+
+def read(spec: DataSpec, pattern: str) -> RawRows:
+    """Read and validate every file matching `pattern` with the spec's source options."""
+    source = spec.source.model_copy(update={"train": pattern, "valid": None, "test": None})
+    files = open_inputs(source, spec.expected_columns)
+    for lossy in (False, True):
+        checks = validate.problems(spec, files, check_utf8=lossy)
+        lf = pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed")
+        if spec.checks.unique_id:
+            lf = lf.with_columns((~pl.col(spec.id).is_first_distinct()).alias(validate.DUP_COL))
+        lf = validate.with_parsed_numbers(lf, spec).with_columns(
+            validate.bad_flag(spec, checks).alias(_BAD))
+        try:
+            frame = lf.collect()
+        except pl.exceptions.ComputeError as exc:
+            if not lossy and "utf-8" in str(exc).lower():
+                continue
+            raise DataError(f"reading {pattern} failed: {exc}") from exc
+        paths = pl.col(FILE_COL).replace_strict([f.index for f in files], [str(f.path) for f in files])
+        quarantine = frame.filter(pl.col(_BAD)).select(
+            paths.alias("source_file"), pl.col(LINE_COL).alias("line"),
+            validate.reason(checks).alias("reason"), *spec.expected_columns)
+        good = frame.filter(~pl.col(_BAD)).select(spec.expected_columns)
+        return RawRows(good, quarantine, [str(f.path) for f in files])
+    raise AssertionError("unreachable: the lossy pass either returns or raises")
+
+
+def day_partitions(pattern: str) -> dict[str, str]:
+    """{day: glob of that day's files} among the files `pattern` matches, in day order.
+
+    A day partition is a file (`…/day=2026-11-05.csv`) or a folder of files
+    (`…/day=2026-11-05/part-0.csv`), as landing folders are laid out; files without a
+    day in their name or folder are not partitions and are left out.
+    """
+    out: dict[str, str] = {}
+    for name in sorted(glob.glob(str(Path(pattern).expanduser()))):
+        path = Path(name)
+        if (match := _DAY.search(path.name)) is not None:
+            out[match[1]] = glob.escape(name)
+        elif (match := _DAY.search(path.parent.name)) is not None:
+            out[match[1]] = f"{glob.escape(str(path.parent))}/{Path(pattern).name}"
+    return dict(sorted(out.items()))

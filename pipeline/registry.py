@@ -1,0 +1,158 @@
+"""The MLflow model registry: register bundles, gate them against the champion, move aliases.
+
+Aliases (MLflow 3 has no stages): `champion` is what servers load, `previous` the
+champion it replaced (what `rollback` returns to), `challenger` a candidate that failed
+the gate. Each version carries the tag `mtlrec.replaced` (the champion it replaced), so
+repeated rollbacks walk back through the history.
+
+The gate is ours to write (`mlflow.validate_evaluation_results` can only demand an
+improvement): on the same holdout rows, every task's candidate AUC must be at least the
+champion's − ε and its logloss at most the champion's + δ (`gate.*`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from mtlrec.features.errors import DataError
+from mtlrec.pipeline import tracking
+from mtlrec.pipeline.config import Config, GateConfig
+
+log = logging.getLogger(__name__)
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+REPLACED_TAG = "mtlrec.replaced"
+
+
+def client(cfg: Config) -> mlflow.MlflowClient:
+    uri = tracking.tracking_uri(cfg.paths.work_dir)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def cache_dir(cfg: Config) -> Path:
+    """Where registered bundles are downloaded to (by servers, scoring and the gate)."""
+    return Path(cfg.paths.work_dir) / "serving-cache"
+
+
+def alias_version(c: mlflow.MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register(c: mlflow.MlflowClient, name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+    """The version registered for `run_id`, created on first call only (a rerun after a
+    crash finds it instead of registering the same model twice)."""
+    try:
+        c.create_registered_model(name, description="mtlrec multi-task ranker (ONNX bundle)")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    found = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if found:
+        return str(found[0].version)
+    version = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    log.info("registry: %s version %s from run %s", name, version.version, run_id)
+    return str(version.version)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    tasks: dict[str, dict]  # per task: candidate/champion AUC and logloss, differences, verdicts
+    failures: list[str]  # one sentence per failed check: task, metric, by how much
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "tasks": self.tasks, "failures": self.failures}
+
+
+def compare(candidate: dict[str, dict], champion: dict[str, dict], gate: GateConfig) -> GateResult:
+    """The gate on per-task metrics ({task: {"auc": …, "logloss": …}}) of the same rows."""
+    if set(candidate) != set(champion):
+        return GateResult(False, {}, [f"tasks differ: candidate {sorted(candidate)}, "
+                                      f"champion {sorted(champion)}"])
+    tasks, failures = {}, []
+    for task, mine in candidate.items():
+        theirs = champion[task]
+        auc_floor = theirs["auc"] - gate.auc_tolerance
+        ll_ceiling = theirs["logloss"] + gate.logloss_tolerance
+        row = {"candidate_auc": mine["auc"], "champion_auc": theirs["auc"],
+               "auc_diff": mine["auc"] - theirs["auc"], "auc_ok": mine["auc"] >= auc_floor,
+               "candidate_logloss": mine["logloss"], "champion_logloss": theirs["logloss"],
+               "logloss_diff": mine["logloss"] - theirs["logloss"],
+               "logloss_ok": mine["logloss"] <= ll_ceiling}
+        if not row["auc_ok"]:
+            failures.append(f"{task}: AUC {mine['auc']:.4f} < champion {theirs['auc']:.4f} − ε "
+                            f"{gate.auc_tolerance} (short by {auc_floor - mine['auc']:.4f})")
+        if not row["logloss_ok"]:
+            failures.append(f"{task}: logloss {mine['logloss']:.5f} > champion {theirs['logloss']:.5f}"
+                            f" + δ {gate.logloss_tolerance} (over by {mine['logloss'] - ll_ceiling:.5f})")
+        tasks[task] = row
+    return GateResult(not failures, tasks, failures)
+
+
+def make_champion(c: mlflow.MlflowClient, name: str, version: str) -> str | None:
+    """`champion` → version; the old champion keeps `previous`. Returns the old one."""
+    old = alias_version(c, name, CHAMPION)
+    old_version = str(old.version) if old else None
+    if old_version == version:
+        return None
+    c.set_registered_model_alias(name, CHAMPION, version)
+    if old_version is not None:
+        c.set_registered_model_alias(name, PREVIOUS, old_version)
+        c.set_model_version_tag(name, version, REPLACED_TAG, old_version)
+    challenger = alias_version(c, name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        c.delete_registered_model_alias(name, CHALLENGER)
+    log.info("registry: %s champion is now version %s (was %s)", name, version, old_version)
+    return old_version
+
+
+def make_challenger(c: mlflow.MlflowClient, name: str, version: str) -> None:
+    c.set_registered_model_alias(name, CHALLENGER, version)
+
+
+def rollback(c: mlflow.MlflowClient, name: str) -> tuple[str, str]:
+    """`champion` back to `previous`; returns (from, to). `previous` then moves one step
+    further back (the version the restored champion had replaced), or is removed."""
+    current, previous = alias_version(c, name, CHAMPION), alias_version(c, name, PREVIOUS)
+    if current is None or previous is None:
+        raise DataError(f"registered model {name!r} has no {'champion' if current is None else 'previous'}"
+                        " alias: nothing to roll back to")
+    c.set_registered_model_alias(name, CHAMPION, str(previous.version))
+    c.set_model_version_tag(name, str(current.version), "mtlrec.rolled_back", "true")
+    before = previous.tags.get(REPLACED_TAG)
+    if before and before != str(current.version):
+        c.set_registered_model_alias(name, PREVIOUS, before)
+    else:
+        c.delete_registered_model_alias(name, PREVIOUS)
+    return str(current.version), str(previous.version)
+
+
+def markdown(result: GateResult, name: str, version: str, champion: str | None, gate: GateConfig,
+             holdout: dict) -> str:
+    lines = [f"# Promotion gate: {name} version {version}", ""]
+    if champion is None:
+        lines += ["No champion yet: this version becomes the champion.", ""]
+    else:
+        verdict = "**passed**: it becomes the champion" if result.passed else \
+            "**failed**: it stays the challenger"
+        lines += [f"Candidate version {version} vs champion version {champion} on "
+                  f"{holdout['rows']:,} holdout rows ({', '.join(Path(f).name for f in holdout['files'])}); "
+                  f"ε = {gate.auc_tolerance} (AUC), δ = {gate.logloss_tolerance} (logloss): {verdict}.", "",
+                  "| task | AUC candidate | AUC champion | Δ AUC | logloss candidate | logloss champion "
+                  "| Δ logloss | verdict |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for task, r in result.tasks.items():
+            ok = "ok" if r["auc_ok"] and r["logloss_ok"] else "FAIL"
+            lines.append(f"| {task} | {r['candidate_auc']:.4f} | {r['champion_auc']:.4f} | "
+                         f"{r['auc_diff']:+.4f} | {r['candidate_logloss']:.5f} | "
+                         f"{r['champion_logloss']:.5f} | {r['logloss_diff']:+.5f} | {ok} |")
+        if result.failures:
+            lines += ["", "Failed checks:", *[f"- {f}" for f in result.failures]]
+    return "\n".join(lines) + "\n"

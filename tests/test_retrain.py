@@ -1,0 +1,136 @@
+"""`mtlrec retrain` on a real landing folder: once-only ingestion, warm start, gate and
+promotion, idempotence, the lock, and recovery after the process is killed mid-job."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import polars as pl
+import pytest
+import torch
+
+from mtlrec.models.config import ModelConfig
+from mtlrec.models.ranker import MultiTaskRanker
+from mtlrec.pipeline.cli import main
+from mtlrec.pipeline.retrain import warm_start
+
+SMALL = ["synth.rows_per_day=2000", "synth.ctr=0.3", "synth.cvr=0.3", "model.n_experts=2",
+         "model.expert_hidden=[16]", "model.tower_hidden=[8]", "trainer.max_epochs=1",
+         "trainer.batch_size=512", "trainer.lr=0.01", "gate.auc_tolerance=0.5",
+         "gate.logloss_tolerance=1.0"]
+NAME = "synth-ranker"
+
+
+def _args(work: Path) -> list[str]:
+    return [f"paths.work_dir={work}", *SMALL]
+
+
+def _land(work: Path, days: int) -> None:
+    """The upstream system drops day partitions into the landing folder."""
+    assert main(["synth", *_args(work), f"synth.days={days}"]) == 0
+
+
+def _versions(work: Path) -> list[str]:
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    c = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return sorted(str(v.version) for v in c.search_model_versions(f"name = '{NAME}'"))
+
+
+def _manifest(work: Path) -> dict:
+    return json.loads((work / "retrain" / "synth" / "manifest.json").read_text())
+
+
+def test_warm_start_copies_the_champions_weights_and_known_embedding_rows():
+    cfg = ModelConfig(arch="mmoe", n_experts=2, expert_hidden=[8], tower_hidden=[4])
+    torch.manual_seed(0)
+    champion = MultiTaskRanker(cfg, {"a": 5, "b": 3}, 2, 2)
+    torch.manual_seed(1)
+    grown = MultiTaskRanker(cfg, {"a": 8, "b": 3}, 2, 2)  # field a has 3 new values
+    fresh_rows = grown.embeddings.state_tables()[0][5:].clone()
+    warm_start(grown, champion)
+    new, old = grown.embeddings.state_tables(), champion.embeddings.state_tables()
+    assert torch.equal(new[0][:5], old[0]) and torch.equal(new[1], old[1])
+    assert torch.equal(new[0][5:], fresh_rows)  # values new since the champion: fresh init
+    theirs = champion.state_dict()
+    for name, tensor in grown.state_dict().items():
+        if not name.startswith("embeddings."):
+            assert torch.equal(tensor, theirs[name]), name
+    other = MultiTaskRanker(cfg.model_copy(update={"expert_hidden": [6]}), {"a": 8, "b": 3}, 2, 2)
+    with pytest.raises(ValueError, match="cannot warm-start: 'backbone.experts.first.weight'"):
+        warm_start(other, champion)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A landing folder that grows a day at a time, retrained after each delivery."""
+    work = tmp_path_factory.mktemp("retrain")
+    for days in (2, 3, 4):
+        _land(work, days)  # rewrites the earlier days too (same content)
+        assert main(["retrain", *_args(work)]) == 0
+    return work
+
+
+def test_retrain_takes_days_once_warm_starts_gates_and_promotes(work, capsys):
+    manifest = _manifest(work)
+    assert sorted(manifest["days"]) == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
+    assert manifest["days"]["2026-11-04"]["rows_good"] == 2000
+    assert sorted(manifest["jobs"]) == ["2026-11-03", "2026-11-04"]  # none with only 2 days
+    assert manifest["jobs"]["2026-11-03"]["version"] == "1"  # the first model: champion
+    assert manifest["jobs"]["2026-11-04"] == {"status": "done", "version": "2", "action": "champion",
+                                              "window": ["2026-11-01", "2026-11-02", "2026-11-03",
+                                                         "2026-11-04"]}
+    job = work / "retrain" / "synth" / "jobs" / "2026-11-04"
+    assert (job / "champion" / "version").read_text() == "1"  # warm-started from version 1
+    gate = json.loads((job / "runs" / "mmoe-ew-seed2026" / "gate" / "gate.json").read_text())
+    assert gate["champion_before"] == "1" and gate["holdout"]["rows"] == 2000
+    assert gate["holdout"]["files"][0].endswith("store/day=2026-11-04.parquet")
+    assert set(gate["gate"]["tasks"]) == {"ctr", "ctcvr"}
+    # the job's vocabularies extend the champion's: ids of known values are unchanged
+    old = pl.read_parquet(work / "retrain/synth/jobs/2026-11-03/features/artifacts/vocab.parquet")
+    new = pl.read_parquet(job / "features" / "artifacts" / "vocab.parquet")
+    kept = old.join(new, on=["field", "value"], suffix="_new")
+    assert kept.height == old.height and (kept["id"] == kept["id_new"]).all()
+
+
+def test_retrain_with_nothing_new_changes_nothing_and_is_locked(work, capsys):
+    manifest = work / "retrain" / "synth" / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    assert main(["retrain", *_args(work)]) == 0
+    assert "up to date: day 2026-11-04 already published as version 2" in capsys.readouterr().out
+    assert manifest.stat().st_mtime_ns == before and _versions(work) == ["1", "2"]
+    with open(work / "retrain" / "synth" / "retrain.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run in progress
+        assert main(["retrain", *_args(work)]) == 2
+        assert "another `mtlrec retrain` is running" in capsys.readouterr().err
+
+
+def _kill_when(cmd: list[str], marker: Path) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"the run ended before {marker} appeared"
+
+
+def test_a_killed_retrain_is_completed_by_the_next_run(work, capsys):
+    _land(work, 5)
+    folder = work / "retrain" / "synth"
+    cmd = [sys.executable, "-m", "mtlrec.pipeline.cli", "retrain", *_args(work)]
+    _kill_when(cmd, folder / "store" / "day=2026-11-05.parquet")  # killed while taking the day in
+    _kill_when(cmd, folder / "jobs" / "2026-11-05" / "runs" / "mmoe-ew-seed2026" / "checkpoint-all.pt")
+    assert "2026-11-05" not in _manifest(work)["jobs"] and _versions(work) == ["1", "2"]
+    assert main(["retrain", *_args(work)]) == 0  # picks the job up where it stopped
+    assert "day 2026-11-05: version 3 is" in capsys.readouterr().out
+    assert _versions(work) == ["1", "2", "3"]  # registered once
+    assert _manifest(work)["jobs"]["2026-11-05"]["status"] == "done"
+    assert _manifest(work)["days"]["2026-11-05"]["rows_good"] == 2000  # taken in once
+    assert main(["retrain", *_args(work)]) == 0
+    assert "up to date" in capsys.readouterr().out and _versions(work) == ["1", "2", "3"]
