@@ -34,22 +34,26 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     rows = []
     for seed in seeds:
         for arch, method in MODELS:  # STL first: the others' Δm% needs it
-            run_cfg = config_mod.load([*base, f"model={arch}", f"method={method}", f"seed={seed}",
-                                       "train.force=true"])
             print(f"bench census: seed {seed}, {arch}/{method}", file=sys.stderr)
-            stages.run_train(run_cfg)
-            metrics = stages.run_evaluate(run_cfg)
-            history = json.loads((Path(run_cfg.paths.run_dir) / "history.json").read_text())
-            speed = float(np.median([h["samples_per_s"] for rows_ in history.values() for h in rows_]))
-            rows.append({"seed": seed, "model": arch, "method": method, "samples_per_s": speed,
-                         "epochs": {g: len(h) for g, h in history.items()},
-                         **{f"{t}_auc": m["auc"] for t, m in metrics["tasks"].items()},
-                         "mean_auc": metrics["mean_auc"], "delta_m_pct": metrics.get("delta_m_pct")})
+            row = train_and_evaluate([*base, f"model={arch}", f"method={method}", f"seed={seed}"])
+            rows.append({"seed": seed, "model": arch, "method": method, **row})
     result = {"machine": machine(), "setting": SETTING, "seeds": seeds, "runs": rows,
               "summary": _summary(rows), "anchor": ANCHOR}
     js, md = write_report(Path(cfg.paths.reports), "census", result, _markdown(result))
     print(f"bench census: wrote {js} and {md}")
     return result
+
+
+def train_and_evaluate(overrides: list[str]) -> dict:
+    """Train from scratch and evaluate on test: AUC per task, mean, Δm%, samples/s."""
+    run_cfg = config_mod.load([*overrides, "train.force=true"])
+    stages.run_train(run_cfg)
+    metrics = stages.run_evaluate(run_cfg)
+    history = json.loads((Path(run_cfg.paths.run_dir) / "history.json").read_text())
+    speed = float(np.median([h["samples_per_s"] for rows_ in history.values() for h in rows_]))
+    return {"samples_per_s": speed, "epochs": {g: len(h) for g, h in history.items()},
+            **{f"{t}_auc": m["auc"] for t, m in metrics["tasks"].items()},
+            "mean_auc": metrics["mean_auc"], "delta_m_pct": metrics.get("delta_m_pct")}
 
 
 def _summary(rows: list[dict]) -> list[dict]:
@@ -64,7 +68,7 @@ def _summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _cell(value: tuple[float, float] | None, fmt: str = ".4f") -> str:
+def cell(value: tuple[float, float] | None, fmt: str = ".4f") -> str:
     """mean ± std, or a dash when there is no value (Δm% of the STL row itself)."""
     if value is None:
         return "–"
@@ -79,8 +83,8 @@ def _markdown(r: dict) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for s in r["summary"]:
         name = "STL (MLP per task)" if s["method"] == "stl" else f"{s['model'].upper()} (EW)"
-        lines.append(f"| {name} | {_cell(s['income_auc'])} | {_cell(s['marital_auc'])} | "
-                     f"{_cell(s['mean_auc'])} | {_cell(s['delta_m_pct'], '+.3f')} | "
+        lines.append(f"| {name} | {cell(s['income_auc'])} | {cell(s['marital_auc'])} | "
+                     f"{cell(s['mean_auc'])} | {cell(s['delta_m_pct'], '+.3f')} | "
                      f"{s['samples_per_s'][0]:,.0f} |")
     a = r["anchor"]
     lines += ["", f"Anchor (torch-rechub 0.9.0, same split, this machine): MMoE income {a['income']}, "

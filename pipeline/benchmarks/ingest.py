@@ -43,7 +43,7 @@ def bench_data(cfg: Config) -> tuple[DataSpec, Path]:
     return cfg.data.model_copy(update={"source": source}), landing
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, overrides: list[str]) -> dict:
     if cfg.data.day is None or cfg.data.group is None:
         raise ConfigError("bench ingest runs on the synthetic AliExpress-schema data (data=synth)")
     spec, landing = bench_data(cfg)
@@ -65,7 +65,7 @@ def run(cfg: Config) -> dict:
               f"peak {r['peak_rss_mb']:,.0f} MB", file=sys.stderr)
     reader = run_worker(__name__, ["reader", str(spec_path), str(work / "mtlrec"),
                                    str(cfg.bench.reader_batch_size)])
-    result = {"machine": machine(), "rows": results["mtlrec"]["rows_read"],
+    result = {"machine": machine(), "overrides": overrides, "rows": results["mtlrec"]["rows_read"],
               "input_mb": input_bytes / 2**20, "implementations": results, "batch_reader": reader}
     if "pandas" in results:
         m, p = results["mtlrec"], results["pandas"]

@@ -66,7 +66,7 @@ def _samples_per_s(model_cfg: ModelConfig, sizes: dict[str, int], info: FeatureI
     torch.manual_seed(seed)
     model = MultiTaskRanker(model_cfg, sizes, len(info.numeric), len(info.tasks))
     trainer_cfg = TrainerConfig(max_epochs=2, batch_size=2048, patience=5, device=device)
-    step = make_step(MethodConfig(name="ew"), model, seed)
+    step = make_step(MethodConfig(name="ew"), model, trainer_cfg, len(info.tasks), seed)
     trainer = Trainer(model, step, trainer_cfg, info.tasks, list(range(len(info.tasks))), seed)
     return trainer.fit(train, valid).history[-1]["samples_per_s"]
 
