@@ -6,8 +6,9 @@ W₁^B, W₂^B, W₃ ~ N(10, 10), ε ~ N(0, 0.1): task B's targets are ~10× lar
 squared-error gradients dominate the shared accumulators of RMSProp. Model: a 4-layer
 fully connected shared bottom with ELU and a linear head per task; RMSProp, batch 256.
 The paper does not give x's distribution, layer widths, data size or schedule; ours
-(stated in the report): x ~ N(0, 1), N(μ, s) read as mean μ and standard deviation s,
-widths 256, 10,000 train / 2,000 test samples, 30 epochs, lr 1e-3. Metric: task-
+(stated in the report): x ~ U(−1, 1) (with x ~ N(0, 1) the cubic term's tails left both
+methods at normalised RMSE ≈ 0.9 in a trial), N(μ, s) read as mean μ and standard
+deviation s, widths 256, 10,000 train / 2,000 test samples, 100 epochs, lr 3e-3. Metric: task-
 normalised RMSE = RMSE_k / std(y^k) on the test set. Task dominance: the share of shared
 parameters whose rAU(i, B) > 0.6 (dominated by B), in [0.4, 0.6] (balanced), < 0.4 (A).
 Writes reports/adatask_synthetic.json and .md.
@@ -31,7 +32,8 @@ from mtlrec.training.step import Pass
 PAPER = {"ew": (0.2172, 0.0113), "adatask": (0.0704, 0.0417)}
 METHODS = {"ew": MethodConfig(name="ew", optimizer="rmsprop", diagnostics_every=0),
            "adatask": MethodConfig(name="adatask", optimizer="adatask_rmsprop", diagnostics_every=0)}
-DIM_X, DIM_Y, WIDTH, N_TRAIN, N_TEST, EPOCHS, BATCH, LR = 250, 100, 256, 10_000, 2_000, 30, 256, 1e-3
+X_LOW, X_HIGH = -1.0, 1.0  # x ~ U(X_LOW, X_HIGH)
+DIM_X, DIM_Y, WIDTH, N_TRAIN, N_TEST, EPOCHS, BATCH, LR = 250, 100, 256, 10_000, 2_000, 100, 256, 3e-3
 
 
 def make_data(seed: int, n_train: int = N_TRAIN
@@ -43,7 +45,7 @@ def make_data(seed: int, n_train: int = N_TRAIN
     w1 = {"A": normal(1, 1, DIM_X, DIM_Y), "B": normal(10, 10, DIM_X, DIM_Y)}
     w2 = {"A": normal(1, 1, DIM_X, DIM_Y), "B": normal(10, 10, DIM_X, DIM_Y)}
     w3 = normal(10, 10, DIM_X, DIM_Y)
-    x = torch.randn(n_train + N_TEST, DIM_X, generator=g)
+    x = X_LOW + (X_HIGH - X_LOW) * torch.rand(n_train + N_TEST, DIM_X, generator=g)
     y = torch.stack([x @ w1[k] + x**2 @ w2[k] + x**3 @ w3 + normal(0, 0.1, len(x), DIM_Y)
                      for k in ("A", "B")], dim=1)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
@@ -138,7 +140,7 @@ def run(cfg: Config, overrides: list[str]) -> dict:
         summary[name] = {k: (float(np.mean([r[k] for r in sel])), float(np.std([r[k] for r in sel])))
                          for k in ("rmse_a", "rmse_b", "dominated_by_b", "balanced", "dominated_by_a")}
     result = {"machine": machine(), "overrides": overrides, "runs": rows, "summary": summary, "paper": PAPER,
-              "setting": {"x": "N(0,1)", "width": WIDTH, "train": N_TRAIN, "test": N_TEST,
+              "setting": {"x": f"U({X_LOW:g},{X_HIGH:g})", "width": WIDTH, "train": N_TRAIN, "test": N_TEST,
                           "epochs": EPOCHS, "batch": BATCH, "lr": LR, "optimizer": "RMSProp"}}
     js, md = write_report(Path(cfg.paths.reports), "adatask_synthetic", result, _markdown(result))
     print(f"bench adatask: wrote {js} and {md}")
