@@ -56,31 +56,37 @@ class AdaTask(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(state["exp_avg_sq"])
             if self.dominance_beta is not None:
                 state["update_sq"] = torch.zeros_like(state["exp_avg_sq"])
-        idx = torch.tensor(tasks, device=p.device)
+        # all tasks: views, updated in place; a group of them: gathered copies, written back
+        sel = slice(None) if len(tasks) == self.n_tasks else torch.tensor(tasks, device=p.device)
         state["step"][tasks] += 1
         t = state["step"][tasks].view(-1, *[1] * p.dim())  # float64, like torch's scalars
-        v = state["exp_avg_sq"][idx]
+        v = state["exp_avg_sq"][sel]
         lr, eps = group["lr"], group["eps"]
         if self.variant == "adam":
             beta1, beta2 = group["betas"]
-            m = state["exp_avg"][idx].lerp_(g, 1 - beta1)
+            m = state["exp_avg"][sel].lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            state["exp_avg"][idx] = m
             root_bias2 = (1 - beta2**t).sqrt().to(p.device, p.dtype)
             step_size = (lr / (1 - beta1**t)).to(p.device, p.dtype)
-            update = step_size * m / (v.sqrt() / root_bias2 + eps)
-        elif self.variant == "rmsprop":
-            a = group["alpha"]
-            v.mul_(a).addcmul_(g, g, value=1 - a)
-            update = lr * g / (v.sqrt() + eps)
+            update = (v.sqrt() / root_bias2).add_(eps)
+            update = torch.div(m, update, out=update).mul_(step_size)
+            self._write_back(state, "exp_avg", sel, m)
         else:
-            v.addcmul_(g, g)
-            update = lr * g / (v.sqrt() + eps)
-        state["exp_avg_sq"][idx] = v
+            if self.variant == "rmsprop":
+                v.mul_(group["alpha"]).addcmul_(g, g, value=1 - group["alpha"])
+            else:
+                v.addcmul_(g, g)
+            update = (lr * g).div_(v.sqrt().add_(eps))
+        self._write_back(state, "exp_avg_sq", sel, v)
         if self.dominance_beta is not None:
-            b = self.dominance_beta
-            state["update_sq"][idx] = state["update_sq"][idx].lerp_(update * update, 1 - b)
+            au = state["update_sq"][sel].lerp_(update * update, 1 - self.dominance_beta)
+            self._write_back(state, "update_sq", sel, au)
         p.sub_(update.sum(dim=0))
+
+    @staticmethod
+    def _write_back(state: dict, key: str, sel, value: torch.Tensor) -> None:
+        if not isinstance(sel, slice):
+            state[key][sel] = value
 
     def task_dominance(self) -> torch.Tensor:
         """rAU [K, N]: each task's share of the squared updates, per shared parameter."""

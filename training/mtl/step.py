@@ -151,7 +151,7 @@ class ComposedStep:
         s.affinity = credit(s.affinity, previous, before, after, g.beta)
         if s.step > g.warmup_steps and s.step % g.regroup_every == 0:
             s.groups = regroup(s.affinity, s.groups)
-        return first.to(after.device)
+        return first
 
     def _update(self, p: Pass, tasks: list[int], dev: Forward | None) -> None:
         m = self.method
