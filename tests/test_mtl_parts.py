@@ -151,7 +151,7 @@ def test_adatask_with_one_task_is_the_plain_optimizer_step_for_step(variant, ref
     ours, theirs = AdaTask([a], 1, lr=0.01, variant=variant), reference([b], lr=0.01)
     for _ in range(25):
         g = torch.randn(4, 3)
-        ours.step_tasks([g.unsqueeze(0)])
+        ours.step(task_grads=[g.unsqueeze(0)])
         b.grad = g.clone()
         theirs.step()
         assert torch.equal(a, b)
@@ -160,12 +160,12 @@ def test_adatask_with_one_task_is_the_plain_optimizer_step_for_step(variant, ref
 def test_adatask_keeps_moments_per_task_so_a_small_task_is_not_drowned():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = AdaTask([p], 2, lr=0.1, dominance_beta=0.9)
-    opt.step_tasks([torch.tensor([[1000.0], [0.001]])])
+    opt.step(task_grads=[torch.tensor([[1000.0], [0.001]])])
     # each task's first Adam step is lr·sign(g): both tasks move the parameter by 0.1
     assert p.item() == pytest.approx(-0.2, rel=1e-4)
     rau = opt.task_dominance()
     assert torch.allclose(rau[:, 0], torch.tensor([0.5, 0.5]), atol=1e-4)
-    opt.step_tasks([torch.tensor([[1.0]])], tasks=[1])  # a group update of task 1 only
+    opt.step(task_grads=[torch.tensor([[1.0]])], tasks=[1])  # a group update of task 1 only
     assert opt.state[p]["step"].tolist() == [1.0, 2.0]
 
 

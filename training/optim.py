@@ -2,7 +2,7 @@
 sparse-gradient partner for embedding tables with sparse gradients, and AdaTask's
 per-task moments for the shared parameters when chosen.
 
-The shared parameters' AdaTask is stepped with the per-task gradients (`step_tasks`);
+The shared parameters' AdaTask is stepped with the per-task gradients (`AdaTask.step(task_grads=…)`);
 every other optimizer with `.grad` as usual.
 """
 
@@ -51,7 +51,7 @@ class Optimizers:
             optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        """Step every optimizer that reads `.grad` (AdaTask is stepped by `step_tasks`)."""
+        """Step every optimizer that reads `.grad` (AdaTask is stepped with the per-task gradients)."""
         for optimizer in self.all:
             if optimizer is not self.adatask:
                 optimizer.step()

@@ -34,9 +34,13 @@ class AdaTask(torch.optim.Optimizer):
         self.n_tasks, self.variant, self.dominance_beta = n_tasks, variant, dominance_beta
 
     @torch.no_grad()
-    def step_tasks(self, task_grads: list[torch.Tensor], tasks: list[int] | None = None) -> None:
+    def step(self, closure=None, *, task_grads: list[torch.Tensor],  # type: ignore[override]
+             tasks: list[int] | None = None) -> None:
         """task_grads: per parameter (in order) a [len(tasks), *shape] tensor of the task
-        gradients; `tasks` says which tasks they belong to (default all K)."""
+        gradients; `tasks` says which tasks they belong to (default all K). (Named `step`
+        so torch's LR schedulers see the optimizer step; there is no `.grad` to read.)"""
+        if closure is not None:
+            raise ValueError("AdaTask.step takes the per-task gradients, not a closure")
         tasks = list(range(self.n_tasks)) if tasks is None else tasks
         params = [p for group in self.param_groups for p in group["params"]]
         if len(task_grads) != len(params):

@@ -186,7 +186,8 @@ class ComposedStep:
         else:
             torch.autograd.backward(head_loss, inputs=self.others + self._weight_params())
             if self.optimizers.adatask is not None:
-                self.optimizers.adatask.step_tasks(split_like(rows, self.shared, leading=True), tasks)
+                self.optimizers.adatask.step(task_grads=split_like(rows, self.shared, leading=True),
+                                             tasks=tasks)
             else:
                 write_gradient(self.shared, rows.sum(0))
         self.optimizers.step()
