@@ -47,7 +47,6 @@ MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.yaml"
 _STAGED = "_staged.parquet"  # typed values of the good rows
 _BAD_ROWS = "_bad_rows.parquet"  # original strings of the bad rows
-_BAD = "__bad"
 
 
 @dataclass(frozen=True)
@@ -190,16 +189,12 @@ def _stage(
         checks = validate.problems(spec, files, check_utf8=lossy)
         frames = [scan(f, spec.source, lossy).with_columns(pl.lit(f.role).alias(ROLE_COL))
                   for f in files]
-        lf = pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL)
-        if spec.checks.unique_id:
-            lf = lf.with_columns((~pl.col(spec.id).is_first_distinct()).alias(validate.DUP_COL))
-        lf = validate.with_parsed_numbers(lf, spec).with_columns(
-            validate.bad_flag(spec, checks).alias(_BAD)
-        )
-        good = lf.filter(~pl.col(_BAD)).select(
+        lf = validate.flag_bad_rows(
+            pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL), spec, checks)
+        good = lf.filter(~pl.col(validate.BAD_COL)).select(
             *validate.typed_columns(spec), FILE_COL, LINE_COL, SEQ_COL, ROLE_COL
         )
-        bad = lf.filter(pl.col(_BAD)).select(
+        bad = lf.filter(pl.col(validate.BAD_COL)).select(
             FILE_COL, LINE_COL, EXTRA_COL, *spec.expected_columns,
             *([validate.DUP_COL] if spec.checks.unique_id else []),
         )

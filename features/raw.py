@@ -21,7 +21,6 @@ from mtlrec.features.errors import DataError
 from mtlrec.features.sources import FILE_COL, LINE_COL, open_inputs, scan
 from mtlrec.features.spec import DataSpec
 
-_BAD = "__bad"
 _DAY = re.compile(r"day=(\d{4}-\d{2}-\d{2})")
 
 
@@ -44,11 +43,8 @@ def read(spec: DataSpec, pattern: str) -> RawRows:
     files = open_inputs(source, spec.expected_columns)
     for lossy in (False, True):
         checks = validate.problems(spec, files, check_utf8=lossy)
-        lf = pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed")
-        if spec.checks.unique_id:
-            lf = lf.with_columns((~pl.col(spec.id).is_first_distinct()).alias(validate.DUP_COL))
-        lf = validate.with_parsed_numbers(lf, spec).with_columns(
-            validate.bad_flag(spec, checks).alias(_BAD))
+        lf = validate.flag_bad_rows(
+            pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed"), spec, checks)
         try:
             frame = lf.collect()
         except pl.exceptions.ComputeError as exc:
@@ -56,10 +52,10 @@ def read(spec: DataSpec, pattern: str) -> RawRows:
                 continue
             raise DataError(f"reading {pattern} failed: {exc}") from exc
         paths = pl.col(FILE_COL).replace_strict([f.index for f in files], [str(f.path) for f in files])
-        quarantine = frame.filter(pl.col(_BAD)).select(
+        quarantine = frame.filter(pl.col(validate.BAD_COL)).select(
             paths.alias("source_file"), pl.col(LINE_COL).alias("line"),
             validate.reason(checks).alias("reason"), *spec.expected_columns)
-        good = frame.filter(~pl.col(_BAD)).select(spec.expected_columns)
+        good = frame.filter(~pl.col(validate.BAD_COL)).select(spec.expected_columns)
         return RawRows(good, quarantine, [str(f.path) for f in files])
     raise AssertionError("unreachable: the lossy pass either returns or raises")
 

@@ -220,6 +220,18 @@ def bad_flag(spec: DataSpec, checks: list[Problem]) -> pl.Expr:
     return pl.any_horizontal(others + numeric)
 
 
+BAD_COL = "__bad"
+
+
+def flag_bad_rows(lf: pl.LazyFrame, spec: DataSpec, checks: list[Problem]) -> pl.LazyFrame:
+    """The scanned rows with their numbers parsed and `BAD_COL` set (the duplicate-id
+    check, when configured, first sees every input row): how ingest and the in-memory
+    reader (features/raw.py) both decide which rows are good."""
+    if spec.checks.unique_id:
+        lf = lf.with_columns((~pl.col(spec.id).is_first_distinct()).alias(DUP_COL))
+    return with_parsed_numbers(lf, spec).with_columns(bad_flag(spec, checks).alias(BAD_COL))
+
+
 def reason(checks: list[Problem]) -> pl.Expr:
     """All of a row's problems, '; '-separated (null for a good row)."""
     return pl.concat_str(
