@@ -8,6 +8,7 @@ fills with the training mean of the pre-standardised value, i.e. 0 after standar
 from __future__ import annotations
 
 import math
+import struct
 
 import polars as pl
 
@@ -24,11 +25,15 @@ def _raw(f: NumericField) -> pl.Expr:
     return x
 
 
+def _float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
 def pre_standardize(f: NumericField) -> pl.Expr:
     """Clip and log1p: the value whose mean/std the statistics hold."""
     x = _raw(f)
-    if f.clip is not None:
-        x = x.clip(f.clip[0], f.clip[1])
+    if f.clip is not None:  # bounds are raw values too: rounded like the inputs they bound
+        x = x.clip(*(_float32(bound) for bound in f.clip))
     if f.log1p:
         x = x.sign() * x.abs().log1p()
     return x

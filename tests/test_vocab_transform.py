@@ -84,12 +84,13 @@ def test_vocabulary_ids_are_stable_across_any_refits(a, b, c, min_count):
 
 
 def _reference_numeric(x: np.ndarray, f: NumericField) -> np.ndarray:
-    """numpy reference of clip → signed log1p → fill → standardise, fitted on x itself."""
-    y = x.astype(np.float64)
+    """numpy reference of clip → signed log1p → fill → standardise, fitted on x itself;
+    inputs and clip bounds are float32 values (as ingest parses them), arithmetic float64."""
+    y = x.astype(np.float32).astype(np.float64)
     if f.fill == "zero":
         y = np.where(np.isnan(y), 0.0, y)
     if f.clip is not None:
-        y = np.clip(y, *f.clip)
+        y = np.clip(y, *np.float32(f.clip).astype(np.float64))
     if f.log1p:
         y = np.sign(y) * np.log1p(np.abs(y))
     mean = np.nanmean(y) if np.any(~np.isnan(y)) else 0.0
