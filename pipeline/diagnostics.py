@@ -34,16 +34,12 @@ class DiagnosticsLog:
         mlflow.log_metrics(self._scalars(record), step=record["step"])
 
     def _scalars(self, record: dict) -> dict[str, float]:
-        names = [self.tasks[t] for t in record["tasks"]]
         out = {}
-        for i, a in enumerate(names):
-            for j in range(i + 1, len(names)):
-                pair = f"{a}.vs.{names[j]}"
-                out[f"grad_cosine.{pair}"] = record["cosine"][i][j]
-                out[f"grad_magnitude.{pair}"] = record["magnitude"][i][j]
+        for i, j, pair in _pairs(self.tasks):
+            out[f"grad_cosine.{pair}"] = record["cosine"][i][j]
+            out[f"grad_magnitude.{pair}"] = record["magnitude"][i][j]
         for key in ("dtjs_phi", "uw_weights", "famo_weights", "gradnorm_weights"):
-            for name, value in zip(names if key == "dtjs_phi" else self.tasks, record.get(key, [])):
-                out[f"{key}.{name}"] = value
+            out |= {f"{key}.{name}": value for name, value in zip(self.tasks, record.get(key, []))}
         if "dtjs_alpha" in record:
             for part, row in zip("ab", record["dtjs_alpha"]):
                 out |= {f"dtjs_alpha_{part}.{t}": v for t, v in zip(self.tasks, row)}
@@ -80,15 +76,15 @@ def plot(path: Path, out_dir: Path) -> dict[str, str]:
     return out
 
 
-def _pairs(tasks: list[str], record: dict) -> list[tuple[int, int, str]]:
-    names = [tasks[t] for t in record["tasks"]]
-    return [(i, j, f"{names[i]}~{names[j]}") for i in range(len(names)) for j in range(i + 1, len(names))]
+def _pairs(tasks: list[str]) -> list[tuple[int, int, str]]:
+    """(i, j, "a.vs.b") for every pair of tasks (also the MLflow metric suffix)."""
+    return [(i, j, f"{tasks[i]}.vs.{tasks[j]}") for i in range(len(tasks)) for j in range(i + 1, len(tasks))]
 
 
 def _conflict(path: Path, tasks: list[str], records: list[dict]) -> None:
     steps = [r["step"] for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for i, j, label in _pairs(tasks, records[0]):
+    for i, j, label in _pairs(tasks):
         axes[0].plot(steps, [r["cosine"][i][j] for r in records], label=label)
         axes[1].plot(steps, [r["magnitude"][i][j] for r in records], label=label)
     axes[0].axhline(0, color="grey", lw=0.5)
@@ -98,8 +94,7 @@ def _conflict(path: Path, tasks: list[str], records: list[dict]) -> None:
         if len(tasks) <= 6:
             ax.legend(fontsize=7)
     mean_cos = np.mean([r["cosine"] for r in records], axis=0)
-    names = [tasks[t] for t in records[0]["tasks"]]
-    _heatmap(axes[2], mean_cos, names, "mean gradient cosine", -1, 1)
+    _heatmap(axes[2], mean_cos, tasks, "mean gradient cosine", -1, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mtlrec.training.mtl.gradients import pairwise_similarity
 
-def gradient_similarity(grads: torch.Tensor) -> dict[str, list[list[float]]]:
-    norms = grads.norm(dim=1).clamp_min(1e-12)
-    cos = (grads @ grads.t()) / (norms[:, None] * norms[None, :])
-    sq = norms**2
-    magnitude = 2.0 * norms[:, None] * norms[None, :] / (sq[:, None] + sq[None, :])
+
+def gradient_similarity(grads: torch.Tensor) -> dict[str, list]:
+    cos, magnitude = pairwise_similarity(grads)
     return {"cosine": cos.double().cpu().tolist(), "magnitude": magnitude.double().cpu().tolist(),
-            "norms": norms.double().cpu().tolist()}
+            "norms": grads.norm(dim=1).double().cpu().tolist()}
 
 
 def histogram(values: torch.Tensor, bins: int = 20, low: float | None = None,

@@ -20,16 +20,16 @@ from collections.abc import Callable
 
 import torch
 
+from mtlrec.training.mtl.gradients import pairwise_similarity
+
 
 def inter_task_stats(grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """grads [K, D] → (d [K], m [K]): mean direction and magnitude similarity to the others."""
+    """grads [K, D] → (d [K], m [K]): mean direction and magnitude similarity to the others
+    (m's pair term 4‖g_k‖‖g_j‖/(‖g_k‖² + ‖g_j‖²) − 1 is 2·magnitude similarity − 1)."""
     k = grads.shape[0]
-    norms = grads.norm(dim=1).clamp_min(1e-12)
-    cos = (grads @ grads.t()) / (norms[:, None] * norms[None, :])
-    sq = norms**2
-    mag = 4.0 * norms[:, None] * norms[None, :] / (sq[:, None] + sq[None, :]) - 1.0
+    cos, magnitude = pairwise_similarity(grads)
     off = ~torch.eye(k, dtype=torch.bool, device=grads.device)
-    return (cos * off).sum(1) / max(k - 1, 1), (mag * off).sum(1) / max(k - 1, 1)
+    return (cos * off).sum(1) / max(k - 1, 1), ((2.0 * magnitude - 1.0) * off).sum(1) / max(k - 1, 1)
 
 
 def phi(alpha: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

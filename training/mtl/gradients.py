@@ -46,3 +46,14 @@ def write_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None
     """Set `.grad` of params from one flat vector (the aggregated shared gradient)."""
     for p, piece in zip(params, split_like(flat, params)):
         p.grad = piece.clone()
+
+
+def pairwise_similarity(grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """grads [K, D] → (cosine [K, K], magnitude similarity 2‖g_i‖‖g_j‖/(‖g_i‖² + ‖g_j‖²) [K, K]).
+
+    Magnitude similarity is 1 for equal norms and falls towards 0 as one task dominates.
+    """
+    norms = grads.norm(dim=1).clamp_min(1e-12)
+    cos = (grads @ grads.t()) / (norms[:, None] * norms[None, :])
+    sq = norms**2
+    return cos, 2.0 * norms[:, None] * norms[None, :] / (sq[:, None] + sq[None, :])

@@ -71,17 +71,16 @@ class MethodState:
 class ComposedStep:
     def __init__(self, method: MethodConfig, model: nn.Module, trainer: TrainerConfig,
                  n_tasks: int, seed: int = 0) -> None:
-        self.method, self.model, self.k, self.lr = method, model, n_tasks, trainer.lr
+        self.method, self.k, self.lr = method, n_tasks, trainer.lr
         self.split = method.grad_on == "representation"
         self.shared = model.shared_parameters(include_embeddings=method.grad_on == "shared_and_embeddings")
-        if method.grad_on == "shared_and_embeddings" and any(
-                id(p) in {id(s) for s in sparse_parameters(model)} for p in self.shared):
+        sparse_ids = {id(p) for p in sparse_parameters(model)}
+        if any(id(p) in sparse_ids for p in self.shared):
             raise ValueError("grad_on=shared_and_embeddings needs dense embedding gradients: "
                              "set model.embedding_grad=dense (small tables only)")
         shared_ids = {id(p) for p in self.shared}
         self.others = [p for p in model.parameters() if id(p) not in shared_ids and p.requires_grad]
-        self.dense = [p for p in model.parameters()
-                      if p.requires_grad and id(p) not in {id(s) for s in sparse_parameters(model)}]
+        self.dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
         self.optimizers = Optimizers(model, trainer, method, self.shared, n_tasks,
                                      track_dominance=method.diagnostics_every > 0)
         self.generator = torch.Generator().manual_seed(seed)
@@ -200,13 +199,17 @@ class ComposedStep:
                                             for leaf in p.leaves])
 
     # ---------------------------------------------------------------- parts
-    def _transform(self, losses: torch.Tensor) -> torch.Tensor:
-        """Per-sample [B, K] → task losses [K]."""
+    def _transform(self, losses: torch.Tensor, train: bool = True) -> torch.Tensor:
+        """Per-sample [B, K] → task losses [K]. A dev batch (`train=False`) uses the
+        training SuperLoss thresholds without updating them."""
         m = self.method
         if m.loss == "superloss":
-            self.state.tau = update_threshold(self.state.tau, losses, m.superloss.momentum)
+            if train:
+                self.state.tau = update_threshold(self.state.tau, losses, m.superloss.momentum)
             lam = torch.full_like(self.state.tau, m.superloss.lam)
-            task, self._sigma = superloss(losses, self.state.tau, lam)
+            task, sigma = superloss(losses, self.state.tau, lam)
+            if train:
+                self._sigma = sigma
             return task
         mean = losses.mean(dim=0)
         return torch.log(mean + 1e-8) if m.loss == "log" else mean
@@ -281,21 +284,12 @@ class ComposedStep:
         """Bi-level step of α on a dev batch (hypergradient, clipped, Adam)."""
         alpha, optimizer = self.weights["dtjs"]
         d, mag = self._dtjs_dm
-        dev_losses = dev(False).losses
-        if self.method.loss == "superloss":  # the training thresholds, not updated on dev
-            lam = torch.full_like(self.state.tau, self.method.superloss.lam)
-            dev_task = superloss(dev_losses, self.state.tau, lam)[0]
-        else:
-            dev_task = self._plain(dev_losses)
+        dev_task = self._transform(dev(False).losses, train=False)
         hg = hypergradient(lambda a: (phi(a.to(ell), d, mag) * ell).sum(), dev_task.sum(),
                            self.dense, alpha, self.lr, self.method.dtjs.terms)
         optimizer.zero_grad()
         alpha.grad = hg * (self.method.dtjs.clip / hg.norm().clamp_min(self.method.dtjs.clip))
         optimizer.step()
-
-    def _plain(self, losses: torch.Tensor) -> torch.Tensor:
-        mean = losses.mean(dim=0)
-        return torch.log(mean + 1e-8) if self.method.loss == "log" else mean
 
     def _famo_update(self, forward: Forward, before: torch.Tensor) -> None:
         """FAMO: after the model step, the same batch again; ξ descends Jᵀδ."""
@@ -323,8 +317,7 @@ class ComposedStep:
     def _record(self, grads: torch.Tensor, tasks: list[int]) -> None:
         """A diagnostics sample: gradient conflict of all K tasks plus each part's state
         (`tasks`: the ones being updated)."""
-        record: dict[str, Any] = {"step": self.state.step, "tasks": list(range(self.k)),
-                                  **diagnostics.gradient_similarity(grads)}
+        record: dict[str, Any] = {"step": self.state.step, **diagnostics.gradient_similarity(grads)}
         if self.method.loss == "superloss":
             record["superloss_sigma"] = [diagnostics.histogram(self._sigma[:, k], 20, 0.0, 2.72)
                                          for k in range(self.k)]
