@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +59,11 @@ class Batch:
             lengths=torch.ones(b * f, dtype=torch.int32, device=self.ids.device),
         )
 
+    @property
+    def inputs(self) -> tuple[KeyedJaggedTensor, torch.Tensor]:
+        """The ranker's positional arguments."""
+        return self.sparse, self.dense
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return Batch(self.keys, self.ids.to(device, non_blocking=non_blocking),
                      self.dense.to(device, non_blocking=non_blocking),
@@ -96,14 +102,22 @@ class SplitData:
                      self.dense.index_select(0, index), self.labels.index_select(0, index))
 
 
+class Batchable(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(self, index: torch.Tensor) -> Any: ...
+
+
 class BatchLoader:
-    """Iterates a split in batches; shuffled with a generator seeded by (seed, epoch).
+    """Iterates a split (anything with `len` and `batch(index)`: `SplitData`, or the image
+    and graph splits of MultiMNIST and QM9) in batches; shuffled with a generator seeded
+    by (seed, epoch).
 
     The order of epoch e depends only on (seed, e), so a run resumed at epoch e sees
     exactly the batches an uninterrupted run would.
     """
 
-    def __init__(self, data: SplitData, batch_size: int, *, shuffle: bool, seed: int = 0,
+    def __init__(self, data: Batchable, batch_size: int, *, shuffle: bool, seed: int = 0,
                  drop_last: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -117,7 +131,7 @@ class BatchLoader:
         n = len(self.data)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Any]:
         n = len(self.data)
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)

@@ -220,7 +220,7 @@ def build_multimnist(mnist_dir: Path, *, seed: int = 0, n_valid: int = 10_000,
 # ---------------------------------------------------------------- cache + entry point
 
 
-def _cache_folder(cache_dir: Path, mnist_dir: Path, seed: int, n_valid: int,
+def cache_folder(cache_dir: Path, mnist_dir: Path, seed: int, n_valid: int,
                   limit: int | None) -> Path:
     """One folder per (construction version, source bytes, seed, n_valid, limit)."""
     digest = hashlib.sha256()
@@ -263,7 +263,7 @@ def load_multimnist(mnist_dir: Path, *, seed: int = 0, n_valid: int = 10_000,
     if cache_dir is None:
         splits = build_multimnist(mnist_dir, seed=seed, n_valid=n_valid, limit=limit)
     else:
-        folder = _cache_folder(cache_dir, Path(mnist_dir), seed, n_valid, limit)
+        folder = cache_folder(cache_dir, Path(mnist_dir), seed, n_valid, limit)
         paths = {name: folder / f"{name}.npz" for name in SPLITS}
         if all(p.exists() for p in paths.values()):
             splits = {name: _load(p) for name, p in paths.items()}

@@ -140,8 +140,9 @@ class Checks(Strict):
 
 
 class DataSpec(Strict):
-    """A whole data set: `conf/data/<name>.yaml`."""
+    """A whole data set of click/conversion logs: `conf/data/<name>.yaml`."""
 
+    kind: Literal["logs"] = "logs"
     name: str
     source: Source
     categorical: list[CategoricalField] = Field(default_factory=list)
@@ -234,3 +235,38 @@ class DataSpec(Strict):
             if c is not None and c not in cols:
                 cols.append(c)
         return cols
+
+
+class BenchmarkRows(Strict):
+    """How many examples of each split a run uses (None: all): reduced CPU schedules
+    and tests take a prefix of the full, seeded split, so the rows they see are rows
+    of the full benchmark."""
+
+    train: int | None = Field(None, ge=1)
+    valid: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class MultiMnistSpec(Strict):
+    """MultiMNIST built from MNIST (`features.multimnist`): tasks left and right digit."""
+
+    kind: Literal["multimnist"]
+    name: str = "multimnist"
+    mnist_dir: str
+    construction_seed: int = Field(0, description="seed of the pairs and shifts (the same for every run)")
+    n_valid: int = Field(10_000, ge=1, description="MNIST train images held out for validation")
+    cache_dir: str | None = Field(None, description="where the built splits are kept (.npz)")
+    rows: BenchmarkRows = BenchmarkRows()
+
+
+class QM9Spec(Strict):
+    """QM9's 11 targets on molecular graphs (`features.qm9`, `features.qm9_graphs`)."""
+
+    kind: Literal["qm9"]
+    name: str = "qm9"
+    path: str
+    split_seed: int = Field(0, description="seed of the 110k/10k/rest split (the same for every run)")
+    edges: Literal["complete", "bonds"] = Field(
+        "complete", description="complete graphs with distances (the papers), or covalent bonds only")
+    cutoff: float | None = Field(None, gt=0, description="drop pairs farther apart than this (Å)")
+    rows: BenchmarkRows = BenchmarkRows()

@@ -8,14 +8,17 @@ from mtlrec.configbase import Strict
 
 
 class ModelConfig(Strict):
-    """One of the ranking backbones; fields a backbone does not use are ignored by it.
+    """One of the ranking backbones, or the benchmark models; fields a model does not use
+    are ignored by it.
 
     hps: shared bottom `expert_hidden` → towers. mmoe: `n_experts` experts of
     `expert_hidden`, one softmax gate per task. ple: `levels` CGC levels with
-    `shared_experts` shared and `task_experts` per-task experts.
+    `shared_experts` shared and `task_experts` per-task experts. lenet: MultiMNIST's
+    LeNet encoder + heads (fixed sizes). mpnn: QM9's MPNN with `hidden` wide atom states.
     """
 
-    arch: Literal["hps", "mmoe", "ple"]
+    arch: Literal["hps", "mmoe", "ple", "lenet", "mpnn"]
+    hidden: int = Field(64, ge=1, description="mpnn: width of atom states and the representation")
     embedding_dim: int = Field(16, ge=1)
     expert_hidden: list[int] = [128]
     tower_hidden: list[int] = [64]

@@ -19,7 +19,8 @@ from mtlrec.pipeline import stages
 
 # `mtlrec bench <name>` → module under pipeline/benchmarks/ (each has run(cfg, overrides))
 BENCHES = {"ingest": "ingest", "census": "census", "census_methods": "census_methods",
-           "methods": "methods", "adatask": "adatask_synthetic", "train": "train", "serve": "serve"}
+           "methods": "methods", "adatask": "adatask_synthetic", "train": "train", "serve": "serve",
+           "multimnist": "multimnist", "qm9": "qm9"}
 STAGES = {
     "config": "print the resolved configuration",
     "synth": "generate synthetic AliExpress-schema logs (one file per day)",
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise config_mod.ConfigError(f"mtlrec bench needs one of {list(BENCHES)}")
             target, rest = overrides[0], overrides[1:]
             module = importlib.import_module(f"mtlrec.pipeline.benchmarks.{BENCHES[target]}")
-            module.run(config_mod.load(rest), rest)
+            # a benchmark's own setting first, so overrides of its data keys validate
+            module.run(config_mod.load([*getattr(module, "SETTING", []), *rest]), rest)
             return 0
         cfg = config_mod.load(overrides)
         if args.stage == "config":

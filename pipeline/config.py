@@ -10,19 +10,19 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from mtlrec import PROJECT_ROOT
 from mtlrec.configbase import Strict
 from mtlrec.features.ingest import IngestOptions
-from mtlrec.features.spec import DataSpec
+from mtlrec.features.spec import DataSpec, MultiMnistSpec, QM9Spec
 from mtlrec.models.config import ModelConfig
 from mtlrec.training.config import MethodConfig, TrainerConfig
 
@@ -119,10 +119,23 @@ class BenchConfig(Strict):
     serve_requests: int = Field(1000, ge=10, description="bench serve: HTTP requests per concurrency level")
 
 
+def _data_kind(value: Any) -> str:
+    return value.get("kind", "logs") if isinstance(value, dict) else getattr(value, "kind", "logs")
+
+
+AnyData = Annotated[
+    Annotated[DataSpec, Tag("logs")] | Annotated[MultiMnistSpec, Tag("multimnist")]
+    | Annotated[QM9Spec, Tag("qm9")],
+    Discriminator(_data_kind),
+]
+#: the model architectures that fit each kind of data
+ARCHS = {"logs": ("hps", "mmoe", "ple"), "multimnist": ("lenet",), "qm9": ("mpnn",)}
+
+
 class Config(Strict):
     seed: int
     paths: Paths
-    data: DataSpec
+    data: AnyData
     ingest: IngestOptions
     synth: SynthConfig
     model: ModelConfig
@@ -137,6 +150,14 @@ class Config(Strict):
     serve: ServeConfig
     score: ScoreConfig
     retrain: RetrainConfig
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> "Config":
+        archs = ARCHS[self.data.kind]
+        if self.model.arch not in archs:
+            raise ValueError(f"model={self.model.arch} does not fit data={self.data.name} "
+                             f"({self.data.kind} data): use model={' or model='.join(archs)}")
+        return self
 
 
 def _seq(prefix: str, first: int, last: int) -> list[str]:
@@ -215,7 +236,8 @@ def _explain_validation(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = [p for p in err["loc"]]
-        where = ".".join(str(p) for p in loc)
+        shown = loc[:1] + loc[2:] if loc[:1] == ["data"] and loc[1:2] and loc[1] in ARCHS else loc
+        where = ".".join(str(p) for p in shown) or "configuration"  # without the data kind tag
         if err["type"] == "extra_forbidden":
             valid = _keys_at(Config, [str(p) for p in loc[:-1]])
             lines.append(f"{where}: unknown key; valid keys here: {valid}")
@@ -225,20 +247,33 @@ def _explain_validation(exc: ValidationError) -> str:
 
 
 def _keys_at(model: type[BaseModel], path: list[str]) -> list[str]:
-    """Field names of the config object at `path` (list indices skipped)."""
+    """Field names of the config object at `path` (list indices and union tags skipped)."""
     current: Any = model
     for part in path:
         if part.isdigit():
+            continue
+        if isinstance(current, dict):  # a tagged union: the part is the tag
+            current = current.get(part)
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
         field = current.model_fields.get(part)
         if field is None:
             return []
-        current = _model_in(field.annotation)
+        current = _tagged_members(field.annotation) or _model_in(field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return sorted(current.model_fields)
     return []
+
+
+def _tagged_members(annotation: Any) -> dict[str, Any]:
+    """{tag: model} of a discriminated union such as `AnyData` (empty for anything else)."""
+    out = {}
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Annotated:
+            model, *meta = typing.get_args(arg)
+            out |= {m.tag: model for m in meta if isinstance(m, Tag)}
+    return out
 
 
 def _model_in(annotation: Any) -> Any:
@@ -246,6 +281,8 @@ def _model_in(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _model_in(typing.get_args(annotation)[0])
     if origin in (list, typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
             found = _model_in(arg)

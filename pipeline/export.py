@@ -24,7 +24,8 @@ from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import registry, tracking
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.evaluate import served_metrics
-from mtlrec.pipeline.train import RUN_FILE, build_model
+from mtlrec.pipeline.targets import build_ranker
+from mtlrec.pipeline.train import RUN_FILE
 from mtlrec.serving import bundle as bundle_mod
 from mtlrec.serving.export import export_bundle
 from mtlrec.serving.source import Source
@@ -47,7 +48,7 @@ def trained_state(run_dir: Path) -> dict:
 
 def load_ranker(run_dir: Path, info: FeatureInfo) -> MultiTaskRanker:
     model_cfg = ModelConfig.model_validate_json((Path(run_dir) / "model_config.json").read_text())
-    model = build_model(model_cfg, info, len(info.tasks))
+    model = build_ranker(model_cfg, info, len(info.tasks))
     model.load_state_dict(torch.load(Path(run_dir) / "model.pt", weights_only=True))
     return model.eval()
 

@@ -1,4 +1,5 @@
-"""The evaluation report: plots (ROC per task, training curves, calibration) + Markdown."""
+"""The evaluation report: plots (training curves, conflict diagnostics; ROC and calibration
+for binary tasks) + Markdown with the per-task metrics of the run's task kind."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from mtlrec.pipeline import diagnostics  # noqa: E402
 from mtlrec.pipeline.config import Config  # noqa: E402
 from mtlrec.training.metrics import sigmoid  # noqa: E402
+from mtlrec.training.tasks import BinaryTasks, TaskKind  # noqa: E402
 
 
-def plots(folder: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str],
-          history: dict[str, list[dict]]) -> dict[str, str]:
+def plots(folder: Path, labels: np.ndarray, outputs: np.ndarray, tasks: list[str],
+          history: dict[str, list[dict]], kind: TaskKind = BinaryTasks()) -> dict[str, str]:
     """Write the PNGs into folder (the run's evaluation folder); returns {title: file name}.
     The run's conflict diagnostics (`diagnostics-*.jsonl` in the run folder) are plotted too."""
-    out = {"ROC per task": "roc.png", "Training curves": "curves.png",
-           "Calibration": "calibration.png"}
-    _roc(folder / out["ROC per task"], labels, logits, tasks)
-    _curves(folder / out["Training curves"], history)
-    _calibration(folder / out["Calibration"], labels, logits, tasks)
+    out = {"Training curves": "curves.png"}
+    _curves(folder / out["Training curves"], history, kind.select)
+    if isinstance(kind, BinaryTasks):
+        out |= {"ROC per task": "roc.png", "Calibration": "calibration.png"}
+        _roc(folder / out["ROC per task"], labels, outputs, tasks)
+        _calibration(folder / out["Calibration"], labels, outputs, tasks)
     for path in sorted(folder.parent.glob("diagnostics-*.jsonl")):
         out |= diagnostics.plot(path, folder)
     return out
@@ -44,17 +47,17 @@ def _roc(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str]) -
     plt.close(fig)
 
 
-def _curves(path: Path, history: dict[str, list[dict]]) -> None:
-    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+def _curves(path: Path, history: dict[str, list[dict]], select: str) -> None:
+    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for group, rows in history.items():
         epochs = [r["epoch"] for r in rows]
         label = "multi-task" if group == "all" else group
         loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=label)
-        auc_ax.plot(epochs, [r["valid_mean_auc"] for r in rows], marker="o", label=label)
+        score_ax.plot(epochs, [r[f"valid_mean_{select}"] for r in rows], marker="o", label=label)
     loss_ax.set(xlabel="epoch", ylabel="train loss (sum over tasks)", title="Training loss")
-    auc_ax.set(xlabel="epoch", ylabel="validation mean AUC", title="Validation AUC")
+    score_ax.set(xlabel="epoch", ylabel=f"validation mean {select}", title="Validation")
     loss_ax.legend()
-    auc_ax.legend()
+    score_ax.legend()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -83,23 +86,26 @@ def _calibration(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list
 
 
 def markdown(cfg: Config, run_dir: Path, metrics: dict, plots: dict[str, str]) -> str:
+    metric, tasks = metrics["metric"], metrics["tasks"]
+    columns = list(next(iter(tasks.values())))
+    units, stl = metrics.get("units", {}), metrics.get("stl")
     lines = [
         f"# Evaluation: {run_dir.name}", "",
         f"data `{cfg.data.name}`, model `{cfg.model.arch}`, method `{cfg.method.name}`, "
         f"seed {cfg.seed}; {metrics['rows']:,} test rows.", "",
-        "| task | AUC | logloss | mean prediction | base rate | calibration |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| task | " + " | ".join(columns) + (f" | STL {metric}" if stl else "") + (" | unit |" if units else " |"),
+        "| --- | " + " | ".join("---:" for _ in columns) + (" | ---:" if stl else "") + (" | --- |" if units else " |"),
     ]
-    for task, m in metrics["tasks"].items():
-        lines.append(f"| {task} | {m['auc']:.4f} | {m['logloss']:.4f} | {m['mean_prediction']:.4f} | "
-                     f"{m['base_rate']:.4f} | {m['calibration']:.3f} |")
-    lines += ["", f"Mean AUC: **{metrics['mean_auc']:.4f}**."]
+    for task, m in tasks.items():
+        cells = [f"{m[c]:.4g}" for c in columns] + ([f"{stl[task]:.4g}"] if stl else [])
+        lines.append(f"| {task} | " + " | ".join(cells) + (f" | {units[task]} |" if units else " |"))
+    means = [f"{name} **{value:.4f}**" for name, value in metrics.items() if name.startswith("mean_")]
+    lines += ["", "Mean over tasks: " + ", ".join(means) + "."]
     if "delta_m_pct" in metrics:
-        lines.append(f"Δm% vs STL (test AUC, DTJS Eq. 3-12): **{metrics['delta_m_pct']:+.3f}%** "
-                     f"(STL AUC {metrics['stl_auc']}).")
+        lines.append(f"Δm% vs STL (test {metric}, DTJS Eq. 3-12): **{metrics['delta_m_pct']:+.3f}%**.")
     else:
-        lines.append("Δm%: no evaluated STL run for this data and seed (`mtlrec train method=stl "
-                     "model=hps` then `mtlrec evaluate method=stl model=hps`).")
+        lines.append(f"Δm%: no evaluated STL run for this data and seed at `{cfg.evaluate.stl_run}` "
+                     "(train and evaluate `method=stl` first).")
     if "group_auc" in metrics:
         tasks = list(metrics["tasks"])
         lines += ["", "## AUC per group", "", "| group | " + " | ".join(tasks) + " |",

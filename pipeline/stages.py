@@ -33,8 +33,17 @@ def run_synth(cfg: Config) -> list[Path]:
     return paths
 
 
-def run_ingest(cfg: Config) -> IngestOutput:
-    """Validate, quarantine, fit and transform `data` into paths.features."""
+def run_ingest(cfg: Config) -> IngestOutput | None:
+    """Validate, quarantine, fit and transform `data` into paths.features. A benchmark data
+    set (multimnist, qm9) is only built and checked: training reads it directly."""
+    if cfg.data.kind != "logs":
+        from mtlrec.pipeline.targets import SPLITS, load_target
+
+        target = load_target(cfg)
+        sizes = ", ".join(f"{name} {len(target.split(name)):,}" for name in SPLITS)
+        print(f"ingest {cfg.data.name}: {sizes} examples; tasks {', '.join(target.tasks)} "
+              f"(no model-ready files: `mtlrec train data={cfg.data.name}` reads it directly)")
+        return None
     out = ingest(cfg.data, Path(cfg.paths.features), cfg.ingest,
                  resolved_config=config_mod.to_yaml(cfg))
     m = out.manifest
@@ -52,7 +61,7 @@ def run_train(cfg: Config) -> None:
 
     trained = train(cfg)
     for group, r in trained.results.items():
-        print(f"train {group}: best validation mean AUC {r.best_valid_auc:.4f} at epoch "
+        print(f"train {group}: best validation {trained.score_name} {r.best_valid_score:.4f} at epoch "
               f"{r.best_epoch} ({r.epochs_run} epochs, {r.samples_per_s:,.0f} samples/s)")
     print(f"  run folder: {trained.folder}  (MLflow run {trained.run_id})")
 
@@ -63,14 +72,17 @@ def run_evaluate(cfg: Config) -> dict:
     from mtlrec.pipeline.evaluate import run_evaluate as evaluate
 
     metrics = evaluate(cfg)
-    aucs = ", ".join(f"{t} {m['auc']:.4f}" for t, m in metrics["tasks"].items())
-    print(f"evaluate: test AUC {aucs}; mean {metrics['mean_auc']:.4f}")
+    metric = metrics["metric"]
+    values = ", ".join(f"{t} {m[metric]:.4g}" for t, m in metrics["tasks"].items())
+    delta = f"; Δm% {metrics['delta_m_pct']:+.3f}" if "delta_m_pct" in metrics else ""
+    print(f"evaluate: test {metric} {values}; mean {metrics[f'mean_{metric}']:.4f}{delta}")
     print(f"  report: {Path(cfg.paths.run_dir) / 'evaluation' / 'report.md'}")
     return metrics
 
 
 def run_export(cfg: Config) -> dict:
     """Export the trained run, register it, gate it against the champion, move aliases."""
+    logs_only(cfg, "export")
     from mtlrec.pipeline.export import GATE_DIR, holdout_pattern, publish
 
     summary = publish(cfg, Path(cfg.paths.run_dir), holdout_pattern(cfg))
@@ -165,7 +177,15 @@ def run_evaluate_served(cfg: Config) -> dict:
     return metrics
 
 
+def logs_only(cfg: Config, stage: str) -> None:
+    if cfg.data.kind != "logs":
+        raise config_mod.ConfigError(
+            f"mtlrec {stage} is for rankers of click/conversion logs; data={cfg.data.name} is a "
+            "benchmark: train and evaluate it")
+
+
 def run_retrain(cfg: Config) -> dict:
+    logs_only(cfg, "retrain")
     from mtlrec.pipeline.retrain import retrain
 
     result = retrain(cfg)

@@ -20,15 +20,14 @@ from pathlib import Path
 import mlflow
 import torch
 
-from mtlrec.features.batches import FeatureInfo, SplitData
+from torch import nn
+
 from mtlrec.features.errors import DataError
-from mtlrec.features.ingest import ARTIFACTS_DIR, DATA_DIR, MANIFEST_FILE
-from mtlrec.models.config import ModelConfig
-from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline import tracking
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.diagnostics import DiagnosticsLog
+from mtlrec.pipeline.targets import load_target
 from mtlrec.training.loop import Trainer, TrainResult, seed_everything
 from mtlrec.training.mtl.step import make_step
 
@@ -44,18 +43,7 @@ class TrainedRun:
     folder: Path
     run_id: str
     results: dict[str, TrainResult]  # "all" for a multi-task model, one per task for STL
-
-
-def load_features(cfg: Config) -> tuple[Path, dict, FeatureInfo]:
-    folder = Path(cfg.paths.features)
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise DataError(f"no ingested data in {folder}: run `mtlrec ingest data={cfg.data.name}` first")
-    return folder, json.loads(manifest_path.read_text()), FeatureInfo.load(folder / ARTIFACTS_DIR)
-
-
-def build_model(model_cfg: ModelConfig, info: FeatureInfo, n_tasks: int) -> MultiTaskRanker:
-    return MultiTaskRanker(model_cfg, info.table_sizes, len(info.numeric), n_tasks)
+    score_name: str  # what best_valid_score is, e.g. "mean auc"
 
 
 def task_groups(cfg: Config, tasks: list[str]) -> dict[str, list[int]]:
@@ -69,35 +57,35 @@ def weights_file(group: str) -> str:
     return "model.pt" if group == "all" else f"model-{group}.pt"
 
 
-def run_train(cfg: Config, init: Callable[[MultiTaskRanker], None] | None = None) -> TrainedRun:
+def run_train(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> TrainedRun:
     """Train (or resume) the run of `cfg`; `init` is applied to each fresh model before
     training (retrain's warm start from the champion; a resumed checkpoint overrides it)."""
-    folder, manifest, info = load_features(cfg)
+    target = load_target(cfg)
     run_dir = Path(cfg.paths.run_dir)
     state = _run_state(run_dir, cfg)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    train = SplitData(folder / DATA_DIR, "train", info)
-    valid = SplitData(folder / DATA_DIR, "valid", info)
+    train, valid = target.split("train"), target.split("valid")
     if len(valid) == 0:
-        raise DataError(f"{folder}: the validation split is empty; early stopping needs one")
+        raise DataError(f"data={cfg.data.name}: the validation split is empty; early stopping needs one")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_mod.save(cfg, run_dir / "config.yaml")
     (run_dir / "model_config.json").write_text(cfg.model.model_dump_json(indent=2))
     name = run_dir.name
     with tracking.run(cfg.paths.work_dir, cfg.data.name, name, state.get("run_id")) as active:
         run_id = active.info.run_id
-        _write_state(run_dir, {"run_id": run_id, "status": "running", "features": str(folder)})
+        where = {"features": cfg.paths.features} if cfg.data.kind == "logs" else {}
+        _write_state(run_dir, {"run_id": run_id, "status": "running"} | where)
         if state.get("run_id") is None:
             tracking.log_config(cfg.model_dump(mode="json"))
             mlflow.set_tags({"git_commit": tracking.git_commit(), "stage": "train",
-                             "data_fingerprint": manifest["fingerprint"], "method": cfg.method.name,
+                             "data_fingerprint": target.fingerprint, "method": cfg.method.name,
                              "model": cfg.model.arch, "data": cfg.data.name})
         results = {}
-        for group, index in task_groups(cfg, info.tasks).items():
+        for group, index in task_groups(cfg, target.tasks).items():
             seed_everything(cfg.seed)
-            tasks = [info.tasks[k] for k in index]
-            model = build_model(cfg.model, info, len(index))
+            tasks = [target.tasks[k] for k in index]
+            model = target.model(cfg.model, len(index))
             if init is not None:
                 init(model)
             prefix = "" if group == "all" else f"{group}."
@@ -108,15 +96,16 @@ def run_train(cfg: Config, init: Callable[[MultiTaskRanker], None] | None = None
                 on_epoch=lambda epoch, row, p=prefix: mlflow.log_metrics(
                     {p + k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch),
                 on_diagnostics=DiagnosticsLog(run_dir / f"diagnostics-{group}.jsonl", tasks, prefix),
+                kind=target.kind, eval_batch_size=target.eval_batch_size,
             )
             results[group] = trainer.fit(train, valid)
             torch.save(trainer.model.state_dict(), run_dir / weights_file(group))
         history = {g: r.history for g, r in results.items()}
         (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-        mlflow.log_metrics({f"{'' if g == 'all' else g + '.'}best_valid_mean_auc": r.best_valid_auc
-                            for g, r in results.items()})
-        mlflow.log_artifacts(str(folder / ARTIFACTS_DIR), "features")
-        mlflow.log_artifact(str(folder / MANIFEST_FILE), "features")
+        mlflow.log_metrics({f"{'' if g == 'all' else g + '.'}best_valid_mean_{target.kind.select}":
+                            r.best_valid_score for g, r in results.items()})
+        for path in target.artifacts:
+            (mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact)(str(path), "features")
         for f in ("config.yaml", "model_config.json", "history.json"):
             mlflow.log_artifact(str(run_dir / f))
         for group in results:
@@ -124,9 +113,9 @@ def run_train(cfg: Config, init: Callable[[MultiTaskRanker], None] | None = None
             ckpt = run_dir / f"checkpoint-{group}.pt"
             if ckpt.stat().st_size <= CHECKPOINT_ARTIFACT_MAX_MB * 2**20:
                 mlflow.log_artifact(str(ckpt), "checkpoint")
-        _write_state(run_dir, {"run_id": run_id, "status": "trained", "features": str(folder)})
+        _write_state(run_dir, {"run_id": run_id, "status": "trained"} | where)
     log.info("train: %s done (MLflow run %s)", run_dir, run_id)
-    return TrainedRun(run_dir, run_id, results)
+    return TrainedRun(run_dir, run_id, results, f"mean {target.kind.select}")
 
 
 def _run_state(run_dir: Path, cfg: Config) -> dict:

@@ -47,7 +47,8 @@ class DTJSConfig(Strict):
     terms: int = Field(3, ge=0, description="Neumann-series terms J (0: first order)")
     alpha_lr: float = Field(1e-3, gt=0)
     clip: float = Field(10.0, gt=0, description="max norm of the α hypergradient")
-    dev_batch_size: int = Field(2048, ge=1, description="dev batch size (validation split)")
+    dev_batch_size: int | None = Field(None, ge=1, description="dev batch size drawn from the "
+                                       "validation split (None: trainer.batch_size)")
 
 
 class FAMOConfig(Strict):

@@ -1,11 +1,16 @@
-"""The training loop: epochs of multi-task steps, validation AUC, early stopping,
+"""The training loop: epochs of multi-task steps, validation score, early stopping,
 atomic checkpoints and exact resume.
 
 Read top to bottom: `fit` restores a checkpoint if one exists, then per epoch trains
-(`_train_epoch`), evaluates on validation (`predict` + metrics), keeps the best weights
-by validation mean AUC (never test), checkpoints, and stops after `patience` epochs
-without improvement. The loop knows nothing of files or MLflow beyond its checkpoint
-path; callers observe epochs through `on_epoch`.
+(`_train_epoch`), evaluates on validation (`predict` + the task kind's metrics), keeps the
+best weights by the validation score (mean AUC, accuracy or MAE over tasks; never test),
+checkpoints, and stops after `patience` epochs without improvement. The loop knows
+nothing of files or MLflow beyond its checkpoint path; callers observe epochs through
+`on_epoch`.
+
+Data: any split with `len`, `labels` [N, …] and `batch(rows)`, whose batches have
+`inputs` (the model's positional arguments), `labels`, `to(device)` and `len` — the
+rankers' Parquet splits, MultiMNIST's image tensors, QM9's molecular graphs.
 """
 
 from __future__ import annotations
@@ -17,17 +22,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from mtlrec.features.batches import BatchLoader, SplitData
+from mtlrec.features.batches import BatchLoader
 from mtlrec.training import checkpoint
 from mtlrec.training.config import TrainerConfig
-from mtlrec.training.metrics import task_metrics
 from mtlrec.training.step import Forward, MultiTaskStep, Pass
+from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_score
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +51,31 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample, per-task log loss [B, K] of click/conversion labels."""
-    return nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+class Split(Protocol):
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: torch.Tensor) -> Any: ...
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: SplitData, batch_size: int = 8192,
+def predict(model: nn.Module, data: Split, batch_size: int = 8192,
             device: torch.device = torch.device("cpu"), bf16: bool = False) -> np.ndarray:
-    """Logits [N, K] in the split's row order."""
+    """Model outputs [N, K, …] in the split's row order."""
     model.eval()
     out = []
     for batch in BatchLoader(data, batch_size, shuffle=False):
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out.append(model(batch.sparse, batch.dense).float().cpu())
+            out.append(model(*batch.inputs).float().cpu())
     return torch.cat(out).numpy()
 
 
 @dataclass
 class TrainResult:
     best_epoch: int
-    best_valid_auc: float
+    best_valid_score: float  # the mean over tasks of the kind's selection metric
     epochs_run: int
     history: list[dict] = field(default_factory=list)
     samples_per_s: float = float("nan")
@@ -80,15 +89,15 @@ class Trainer:
                  checkpoint_path: Path | None = None,
                  on_epoch: Callable[[int, dict], None] | None = None,
                  on_diagnostics: Callable[[dict], None] | None = None,
-                 task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = binary_cross_entropy
-                 ) -> None:
+                 kind: TaskKind = BinaryTasks(), eval_batch_size: int = 8192) -> None:
         """`step` must have been built on `model` already moved to the training device."""
         self.device = pick_device(cfg.device)
         self.model = model.to(self.device)
         self.step, self.cfg, self.seed = step, cfg, seed
         self.tasks, self.task_index = tasks, task_index
         self.checkpoint_path, self.on_epoch, self.on_diagnostics = checkpoint_path, on_epoch, on_diagnostics
-        self.task_loss = task_loss
+        self.kind, self.eval_batch_size = kind, eval_batch_size
+        self.sign = 1.0 if kind.higher_is_better else -1.0  # best = largest sign · score
         self.optimizers = step.optimizers.all
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for o in self.optimizers]
         self.autocast = cfg.bf16 and self.device.type == "cuda"
@@ -98,10 +107,10 @@ class Trainer:
             return 0.5 * (1.0 + math.cos(math.pi * epoch / self.cfg.max_epochs))
         return 1.0
 
-    def fit(self, train: SplitData, valid: SplitData) -> TrainResult:
+    def fit(self, train: Split, valid: Split) -> TrainResult:
         loader = BatchLoader(train, self.cfg.batch_size, shuffle=True, seed=self.seed)
         state = self._resume()
-        best_auc, best_epoch, stale = state["best_auc"], state["best_epoch"], state["stale"]
+        best, best_epoch, stale = state["best"], state["best_epoch"], state["stale"]
         best_weights, history = state["best_weights"], state["history"]
         first = self.cfg.max_epochs if state["done"] else state["epoch"]
         for epoch in range(first, self.cfg.max_epochs):
@@ -110,20 +119,20 @@ class Trainer:
             for scheduler in self.schedulers:
                 scheduler.step()
             metrics = self.evaluate(valid)
-            mean_auc = float(np.mean([metrics[t]["auc"] for t in self.tasks]))
-            row = {"epoch": epoch, "train_loss": train_loss, "valid_mean_auc": mean_auc,
+            score = validation_score(self.kind, metrics, self.tasks)
+            row = {"epoch": epoch, "train_loss": train_loss, self.score_key: score,
                    "samples_per_s": speed, "lr": self.optimizers[0].param_groups[0]["lr"]}
-            row |= {f"valid_{t}_{m}": metrics[t][m] for t in self.tasks for m in ("auc", "logloss")}
+            row |= {f"valid_{t}_{m}": v for t in self.tasks for m, v in metrics[t].items()}
             history.append(row)
-            if mean_auc > best_auc:
-                best_auc, best_epoch, stale = mean_auc, epoch, 0
+            if self.sign * score > best:
+                best, best_epoch, stale = self.sign * score, epoch, 0
                 best_weights = copy.deepcopy(self.model.state_dict())
             else:
                 stale += 1
-            log.info("epoch %d: train loss %.5f, valid mean AUC %.5f%s", epoch, train_loss,
-                     mean_auc, " (best)" if stale == 0 else "")
+            log.info("epoch %d: train loss %.5f, %s %.5f%s", epoch, train_loss, self.score_key,
+                     score, " (best)" if stale == 0 else "")
             stop = stale > self.cfg.patience
-            self._checkpoint(epoch + 1, stop, best_auc, best_epoch, stale, best_weights, history)
+            self._checkpoint(epoch + 1, stop, best, best_epoch, stale, best_weights, history)
             if self.on_epoch is not None:
                 self.on_epoch(epoch, row)
             if stop:
@@ -131,10 +140,15 @@ class Trainer:
                 break
         self.model.load_state_dict(best_weights)
         speeds = [h["samples_per_s"] for h in history]
-        return TrainResult(best_epoch, best_auc, len(history), history,
+        return TrainResult(best_epoch, self.sign * best, len(history), history,
                            float(np.median(speeds)) if speeds else float("nan"))
 
-    def _train_epoch(self, loader: BatchLoader, epoch: int, valid: SplitData) -> tuple[float, float]:
+    @property
+    def score_key(self) -> str:
+        """History key of the validation score, e.g. `valid_mean_auc`."""
+        return f"valid_mean_{self.kind.select}"
+
+    def _train_epoch(self, loader: BatchLoader, epoch: int, valid: Split) -> tuple[float, float]:
         self.model.train()
         total, seen = torch.zeros((), device=self.device), 0
         start = time.perf_counter()
@@ -162,15 +176,15 @@ class Trainer:
         def forward(split: bool) -> Pass:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 if not split:
-                    return Pass(self.task_loss(self.model(batch.sparse, batch.dense).float(), labels))
-                rep = self.model.encode(batch.sparse, batch.dense)
+                    return Pass(self.kind.loss(self.model(*batch.inputs).float(), labels))
+                rep = self.model.encode(*batch.inputs)
                 leaves = [t.detach().requires_grad_() for t in rep]
-                logits = self.model.decode(leaves)
-            return Pass(self.task_loss(logits.float(), labels), rep, leaves)
+                outputs = self.model.decode(leaves)
+            return Pass(self.kind.loss(outputs.float(), labels), rep, leaves)
 
         return forward
 
-    def dev_forward(self, valid: SplitData, index: int) -> Forward | None:
+    def dev_forward(self, valid: Split, index: int) -> Forward | None:
         """A dev batch from the validation split for outer-loop methods (DTJS's α): rows
         drawn with a generator seeded by the global batch index, so a resumed run draws
         the same ones."""
@@ -185,17 +199,17 @@ class Trainer:
 
         return dev
 
-    def evaluate(self, data: SplitData) -> dict[str, dict]:
+    def evaluate(self, data: Split) -> dict[str, dict]:
         labels = data.labels.numpy()[:, self.task_index]
-        logits = predict(self.model, data, device=self.device, bf16=self.autocast)
-        return task_metrics(labels, logits, self.tasks)
+        outputs = predict(self.model, data, self.eval_batch_size, self.device, self.autocast)
+        return self.kind.metrics(labels, outputs, self.tasks)
 
-    def _checkpoint(self, next_epoch: int, done: bool, best_auc: float, best_epoch: int,
+    def _checkpoint(self, next_epoch: int, done: bool, best: float, best_epoch: int,
                     stale: int, best_weights: dict, history: list[dict]) -> None:
         if self.checkpoint_path is None:
             return
         checkpoint.save_atomic({
-            "epoch": next_epoch, "done": done, "best_auc": best_auc, "best_epoch": best_epoch, "stale": stale,
+            "epoch": next_epoch, "done": done, "best": best, "best_epoch": best_epoch, "stale": stale,
             "model": self.model.state_dict(), "best_weights": best_weights,
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
@@ -203,7 +217,7 @@ class Trainer:
         }, self.checkpoint_path)
 
     def _resume(self) -> dict:
-        fresh = {"epoch": 0, "done": False, "best_auc": -math.inf, "best_epoch": -1, "stale": 0,
+        fresh = {"epoch": 0, "done": False, "best": -math.inf, "best_epoch": -1, "stale": 0,
                  "best_weights": copy.deepcopy(self.model.state_dict()), "history": []}
         if self.checkpoint_path is None or not Path(self.checkpoint_path).exists():
             return fresh

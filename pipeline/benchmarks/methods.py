@@ -78,7 +78,7 @@ def run(cfg: Config, overrides: list[str], warmup: int = 5, steps: int = 40,
 def _worker(warmup: int, steps: int, overrides: list[str]) -> dict:
     """In a fresh process: build the model and step, time `train_batch` on fixed batches."""
     from mtlrec.features.batches import BatchLoader, FeatureInfo, SplitData
-    from mtlrec.pipeline.train import build_model
+    from mtlrec.pipeline.targets import build_ranker
     from mtlrec.training.loop import Trainer, seed_everything
     from mtlrec.training.mtl.step import make_step
 
@@ -89,7 +89,7 @@ def _worker(warmup: int, steps: int, overrides: list[str]) -> dict:
     train = SplitData(folder / "data", "train", info)
     valid = SplitData(folder / "data", "valid", info)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, info, len(info.tasks))
+    model = build_ranker(cfg.model, info, len(info.tasks))
     step = make_step(cfg.method, model, cfg.trainer, len(info.tasks), cfg.seed)
     trainer = Trainer(model, step, cfg.trainer, info.tasks, list(range(len(info.tasks))), cfg.seed)
     batches = list(BatchLoader(train.head(cfg.trainer.batch_size * (warmup + steps)),

@@ -72,6 +72,7 @@ class ComposedStep:
     def __init__(self, method: MethodConfig, model: nn.Module, trainer: TrainerConfig,
                  n_tasks: int, seed: int = 0) -> None:
         self.method, self.k, self.lr = method, n_tasks, trainer.lr
+        self.batch_size = trainer.batch_size
         self.split = method.grad_on == "representation"
         self.shared = model.shared_parameters(include_embeddings=method.grad_on == "shared_and_embeddings")
         sparse_ids = {id(p) for p in sparse_parameters(model)}
@@ -96,7 +97,9 @@ class ComposedStep:
 
     @property
     def dev_batch_size(self) -> int | None:
-        return self.method.dtjs.dev_batch_size if self.method.outer == "dtjs" else None
+        if self.method.outer != "dtjs":
+            return None
+        return self.method.dtjs.dev_batch_size or self.batch_size
 
     def _learnable_weights(self) -> dict[str, tuple[torch.Tensor, torch.optim.Optimizer]]:
         """Task-weight parameters some methods learn, each with its own optimizer."""

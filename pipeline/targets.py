@@ -1,0 +1,126 @@
+"""What `mtlrec train` and `mtlrec evaluate` work on: a data set's splits, its task names
+and kind, and the model that fits it.
+
+`data.kind` picks one of three loaders, and the stages are the same for all of them:
+- `logs`: click/conversion logs ingested by `mtlrec ingest` → HPS / MMoE / PLE rankers;
+- `multimnist`: MultiMNIST built from MNIST (`features.multimnist`) → LeNet;
+- `qm9`: QM9 molecules as graphs (`features.qm9`, `features.qm9_graphs`) → MPNN.
+The benchmark data sets need no ingest: they are built from `../shared/data` when a run
+starts (MultiMNIST's construction is cached as .npz under `data.cache_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mtlrec.features.batches import FeatureInfo, SplitData
+from mtlrec.features.errors import DataError
+from mtlrec.features.ingest import ARTIFACTS_DIR, DATA_DIR, MANIFEST_FILE
+from mtlrec.features.multimnist import TASKS as DIGIT_TASKS
+from mtlrec.features.multimnist import cache_folder, load_multimnist
+from mtlrec.features.spec import BenchmarkRows, MultiMnistSpec, QM9Spec
+from mtlrec.features.tensor_split import TensorSplit
+from mtlrec.models.config import ModelConfig
+from mtlrec.models.ranker import MultiTaskRanker
+from mtlrec.pipeline.config import Config
+from mtlrec.training.loop import Split
+from mtlrec.training.tasks import BinaryTasks, ClassTasks, RegressionTasks, TaskKind
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Target:
+    tasks: list[str]
+    kind: TaskKind
+    split: Callable[[str], Split]  # "train" | "valid" | "test" → the split's data
+    model: Callable[[ModelConfig, int], nn.Module]  # a fresh model with this many task heads
+    fingerprint: str  # identifies the data (an MLflow tag of every run)
+    artifacts: list[Path] = field(default_factory=list)  # logged with the run's model
+    group: str | None = None  # test-split column the metrics are sliced by
+    eval_batch_size: int = 8192
+
+
+def load_target(cfg: Config) -> Target:
+    loaders = {"logs": _logs, "multimnist": _multimnist, "qm9": _qm9}
+    return loaders[cfg.data.kind](cfg)
+
+
+# ------------------------------------------------------------------- ingested logs
+
+
+def load_features(cfg: Config) -> tuple[Path, dict, FeatureInfo]:
+    folder = Path(cfg.paths.features)
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DataError(f"no ingested data in {folder}: run `mtlrec ingest data={cfg.data.name}` first")
+    return folder, json.loads(manifest_path.read_text()), FeatureInfo.load(folder / ARTIFACTS_DIR)
+
+
+def build_ranker(model_cfg: ModelConfig, info: FeatureInfo, n_tasks: int) -> MultiTaskRanker:
+    return MultiTaskRanker(model_cfg, info.table_sizes, len(info.numeric), n_tasks)
+
+
+def _logs(cfg: Config) -> Target:
+    folder, manifest, info = load_features(cfg)
+
+    def split(name: str) -> SplitData:
+        extra = (info.group,) if name == "test" and info.group else ()
+        return SplitData(folder / DATA_DIR, name, info, extra_columns=extra)
+
+    return Target(list(info.tasks), BinaryTasks(), split,
+                  lambda model_cfg, n: build_ranker(model_cfg, info, n), manifest["fingerprint"],
+                  [folder / ARTIFACTS_DIR, folder / MANIFEST_FILE], info.group)
+
+
+# ------------------------------------------------------------------- benchmarks
+
+
+def _prefix(rows: BenchmarkRows, name: str, n: int) -> int:
+    wanted = getattr(rows, name)
+    return n if wanted is None else min(wanted, n)
+
+
+def _multimnist(cfg: Config) -> Target:
+    from mtlrec.models.lenet import MultiLeNet
+
+    spec: MultiMnistSpec = cfg.data  # type: ignore[assignment]
+    mnist = Path(spec.mnist_dir)
+    splits = load_multimnist(mnist, seed=spec.construction_seed, n_valid=spec.n_valid,
+                             cache_dir=Path(spec.cache_dir) if spec.cache_dir else None)
+
+    def split(name: str) -> TensorSplit:
+        s = splits[name]
+        n = _prefix(spec.rows, name, len(s))
+        return TensorSplit(torch.from_numpy(s.images[:n]).float().div_(255.0),
+                           torch.from_numpy(s.labels[:n]))
+
+    fingerprint = cache_folder(Path("."), mnist, spec.construction_seed, spec.n_valid, None).name
+    return Target(list(DIGIT_TASKS), ClassTasks(), split, lambda _, n: MultiLeNet(n_tasks=n), fingerprint)
+
+
+def _qm9(cfg: Config) -> Target:
+    from mtlrec.features.qm9 import TARGETS, load_qm9
+    from mtlrec.features.qm9_graphs import EDGE_FEATURES, NODE_FEATURES, GraphSplit, QM9Graphs
+    from mtlrec.models.mpnn import MPNN
+
+    spec: QM9Spec = cfg.data  # type: ignore[assignment]
+    qm9 = load_qm9(Path(spec.path), seed=spec.split_seed)
+    scale = {t.name: float(s) * t.paper_scale for t, s in zip(TARGETS, qm9.stats.std)}
+    kind = RegressionTasks(scale, {t.name: t.paper_unit for t in TARGETS})
+
+    def split(name: str) -> GraphSplit:
+        graphs = QM9Graphs(qm9.splits[name], cutoff=spec.cutoff, bonds_only=spec.edges == "bonds")
+        return GraphSplit(graphs, _prefix(spec.rows, name, len(graphs)))
+
+    def model(model_cfg: ModelConfig, n: int) -> MPNN:
+        return MPNN(len(NODE_FEATURES), len(EDGE_FEATURES), n_tasks=n, hidden=model_cfg.hidden)
+
+    fingerprint = f"qm9-{Path(spec.path).stat().st_size}-seed{spec.split_seed}-{spec.edges}-cutoff{spec.cutoff}"
+    return Target([t.name for t in TARGETS], kind, split, model, fingerprint, eval_batch_size=512)

@@ -1,0 +1,103 @@
+"""What kind of tasks a model solves: its per-sample loss, its test metrics, and the
+validation score that early stopping and Δm% follow.
+
+Three kinds cover the targets of this project:
+- `BinaryTasks`: click / conversion labels (census, AliExpress, synthetic logs), log loss,
+  AUC (higher is better);
+- `ClassTasks`: one multi-class label per task (MultiMNIST's left and right digit),
+  cross-entropy, accuracy (higher is better);
+- `RegressionTasks`: one standardised real target per task (QM9's 11 properties), MSE
+  (the loss of Gilmer et al. 2017 and of the MTL papers' QM9 setting), MAE in the
+  target's original units (lower is better).
+
+The trainer and the MTL step see only `loss` ([B, K] per-sample losses); metrics are
+numpy, computed on a whole split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlrec.training.metrics import task_metrics
+
+
+class TaskKind(Protocol):
+    metric: str  #: the per-task metric of the results tables and of Δm%
+    select: str  #: the per-task metric whose mean over tasks selects the best epoch
+    higher_is_better: bool  #: for both
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-sample, per-task losses [B, K]."""
+
+    def metrics(self, labels: np.ndarray, outputs: np.ndarray, tasks: list[str]) -> dict[str, dict]:
+        """Per task name: {metric name: value} on a whole split."""
+
+
+def validation_score(kind: TaskKind, metrics: dict[str, dict], tasks: list[str]) -> float:
+    """The mean over tasks of `kind.select`."""
+    return float(np.mean([metrics[t][kind.select] for t in tasks]))
+
+
+@dataclass(frozen=True)
+class BinaryTasks:
+    metric: str = "auc"
+    select: str = "auc"
+    higher_is_better: bool = True
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(outputs, labels, reduction="none")
+
+    def metrics(self, labels: np.ndarray, outputs: np.ndarray, tasks: list[str]) -> dict[str, dict]:
+        return task_metrics(labels, outputs, tasks)
+
+
+@dataclass(frozen=True)
+class ClassTasks:
+    """outputs: logits [B, K, C]; labels: class ids [B, K]."""
+
+    metric: str = "accuracy"
+    select: str = "accuracy"
+    higher_is_better: bool = True
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs.transpose(1, 2), labels, reduction="none")
+
+    def metrics(self, labels: np.ndarray, outputs: np.ndarray, tasks: list[str]) -> dict[str, dict]:
+        out = {}
+        for k, name in enumerate(tasks):
+            logits = torch.from_numpy(outputs[:, k])
+            target = torch.from_numpy(labels[:, k]).long()
+            out[name] = {
+                "accuracy": float((logits.argmax(1) == target).double().mean()),
+                "cross_entropy": float(nn.functional.cross_entropy(logits.double(), target)),
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class RegressionTasks:
+    """outputs and labels: standardised targets [B, K]; `scale` and `unit` give each task's
+    standard deviation and unit, so MAE is reported in the original units (QM9: the units
+    of the papers' tables). The best epoch is the one with the lowest MAE in standard
+    deviations averaged over tasks, so that no target weighs more for its unit."""
+
+    scale: dict[str, float]
+    unit: dict[str, str]
+    metric: str = "mae"
+    select: str = "mae_std_units"
+    higher_is_better: bool = False
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(outputs, labels, reduction="none")
+
+    def metrics(self, labels: np.ndarray, outputs: np.ndarray, tasks: list[str]) -> dict[str, dict]:
+        out = {}
+        for k, name in enumerate(tasks):
+            err = np.abs(outputs[:, k].astype(np.float64) - labels[:, k])
+            out[name] = {"mae": float(err.mean() * self.scale[name]), "mae_std_units": float(err.mean())}
+        return out
