@@ -60,9 +60,10 @@ def plot(path: Path, out_dir: Path) -> dict[str, str]:
     tasks, records = read(path)
     if not records:
         return {}
-    stem = path.stem
-    out = {f"Gradient conflict ({stem})": f"{stem}-conflict.png"}
-    _conflict(out_dir / out[f"Gradient conflict ({stem})"], tasks, records)
+    stem, out = path.stem, {}
+    if len(tasks) > 1:  # a single task (an STL model) has no pair to conflict
+        out[f"Gradient conflict ({stem})"] = f"{stem}-conflict.png"
+        _conflict(out_dir / out[f"Gradient conflict ({stem})"], tasks, records)
     last = records[-1]
     extra = [("adatask_rau", "AdaTask task dominance rAU", _rau),
              ("affinity", "Inter-task affinity and groups", _affinity),

@@ -46,3 +46,26 @@ def test_adatask_balances_the_shared_parameters_that_task_b_dominates_under_ew()
     ada = bench.train_one(bench.METHODS["adatask"], seed=0, epochs=3, n_train=2560)
     assert ew["dominated_by_b"] > 0.8
     assert ada["balanced"] > 0.5 and ada["dominated_by_b"] < 0.2
+
+
+def test_bench_qm9_table_has_every_method_with_delta_m_against_its_stl(tmp_path):
+    from helpers import shared_file
+
+    shared_file("qm9/qm9.parquet")
+    args = ["bench", "qm9", f"paths.work_dir={tmp_path}", f"paths.reports={tmp_path / 'reports'}",
+            "data.rows.train=32", "data.rows.valid=16", "data.rows.test=16", "trainer.max_epochs=1",
+            "trainer.batch_size=16"]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "reports" / "qm9.json").read_text())
+    assert result["seeds"] == 1  # the table's default for QM9
+    labels = [s["method"] for s in result["summary"]]
+    assert labels == ["STL", "EW", "AdaTask", "DB-MTL", "MoCoGrad", "DTJS", "Grouped updates"]
+    stl = next(r for r in result["runs"] if r["method"] == "STL")
+    for run in result["runs"]:
+        assert run["delta_m_pct"] is None if run["method"] == "STL" else run["delta_m_pct"] is not None
+        assert len(run["tasks"]) == 11
+    ew = next(r for r in result["runs"] if r["method"] == "EW")
+    expected = -100 * sum((ew["tasks"][t] - stl["tasks"][t]) / stl["tasks"][t] for t in stl["tasks"]) / 11
+    assert abs(ew["delta_m_pct"] - expected) < 1e-9
+    table = (tmp_path / "reports" / "qm9.md").read_text()
+    assert "| Grouped updates |" in table and "DB-MTL paper, Table 5" in table

@@ -159,6 +159,9 @@ def test_adatask_memory_is_k_copies_of_the_shared_state_only(census):
 def test_validation_names_impossible_combinations():
     with pytest.raises(ValueError, match="grad_on=representation"):
         preset("adatask", grad_on="representation")
+    for stateful in ("dbmtl", "mocograd"):  # their EMA / momentum spans batches of different samples
+        with pytest.raises(ValueError, match=f"aggregate={stateful} averages task gradients across batches"):
+            preset(stateful, grad_on="representation")
     with pytest.raises(ValueError, match="outer=dtjs .* needs aggregate=dtjs"):
         preset("pcgrad", outer="dtjs")
     with pytest.raises(ValueError, match="FAMO"):

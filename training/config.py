@@ -148,6 +148,9 @@ def _incompatibilities(m: MethodConfig) -> list[str]:
     if m.adatask and m.grad_on == "representation":
         out.append(f"optimizer={m.optimizer} keeps per-task moments of the shared parameters; "
                    "grad_on=representation gives per-task gradients on activations instead")
+    if m.aggregate in ("dbmtl", "mocograd") and m.grad_on == "representation":
+        out.append(f"aggregate={m.aggregate} averages task gradients across batches; gradients on "
+                   "the representation belong to each batch's own samples: use grad_on=shared")
     if m.outer == "dtjs" and m.aggregate != "dtjs":
         out.append("outer=dtjs learns the α of DTJS's φ weights: it needs aggregate=dtjs")
     if m.outer == "dtjs" and m.grad_on == "representation":
