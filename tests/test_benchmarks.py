@@ -48,7 +48,7 @@ def test_adatask_balances_the_shared_parameters_that_task_b_dominates_under_ew()
     assert ada["balanced"] > 0.5 and ada["dominated_by_b"] < 0.2
 
 
-def test_bench_qm9_table_has_every_method_with_delta_m_against_its_stl(tmp_path):
+def test_bench_qm9_table_has_every_method_with_delta_m_against_its_stl(tmp_path, capsys):
     from helpers import shared_file
 
     shared_file("qm9/qm9.parquet")
@@ -69,3 +69,9 @@ def test_bench_qm9_table_has_every_method_with_delta_m_against_its_stl(tmp_path)
     assert abs(ew["delta_m_pct"] - expected) < 1e-9
     table = (tmp_path / "reports" / "qm9.md").read_text()
     assert "| Grouped updates |" in table and "DB-MTL paper, Table 5" in table
+    # run again: every finished run is reused (a bench stopped half-way resumes), same numbers
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("bench: reusing the finished run") == len(labels)
+    again = json.loads((tmp_path / "reports" / "qm9.json").read_text())
+    assert again["runs"] == result["runs"]
