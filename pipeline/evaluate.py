@@ -71,7 +71,7 @@ def run_evaluate(cfg: Config) -> dict:
     if isinstance(kind, RegressionTasks):
         metrics["units"] = kind.unit
     values = {t: m[kind.metric] for t, m in metrics["tasks"].items()}
-    for name in {kind.metric, kind.select}:  # QM9: MAE in original units and in std units
+    for name in dict.fromkeys((kind.metric, kind.select)):  # QM9: MAE in original and in std units
         metrics[f"mean_{name}"] = float(np.mean([m[name] for m in metrics["tasks"].values()]))
     if target.group:
         metrics["group_auc"] = group_auc(labels, outputs, test.extra[target.group], tasks)

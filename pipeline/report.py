@@ -15,15 +15,15 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from mtlrec.pipeline import diagnostics  # noqa: E402
 from mtlrec.pipeline.config import Config  # noqa: E402
 from mtlrec.training.metrics import sigmoid  # noqa: E402
-from mtlrec.training.tasks import BinaryTasks, TaskKind  # noqa: E402
+from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_key  # noqa: E402
 
 
 def plots(folder: Path, labels: np.ndarray, outputs: np.ndarray, tasks: list[str],
-          history: dict[str, list[dict]], kind: TaskKind = BinaryTasks()) -> dict[str, str]:
+          history: dict[str, list[dict]], kind: TaskKind) -> dict[str, str]:
     """Write the PNGs into folder (the run's evaluation folder); returns {title: file name}.
     The run's conflict diagnostics (`diagnostics-*.jsonl` in the run folder) are plotted too."""
     out = {"Training curves": "curves.png"}
-    _curves(folder / out["Training curves"], history, kind.select)
+    _curves(folder / out["Training curves"], history, validation_key(kind))
     if isinstance(kind, BinaryTasks):
         out |= {"ROC per task": "roc.png", "Calibration": "calibration.png"}
         _roc(folder / out["ROC per task"], labels, outputs, tasks)
@@ -47,15 +47,15 @@ def _roc(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str]) -
     plt.close(fig)
 
 
-def _curves(path: Path, history: dict[str, list[dict]], select: str) -> None:
+def _curves(path: Path, history: dict[str, list[dict]], score_key: str) -> None:
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for group, rows in history.items():
         epochs = [r["epoch"] for r in rows]
         label = "multi-task" if group == "all" else group
         loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=label)
-        score_ax.plot(epochs, [r[f"valid_mean_{select}"] for r in rows], marker="o", label=label)
+        score_ax.plot(epochs, [r[score_key] for r in rows], marker="o", label=label)
     loss_ax.set(xlabel="epoch", ylabel="train loss (sum over tasks)", title="Training loss")
-    score_ax.set(xlabel="epoch", ylabel=f"validation mean {select}", title="Validation")
+    score_ax.set(xlabel="epoch", ylabel=score_key.replace("_", " "), title="Validation")
     loss_ax.legend()
     score_ax.legend()
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -30,6 +30,7 @@ from mtlrec.pipeline.diagnostics import DiagnosticsLog
 from mtlrec.pipeline.targets import load_target
 from mtlrec.training.loop import Trainer, TrainResult, seed_everything
 from mtlrec.training.mtl.step import make_step
+from mtlrec.training.tasks import validation_key
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
@@ -102,7 +103,7 @@ def run_train(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
             torch.save(trainer.model.state_dict(), run_dir / weights_file(group))
         history = {g: r.history for g, r in results.items()}
         (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-        mlflow.log_metrics({f"{'' if g == 'all' else g + '.'}best_valid_mean_{target.kind.select}":
+        mlflow.log_metrics({f"{'' if g == 'all' else g + '.'}best_{validation_key(target.kind)}":
                             r.best_valid_score for g, r in results.items()})
         for path in target.artifacts:
             (mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact)(str(path), "features")

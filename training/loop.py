@@ -22,18 +22,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from mtlrec.features.batches import BatchLoader
+from mtlrec.features.batches import Batchable, BatchLoader
 from mtlrec.training import checkpoint
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.step import Forward, MultiTaskStep, Pass
-from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_score
+from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_key, validation_score
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,8 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-class Split(Protocol):
-    labels: torch.Tensor
-
-    def __len__(self) -> int: ...
-
-    def batch(self, index: torch.Tensor) -> Any: ...
+class Split(Batchable, Protocol):
+    labels: torch.Tensor  # [N, K, …], what `batch(index).labels` takes rows of
 
 
 @torch.no_grad()
@@ -96,7 +92,7 @@ class Trainer:
         self.step, self.cfg, self.seed = step, cfg, seed
         self.tasks, self.task_index = tasks, task_index
         self.checkpoint_path, self.on_epoch, self.on_diagnostics = checkpoint_path, on_epoch, on_diagnostics
-        self.kind, self.eval_batch_size = kind, eval_batch_size
+        self.kind, self.eval_batch_size, self.score_key = kind, eval_batch_size, validation_key(kind)
         self.sign = 1.0 if kind.higher_is_better else -1.0  # best = largest sign · score
         self.optimizers = step.optimizers.all
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for o in self.optimizers]
@@ -142,11 +138,6 @@ class Trainer:
         speeds = [h["samples_per_s"] for h in history]
         return TrainResult(best_epoch, self.sign * best, len(history), history,
                            float(np.median(speeds)) if speeds else float("nan"))
-
-    @property
-    def score_key(self) -> str:
-        """History key of the validation score, e.g. `valid_mean_auc`."""
-        return f"valid_mean_{self.kind.select}"
 
     def _train_epoch(self, loader: BatchLoader, epoch: int, valid: Split) -> tuple[float, float]:
         self.model.train()

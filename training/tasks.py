@@ -17,7 +17,7 @@ numpy, computed on a whole split.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -43,11 +43,13 @@ def validation_score(kind: TaskKind, metrics: dict[str, dict], tasks: list[str])
     return float(np.mean([metrics[t][kind.select] for t in tasks]))
 
 
-@dataclass(frozen=True)
+def validation_key(kind: TaskKind) -> str:
+    """The validation score's name in the training history and MLflow, e.g. `valid_mean_auc`."""
+    return f"valid_mean_{kind.select}"
+
+
 class BinaryTasks:
-    metric: str = "auc"
-    select: str = "auc"
-    higher_is_better: bool = True
+    metric, select, higher_is_better = "auc", "auc", True
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(outputs, labels, reduction="none")
@@ -56,13 +58,10 @@ class BinaryTasks:
         return task_metrics(labels, outputs, tasks)
 
 
-@dataclass(frozen=True)
 class ClassTasks:
     """outputs: logits [B, K, C]; labels: class ids [B, K]."""
 
-    metric: str = "accuracy"
-    select: str = "accuracy"
-    higher_is_better: bool = True
+    metric, select, higher_is_better = "accuracy", "accuracy", True
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(outputs.transpose(1, 2), labels, reduction="none")
@@ -88,9 +87,9 @@ class RegressionTasks:
 
     scale: dict[str, float]
     unit: dict[str, str]
-    metric: str = "mae"
-    select: str = "mae_std_units"
-    higher_is_better: bool = False
+    metric: ClassVar[str] = "mae"
+    select: ClassVar[str] = "mae_std_units"
+    higher_is_better: ClassVar[bool] = False
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(outputs, labels, reduction="none")

@@ -8,7 +8,6 @@ on validation mean AUC. Writes reports/census.json and reports/census.md.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline import stages
+from mtlrec.pipeline.benchmarks import measure
 from mtlrec.pipeline.benchmarks.measure import machine, write_report
 from mtlrec.pipeline.config import Config
 
@@ -46,12 +46,9 @@ def run(cfg: Config, overrides: list[str]) -> dict:
 
 def train_and_evaluate(overrides: list[str]) -> dict:
     """Train from scratch and evaluate on test: AUC per task, mean, Δm%, samples/s."""
-    run_cfg = config_mod.load([*overrides, "train.force=true"])
-    stages.run_train(run_cfg)
-    metrics = stages.run_evaluate(run_cfg)
-    history = json.loads((Path(run_cfg.paths.run_dir) / "history.json").read_text())
-    speed = float(np.median([h["samples_per_s"] for rows_ in history.values() for h in rows_]))
-    return {"samples_per_s": speed, "epochs": {g: len(h) for g, h in history.items()},
+    r = measure.train_and_evaluate(overrides)
+    metrics = r["metrics"]
+    return {"samples_per_s": r["samples_per_s"], "epochs": r["epochs"],
             **{f"{t}_auc": m["auc"] for t, m in metrics["tasks"].items()},
             "mean_auc": metrics["mean_auc"], "delta_m_pct": metrics.get("delta_m_pct")}
 

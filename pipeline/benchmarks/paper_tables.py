@@ -7,22 +7,15 @@ throughput and wall time, next to the papers' numbers.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline import stages
 from mtlrec.pipeline.benchmarks.census import cell
-from mtlrec.pipeline.benchmarks.measure import machine, write_report
+from mtlrec.pipeline.benchmarks.measure import machine, train_and_evaluate, write_report
 from mtlrec.pipeline.config import Config
-
-
-BENCH_FILE = "bench.json"  # in a run folder: its training wall time, written when it finished
 
 
 @dataclass(frozen=True)
@@ -48,7 +41,7 @@ def run_table(table: PaperTable, cfg: Config, overrides: list[str]) -> dict:
     for seed in range(seeds):
         for label, parts in table.methods:
             print(f"bench {table.name}: seed {seed}, {label}", file=sys.stderr)
-            rows.append({"method": label, "seed": seed, **_train_and_evaluate([*base, *parts, f"seed={seed}"])})
+            rows.append({"method": label, "seed": seed, **_measure([*base, *parts, f"seed={seed}"])})
     result = {"machine": machine(), "setting": base, "seeds": seeds, "runs": rows,
               "summary": _summary(table, rows)}
     js, md = write_report(Path(cfg.paths.reports), table.name, result, _markdown(table, result))
@@ -56,28 +49,14 @@ def run_table(table: PaperTable, cfg: Config, overrides: list[str]) -> dict:
     return result
 
 
-def _train_and_evaluate(overrides: list[str]) -> dict:
-    """Train (unless this exact configuration already finished: a bench that stopped
-    half-way resumes with the runs it has) and evaluate on test."""
-    run_cfg = config_mod.load([*overrides, "train.force=true"])
-    run_dir = Path(run_cfg.paths.run_dir)
-    timing = run_dir / BENCH_FILE
-    if timing.is_file() and (run_dir / "config.yaml").read_text() == config_mod.to_yaml(run_cfg):
-        wall = json.loads(timing.read_text())["train_s"]
-        print(f"bench: reusing the finished run {run_dir}", file=sys.stderr)
-    else:
-        start = time.perf_counter()
-        stages.run_train(run_cfg)
-        wall = time.perf_counter() - start
-        timing.write_text(json.dumps({"train_s": wall}))
-    metrics = stages.run_evaluate(run_cfg)
-    history = json.loads((Path(run_cfg.paths.run_dir) / "history.json").read_text())
-    speed = float(np.median([h["samples_per_s"] for rows in history.values() for h in rows]))
+def _measure(overrides: list[str]) -> dict:
+    """One run of the table (reusing it when it already finished), in the report's terms."""
+    r = train_and_evaluate(overrides, reuse=True)
+    metrics = r.pop("metrics")
     metric = metrics["metric"]
     return {"metric": metric, "tasks": {t: m[metric] for t, m in metrics["tasks"].items()},
             "means": {k: v for k, v in metrics.items() if k.startswith("mean_")},
-            "delta_m_pct": metrics.get("delta_m_pct"), "samples_per_s": speed, "train_s": wall,
-            "epochs": {g: len(h) for g, h in history.items()}}
+            "delta_m_pct": metrics.get("delta_m_pct"), **r}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float] | None:
