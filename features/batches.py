@@ -8,10 +8,8 @@ per batch and is never what training waits on (`mtlrec bench ingest` measures it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,24 +18,7 @@ import pyarrow.dataset as ds
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-INFO_FILE = "artifacts.json"
-
-
-@dataclass(frozen=True)
-class FeatureInfo:
-    """What a model needs to know about the features (from the ingest artifacts)."""
-
-    categorical: list[str]
-    numeric: list[str]
-    tasks: list[str]
-    table_sizes: dict[str, int]
-    group: str | None = None
-
-    @classmethod
-    def load(cls, artifacts_dir: Path) -> "FeatureInfo":
-        info = json.loads((Path(artifacts_dir) / INFO_FILE).read_text())
-        return cls(info["categorical"], info["numeric"], info["tasks"], info["table_sizes"],
-                   info.get("group"))
+from mtlrec.features.folder import FeaturesFolder
 
 
 @dataclass
@@ -74,11 +55,12 @@ class Batch:
 
 
 class SplitData:
-    """One split of a model-ready folder, held as contiguous tensors."""
+    """One split of a model-ready features folder, held as contiguous tensors."""
 
-    def __init__(self, data_dir: Path, split: str, info: FeatureInfo,
+    def __init__(self, features: FeaturesFolder, split: str,
                  extra_columns: tuple[str, ...] = ()) -> None:
-        dataset = ds.dataset(Path(data_dir), format="parquet", partitioning="hive")
+        info = features.info()
+        dataset = ds.dataset(features.data_dir, format="parquet", partitioning="hive")
         columns = info.categorical + info.numeric + info.tasks + list(extra_columns)
         table = dataset.to_table(columns=columns, filter=ds.field("split") == split)
         self.keys = list(info.categorical)

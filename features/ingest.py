@@ -1,6 +1,8 @@
 """Ingestion: raw logs → validated, quarantined, fitted, model-ready Parquet.
 
 Passes (each a streaming polars query, no Python per row):
+0. survey: every raw CSV is read once as plain lines (their number, and the lines with
+   an unbalanced quote, which are read without quoting: features.sources).
 1. read + validate: every raw file is parsed once; each row gets its typed values and a
    `bad` flag, and bad rows also keep their original strings. Written to a staging
    Parquet file in the work folder.
@@ -16,12 +18,8 @@ output whose fingerprint (spec + input files) matches is reused, not rebuilt.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,37 +28,30 @@ from pydantic import Field
 
 from mtlrec import __version__
 from mtlrec.configbase import Strict
+from mtlrec.files import atomic_folder
 from mtlrec.features import numeric, validate
 from mtlrec.features.errors import DataError
-from mtlrec.features.sources import EXTRA_COL, FILE_COL, LINE_COL, InputFile, open_inputs, scan
+from mtlrec.features.folder import FeaturesFolder
+from mtlrec.features.sources import (
+    EXTRA_COL,
+    FILE_COL,
+    LINE_COL,
+    InputFile,
+    collect_inputs,
+    count_rows,
+    open_inputs,
+    scan,
+    survey,
+)
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.split import ROLE_COL, SEQ_COL, SPLIT_COL, split_expr
-from mtlrec.features.transform import FeatureTransform
+from mtlrec.features.transform import VOCAB_FILE, FeatureTransform
 from mtlrec.features.vocab import fit_vocabulary
 
 log = logging.getLogger(__name__)
 
-DATA_DIR = "data"
-ARTIFACTS_DIR = "artifacts"
-QUARANTINE_FILE = "quarantine.parquet"
-MANIFEST_FILE = "manifest.json"
-CONFIG_FILE = "config.yaml"
 _STAGED = "_staged.parquet"  # typed values of the good rows
 _BAD_ROWS = "_bad_rows.parquet"  # original strings of the bad rows
-
-
-@dataclass(frozen=True)
-class IngestOutput:
-    folder: Path
-    manifest: dict
-
-    @property
-    def data_dir(self) -> Path:
-        return self.folder / DATA_DIR
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.folder / ARTIFACTS_DIR
 
 
 class IngestOptions(Strict):
@@ -83,56 +74,59 @@ def ingest(
     options: IngestOptions = IngestOptions(),
     *,
     resolved_config: str | None = None,
-) -> IngestOutput:
-    """Validate and transform the data set `spec` into the folder `out`.
+) -> FeaturesFolder:
+    """Validate and transform the data set `spec` into the features folder `out`.
 
     resolved_config: YAML saved as `config.yaml` with the output. Raises DataError on
-    bad input or too many rejects.
+    bad input or too many rejects (their quarantine and manifest are kept next to `out`,
+    in `<out>.rejected`).
     """
-    out = Path(out)
+    target = FeaturesFolder(Path(out))
     base_artifacts = Path(options.base_artifacts) if options.base_artifacts else None
-    files = open_inputs(spec.source, spec.expected_columns)
-    fingerprint = _fingerprint(spec, files, base_artifacts)
-    previous = _read_manifest(out)
-    if not options.force and previous and previous.get("fingerprint") == fingerprint:
+    inputs = open_inputs(spec.source, spec.expected_columns)
+    fingerprint = _fingerprint(spec, inputs, base_artifacts)
+    if not options.force and target.holds(fingerprint):
         log.info("ingest: %s is up to date (fingerprint %s), reusing it", out, fingerprint[:12])
-        return IngestOutput(out, previous)
-
-    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+        return target
+    inputs = survey(inputs, spec.source)
+    with atomic_folder(target.path) as work_path:
+        work = FeaturesFolder(work_path)
         if resolved_config is not None:
-            (work / CONFIG_FILE).write_text(resolved_config)
-        manifest = _build(spec, files, work, base_artifacts, options) | {
-            "fingerprint": fingerprint
-        }
+            work.config_file.write_text(resolved_config)
+        manifest = _build(spec, inputs, work, base_artifacts, options) | {"fingerprint": fingerprint}
+        work.save_manifest(manifest)
         if manifest["status"] == "rejected":
-            _write_manifest(work, manifest)
-            _replace(work, out.parent / f"{out.name}.rejected")
-            raise _rejected(spec, manifest, out.parent / f"{out.name}.rejected")
-        _write_manifest(work, manifest)
-        _replace(work, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            raise _rejected(spec, manifest, _keep_rejected(work, target.rejected))
     log.info("ingest: wrote %s (%s) in %.1fs", out, manifest["split_rows"],
              manifest["seconds"]["total"])
-    return IngestOutput(out, manifest)
+    return FeaturesFolder(target.path)
+
+
+def _keep_rejected(work: FeaturesFolder, rejected: FeaturesFolder) -> FeaturesFolder:
+    """Publish a rejected ingest's record (manifest, quarantine, config) for inspection."""
+    with atomic_folder(rejected.path) as kept_path:
+        kept = FeaturesFolder(kept_path)
+        for src, dst in ((work.manifest_file, kept.manifest_file),
+                         (work.quarantine_file, kept.quarantine_file),
+                         (work.config_file, kept.config_file)):
+            if src.is_file():
+                src.rename(dst)
+    return rejected
 
 
 def _build(
-    spec: DataSpec, files: list[InputFile], work: Path, base_artifacts: Path | None,
+    spec: DataSpec, files: list[InputFile], work: FeaturesFolder, base_artifacts: Path | None,
     options: IngestOptions,
 ) -> dict:
     """All passes into `work`; returns the manifest (status ok or rejected)."""
-    in_memory = sum(f.path.stat().st_size for f in files) <= options.in_memory_max_mb * 2**20
+    in_memory = sum(f.size for f in files) <= options.in_memory_max_mb * 2**20
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    staged, checks = _stage(spec, files, work, in_memory)
+    staged, checks = _stage(spec, files, work.path, in_memory)
     timings["read_validate"] = time.perf_counter() - t0
-    bad_rows = pl.scan_parquet(work / _BAD_ROWS)
+    bad_rows = pl.scan_parquet(work.path / _BAD_ROWS)
 
-    quarantine = _write_quarantine(spec, files, checks, bad_rows, work / QUARANTINE_FILE)
+    quarantine = _write_quarantine(spec, files, checks, bad_rows, work.quarantine_file)
     counts = _count(files, staged, bad_rows, spec.source)
     manifest = {
         "data": spec.name,
@@ -151,7 +145,7 @@ def _build(
     if manifest["rows_read"] == 0:
         raise DataError(f"{spec.name}: no data rows in {[str(f.path) for f in files]}")
     if manifest["reject_ratio"] > spec.checks.max_reject_ratio:
-        _drop_staging(work)
+        _drop_staging(work.path)
         return manifest | {"status": "rejected"}
 
     staged = staged.with_columns(_split(spec, files, staged, counts))
@@ -159,12 +153,12 @@ def _build(
     transform = _fit(spec, staged, base_artifacts)
     timings["fit"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    split_rows = _write_model_ready(spec, transform, staged, work / DATA_DIR, options.compression)
+    split_rows = _write_model_ready(spec, transform, staged, work.data_dir, options.compression)
     timings["transform_write"] = time.perf_counter() - t2
     if sum(split_rows.values()) != manifest["rows_good"]:
         raise RuntimeError(f"ingest lost rows: {split_rows} vs {manifest['rows_good']} good rows")
-    transform.save(work / ARTIFACTS_DIR)
-    _drop_staging(work)
+    transform.save(work.artifacts_dir)
+    _drop_staging(work.path)
     timings["total"] = time.perf_counter() - t0
     return manifest | {
         "status": "ok",
@@ -180,40 +174,34 @@ def _stage(
 ) -> tuple[pl.LazyFrame, list[validate.Problem]]:
     """Pass 1: parse every file once into two outputs sharing the scan: the typed values
     of the good rows (kept in memory, or staged to Parquet for inputs too large for it)
-    and the original strings of the bad rows.
-
-    Files are decoded as strict UTF-8 first (no per-row cost); only when that fails is
-    the pass repeated with lossy decoding and a per-row check for invalid bytes.
+    and the original strings of the bad rows (strict UTF-8 first, see `collect_inputs`).
     """
-    for lossy in (False, True):
-        checks = validate.problems(spec, files, check_utf8=lossy)
-        frames = [scan(f, spec.source, lossy).with_columns(pl.lit(f.role).alias(ROLE_COL))
-                  for f in files]
-        lf = validate.flag_bad_rows(
-            pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL), spec, checks)
-        good = lf.filter(~pl.col(validate.BAD_COL)).select(
-            *validate.typed_columns(spec), FILE_COL, LINE_COL, SEQ_COL, ROLE_COL
-        )
-        bad = lf.filter(pl.col(validate.BAD_COL)).select(
-            FILE_COL, LINE_COL, EXTRA_COL, *spec.expected_columns,
-            *([validate.DUP_COL] if spec.checks.unique_id else []),
-        )
-        bad_sink = bad.sink_parquet(work / _BAD_ROWS, lazy=True)
-        try:
-            if in_memory:
-                frame, _ = pl.collect_all([good, bad_sink], engine="streaming")
-                return frame.lazy(), checks
-            staged = good.sink_parquet(work / _STAGED, compression="uncompressed", lazy=True)
-            pl.collect_all([staged, bad_sink], engine="streaming")
-            return pl.scan_parquet(work / _STAGED), checks
-        except pl.exceptions.ComputeError as exc:
-            if not lossy and "utf-8" in str(exc).lower():
-                log.info("ingest: invalid UTF-8 in the input, re-reading with per-row checks")
-                continue
-            raise DataError(f"reading {[str(f.path) for f in files]} failed: {exc}") from exc
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise DataError(f"reading {[str(f.path) for f in files]} failed: {exc}") from exc
-    raise AssertionError("unreachable: the lossy pass either returns or raises")
+    return collect_inputs(files, spec.source,
+                          lambda lossy: _stage_once(spec, files, work, in_memory, lossy))
+
+
+def _stage_once(
+    spec: DataSpec, files: list[InputFile], work: Path, in_memory: bool, lossy: bool
+) -> tuple[pl.LazyFrame, list[validate.Problem]]:
+    checks = validate.problems(spec, files, check_utf8=lossy)
+    frames = [scan(f, spec.source, lossy).with_columns(pl.lit(f.role).alias(ROLE_COL))
+              for f in files]
+    lf = validate.flag_bad_rows(
+        pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL), spec, checks)
+    good = lf.filter(~pl.col(validate.BAD_COL)).select(
+        *validate.typed_columns(spec), FILE_COL, LINE_COL, SEQ_COL, ROLE_COL
+    )
+    bad = lf.filter(pl.col(validate.BAD_COL)).select(
+        FILE_COL, LINE_COL, EXTRA_COL, *spec.expected_columns,
+        *([validate.DUP_COL] if spec.checks.unique_id else []),
+    )
+    bad_sink = bad.sink_parquet(work / _BAD_ROWS, lazy=True)
+    if in_memory:
+        frame, _ = pl.collect_all([good, bad_sink], engine="streaming")
+        return frame.lazy(), checks
+    staged = good.sink_parquet(work / _STAGED, compression="uncompressed", lazy=True)
+    pl.collect_all([staged, bad_sink], engine="streaming")
+    return pl.scan_parquet(work / _STAGED), checks
 
 
 def _write_quarantine(
@@ -241,11 +229,11 @@ def _count(files: list[InputFile], good: pl.LazyFrame, bad: pl.LazyFrame, source
     n_bad = dict(bad.group_by(FILE_COL).len().collect().iter_rows())
     out = []
     for f in files:
-        independent = scan(f, source).select(pl.len()).collect().item()
+        independent = count_rows(f, source)
         g, b = n_good.get(f.index, 0), n_bad.get(f.index, 0)
         if g + b != independent:
             raise RuntimeError(f"{f.path}: {independent} rows read but {g} good + {b} quarantined")
-        out.append({"path": str(f.path), "role": f.role, "bytes": f.path.stat().st_size,
+        out.append({"path": str(f.path), "role": f.role, "bytes": f.size,
                     "rows": independent, "quarantined": b})
     read = sum(f["rows"] for f in out)
     quarantined = sum(f["quarantined"] for f in out)
@@ -305,13 +293,13 @@ def _write_model_ready(
     return {r[SPLIT_COL]: int(r["len"]) for r in written.iter_rows(named=True)}
 
 
-def _rejected(spec: DataSpec, manifest: dict, folder: Path) -> DataError:
+def _rejected(spec: DataSpec, manifest: dict, folder: FeaturesFolder) -> DataError:
     top = sorted(manifest["quarantine_reasons"].items(), key=lambda kv: -kv[1])[:5]
     return DataError(
         f"{spec.name}: {manifest['rows_quarantined']:,} of {manifest['rows_read']:,} rows rejected "
         f"({100 * manifest['reject_ratio']:.2f}% > data.checks.max_reject_ratio = "
         f"{100 * spec.checks.max_reject_ratio:.2f}%); most frequent: {top}. "
-        f"Quarantined rows with reasons: {folder / QUARANTINE_FILE}"
+        f"Quarantined rows with reasons: {folder.quarantine_file}"
     )
 
 
@@ -323,30 +311,8 @@ def _drop_staging(work: Path) -> None:
 def _fingerprint(spec: DataSpec, files: list[InputFile], base: Path | None) -> str:
     h = hashlib.sha256(spec.model_dump_json().encode())
     for f in files:
-        st = f.path.stat()
-        h.update(f"{f.path.resolve()}|{f.role}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"{f.path.resolve()}|{f.role}|{f.size}|{f.mtime_ns}".encode())
     if base is not None:
-        h.update((Path(base) / "vocab.parquet").read_bytes())
+        h.update((Path(base) / VOCAB_FILE).read_bytes())
     h.update(f"{pl.__version__}|{__version__}".encode())
     return h.hexdigest()
-
-
-def _read_manifest(out: Path) -> dict | None:
-    path = out / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    manifest = json.loads(path.read_text())
-    return manifest if manifest.get("status") == "ok" else None
-
-
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-
-
-def _replace(work: Path, target: Path) -> None:
-    """Swap a finished folder into place: rename is atomic, the old copy goes last."""
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    work.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

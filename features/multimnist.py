@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtlrec import files
 from mtlrec.features.errors import DataError
 
 DIGIT = 28  #: MNIST digit side and the output side
@@ -233,10 +233,10 @@ def cache_folder(cache_dir: Path, mnist_dir: Path, seed: int, n_valid: int,
 
 
 def _save(path: Path, split: MultiMnistSplit) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=split.images, labels=split.labels, sources=split.sources,
-             shifts=split.shifts)
-    os.replace(tmp, path)  # atomic: a crashed write never leaves a half file behind
+    """Atomic (files.atomic_file): a crashed write never leaves a half file behind."""
+    with files.atomic_file(path) as tmp, open(tmp, "wb") as fh:  # a handle: savez adds no suffix
+        np.savez(fh, images=split.images, labels=split.labels, sources=split.sources,
+                 shifts=split.shifts)
 
 
 def _load(path: Path) -> MultiMnistSplit:

@@ -17,9 +17,16 @@ from pathlib import Path
 import polars as pl
 
 from mtlrec.features import validate
-from mtlrec.features.errors import DataError
-from mtlrec.features.sources import FILE_COL, LINE_COL, open_inputs, scan
-from mtlrec.features.spec import DataSpec
+from mtlrec.features.sources import (
+    FILE_COL,
+    LINE_COL,
+    InputFile,
+    collect_inputs,
+    open_inputs,
+    scan,
+    survey,
+)
+from mtlrec.features.spec import DataSpec, Source
 
 _DAY = re.compile(r"day=(\d{4}-\d{2}-\d{2})")
 
@@ -40,24 +47,22 @@ class RawRows:
 def read(spec: DataSpec, pattern: str) -> RawRows:
     """Read and validate every file matching `pattern` with the spec's source options."""
     source = spec.source.model_copy(update={"train": pattern, "valid": None, "test": None})
-    files = open_inputs(source, spec.expected_columns)
-    for lossy in (False, True):
-        checks = validate.problems(spec, files, check_utf8=lossy)
-        lf = validate.flag_bad_rows(
-            pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed"), spec, checks)
-        try:
-            frame = lf.collect()
-        except pl.exceptions.ComputeError as exc:
-            if not lossy and "utf-8" in str(exc).lower():
-                continue
-            raise DataError(f"reading {pattern} failed: {exc}") from exc
-        paths = pl.col(FILE_COL).replace_strict([f.index for f in files], [str(f.path) for f in files])
-        quarantine = frame.filter(pl.col(validate.BAD_COL)).select(
-            paths.alias("source_file"), pl.col(LINE_COL).alias("line"),
-            validate.reason(checks).alias("reason"), *spec.expected_columns)
-        good = frame.filter(~pl.col(validate.BAD_COL)).select(spec.expected_columns)
-        return RawRows(good, quarantine, [str(f.path) for f in files])
-    raise AssertionError("unreachable: the lossy pass either returns or raises")
+    files = survey(open_inputs(source, spec.expected_columns), source)
+    return collect_inputs(files, source, lambda lossy: _validated(spec, source, files, lossy))
+
+
+def _validated(spec: DataSpec, source: Source, files: list[InputFile], lossy: bool) -> RawRows:
+    """Every row of `files`, split into good rows and quarantined rows with reasons."""
+    checks = validate.problems(spec, files, check_utf8=lossy)
+    frame = validate.flag_bad_rows(
+        pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed"), spec, checks
+    ).collect()
+    paths = pl.col(FILE_COL).replace_strict([f.index for f in files], [str(f.path) for f in files])
+    quarantine = frame.filter(pl.col(validate.BAD_COL)).select(
+        paths.alias("source_file"), pl.col(LINE_COL).alias("line"),
+        validate.reason(checks).alias("reason"), *spec.expected_columns)
+    good = frame.filter(~pl.col(validate.BAD_COL)).select(spec.expected_columns)
+    return RawRows(good, quarantine, [str(f.path) for f in files])
 
 
 def day_partitions(pattern: str) -> dict[str, str]:

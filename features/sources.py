@@ -1,20 +1,39 @@
 """Finding and opening raw input files, with the checks that must pass before any work.
 
-Every file is opened as a lazy polars frame of *strings* (the original values, so a
-quarantined row keeps exactly what was in the file) plus bookkeeping columns:
-`__file` (its index in the file list), `__line` (1-based line number in a CSV, header
-counted; 1-based row number in a Parquet file) and `__extra` (non-null when a CSV row
-has more fields than the header: the parser truncates ragged lines into this sentinel
-column instead of failing the whole file).
+Three steps, each reading more of the files:
+- `open_inputs` plans: it lists the files and checks each one's first line (columns,
+  separator) and, for a CSV, its last bytes; cheap, so an unchanged input is recognised
+  without reading it;
+- `survey` reads each CSV once as plain lines: their number, and the lines with an odd
+  number of quote characters;
+- `scan` opens a file as a lazy polars frame of *strings* (the original values, so a
+  quarantined row keeps exactly what was in the file) plus bookkeeping columns:
+  `__file` (its index in the file list), `__line` (1-based line number in a CSV, header
+  counted; 1-based row number in a Parquet file) and `__extra` (non-null when a CSV row
+  has more fields than the header: the parser truncates ragged lines into this sentinel
+  column instead of failing the whole file). `collect_inputs` runs a query over these
+  frames and turns a failed read into a DataError naming the file.
+
+A CSV record is one line. Lines may end in LF, CRLF or CR alone (old Mac files; told
+apart from the first MiB); a UTF-8 byte-order mark is ignored. A quoted value cannot
+span lines: a line with an odd number of quote characters (a stray or unterminated
+quote, which would otherwise run on through the rest of the file) is read on its own
+without quoting and flagged (validate: "unterminated quote"); the lines around it are
+read as usual.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import gzip
-from dataclasses import dataclass
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -22,10 +41,18 @@ import pyarrow.parquet as pq
 from mtlrec.features.errors import DataError
 from mtlrec.features.spec import Source
 
+log = logging.getLogger(__name__)
+
 FILE_COL = "__file"
 LINE_COL = "__line"
 EXTRA_COL = "__extra"
+MAX_UNBALANCED = 100  # lines with an unbalanced quote per file; more means a wrong quote_char
 _COMMON_SEPARATORS = [",", ";", "\t", "|"]
+_HEAD_BYTES = 1 << 20  # what planning reads of a file
+_NO_SEPARATOR = "\x00"  # for reading whole lines: text holds no NUL (planning checks the head)
+_READ_ERRORS = (pl.exceptions.PolarsError, OSError)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,7 +61,17 @@ class InputFile:
     role: str  # which source it came from: train, valid or test
     index: int  # position in the run's file list (the `__file` column)
     columns: tuple[str, ...]  # column names in file order
-    truncated_line: int | None  # line number of a last line cut short (see _truncated_tail)
+    size: int  # bytes when planned: the fingerprint and the manifest describe this state
+    mtime_ns: int
+    eol: str = "\n"  # a CSV's line terminator: "\n" (LF or CRLF) or "\r" (CR alone)
+    cut_short: bool = False  # no final newline and a short last line (see _truncated_tail)
+    lines: int | None = None  # a CSV's physical lines, header included (set by `survey`)
+    unbalanced: tuple[int, ...] = ()  # lines with an odd number of quote chars (`survey`)
+
+    @property
+    def truncated_line(self) -> int | None:
+        """The line number of a last line cut short, if any."""
+        return self.lines if self.cut_short else None
 
 
 def resolve(pattern: str, key: str) -> list[Path]:
@@ -54,13 +91,25 @@ def open_inputs(source: Source, expected: list[str]) -> list[InputFile]:
         if pattern is None:
             continue
         for path in resolve(pattern, f"data.source.{role}"):
-            columns, truncated = _inspect(path, source, expected)
-            f = InputFile(path, role, len(out), tuple(columns), None)
-            if truncated:
-                rows = scan(f, source).select(pl.len()).collect().item()
-                f = InputFile(path, role, f.index, f.columns, _first_data_line(source) + rows - 1)
-            out.append(f)
+            try:
+                out.append(_inspect(path, role, len(out), source, expected))
+            except (OSError, EOFError, zlib.error) as exc:  # unreadable, or a broken gzip
+                raise DataError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})"
+                                ) from exc
     return out
+
+
+def survey(files: list[InputFile], source: Source) -> list[InputFile]:
+    """`files` with each CSV's lines counted and its unbalanced quote lines found.
+
+    One pass over each CSV as plain lines (no CSV parsing: cheaper than the read), needed
+    before `scan`. A broken file (a gzip cut short, a file gone since planning) is a
+    DataError naming it; so are more than MAX_UNBALANCED unbalanced lines, which say the
+    quote character is not one in this file.
+    """
+    if source.format != "csv":
+        return files
+    return [_survey(f, source) for f in files]
 
 
 def scan(f: InputFile, source: Source, lossy: bool = False) -> pl.LazyFrame:
@@ -73,20 +122,8 @@ def scan(f: InputFile, source: Source, lossy: bool = False) -> pl.LazyFrame:
         lf = lf.with_columns(pl.col(c).cast(pl.String) for c in f.columns)
         lf = lf.with_columns(pl.lit(None, pl.String).alias(EXTRA_COL))
     else:
-        schema = {c: pl.String for c in f.columns} | {EXTRA_COL: pl.String}
-        lf = pl.scan_csv(
-            f.path,
-            has_header=source.has_header,
-            separator=source.separator,
-            quote_char=source.quote_char,
-            schema=schema,
-            encoding="utf8-lossy" if lossy else "utf8",
-            row_index_name=LINE_COL,
-            row_index_offset=_first_data_line(source),
-            truncate_ragged_lines=True,
-            missing_columns="insert",
-            raise_if_empty=True,
-        )
+        lf = pl.concat([_read_csv(f, source, lossy, part, *span)
+                        for part, span in enumerate(_csv_spans(f, source))])
         if source.strip_whitespace:
             lf = lf.with_columns(pl.col(c).str.strip_chars() for c in f.columns)
     if source.null_values:
@@ -99,27 +136,93 @@ def scan(f: InputFile, source: Source, lossy: bool = False) -> pl.LazyFrame:
     )
 
 
+def collect_inputs(files: list[InputFile], source: Source, query: Callable[[bool], T]) -> T:
+    """`query(lossy)`: a query over `scan(f, source, lossy)` of `files`, run.
+
+    Strict UTF-8 decoding first (no per-row cost); only when that fails is the query run
+    again with lossy decoding, whose replacement characters validate flags per row. Any
+    other failure to read is a DataError naming the file (`read_error`).
+    """
+    for lossy in (False, True):
+        try:
+            return query(lossy)
+        except _READ_ERRORS as exc:
+            if lossy or "utf-8" not in str(exc).lower():
+                raise read_error(files, source, exc) from exc
+            log.info("invalid UTF-8 in the input, re-reading with per-row checks")
+    raise AssertionError("unreachable: the lossy pass either returns or raises")
+
+
+def count_rows(f: InputFile, source: Source) -> int:
+    """The rows of one file, counted by a pass of its own."""
+    try:
+        return scan(f, source, lossy=True).select(pl.len()).collect().item()
+    except _READ_ERRORS as exc:
+        raise read_error([f], source, exc) from exc
+
+
+def read_error(files: list[InputFile], source: Source, exc: Exception) -> DataError:
+    """Why reading `files` failed, naming the file at fault: one gone since planning, else
+    the one whose failure `exc` is (several files: each is re-read alone to find it)."""
+    for f in files:
+        if not f.path.exists():
+            return DataError(f"{f.path}: the file was removed or renamed after it was listed")
+    if len(files) == 1:
+        return _unreadable(files[0], source, exc)
+    for f in files:
+        if (failure := _read_failure(f, source)) is not None:
+            return _unreadable(f, source, failure)
+    return DataError(f"reading {[str(f.path) for f in files]} failed: {_summary(exc)}")
+
+
+def _unreadable(f: InputFile, source: Source, exc: Exception) -> DataError:
+    return DataError(f"{f.path}: cannot be read as {source.format.upper()} ({_summary(exc)})")
+
+
+def _read_failure(f: InputFile, source: Source) -> Exception | None:
+    """What reading every value of `f` alone raises, if anything."""
+    try:
+        scan(f, source, lossy=True).select(pl.all().null_count()).collect(engine="streaming")
+    except _READ_ERRORS as exc:
+        return exc
+    return None
+
+
+def _summary(exc: Exception) -> str:
+    """The first line of an error: polars follows it with hints about schema inference."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _first_data_line(source: Source) -> int:
     return 2 if source.has_header else 1
 
 
-def _inspect(path: Path, source: Source, expected: list[str]) -> tuple[list[str], bool]:
-    if path.stat().st_size == 0:
+def _inspect(path: Path, role: str, index: int, source: Source, expected: list[str]) -> InputFile:
+    stat = path.stat()
+    if stat.st_size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes)")
+    planned = InputFile(path, role, index, (), stat.st_size, stat.st_mtime_ns)
     if source.format == "parquet":
         try:
             columns = pq.read_schema(path).names
         except Exception as exc:  # pyarrow raises several types for a non-Parquet file
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
         _compare(path, columns, expected, hint="")
-        return columns, False
-    first = _first_line(path)
-    if not first.strip():
+        return replace(planned, columns=tuple(columns))
+    head = _head(path)
+    if b"\x00" in head:
+        raise DataError(f"{path}: not a text file: it holds NUL bytes (binary, compressed other "
+                        f"than with gzip, or UTF-16 text?)")
+    eol = "\r" if b"\r" in head and b"\n" not in head else "\n"
+    first = head.split(eol.encode(), 1)[0].removeprefix(codecs.BOM_UTF8)
+    first_line = first.decode("utf-8", errors="replace").rstrip("\r")
+    if not first_line.strip():
         raise DataError(f"{path}: the first line is empty (expected a header or a data row)")
-    fields = _split(first, source)
+    fields = _split(path, first_line, source)
     if source.has_header:
         columns = [c.strip() for c in fields] if source.strip_whitespace else fields
-        _compare(path, columns, expected, hint=_separator_hint(first, source, len(expected)))
+        _compare(path, columns, expected, hint=_separator_hint(first_line, source, len(expected)))
     else:
         columns = list(source.columns or [])
         _compare(path, columns, expected, hint="")
@@ -127,9 +230,10 @@ def _inspect(path: Path, source: Source, expected: list[str]) -> tuple[list[str]
             raise DataError(
                 f"{path}: line 1 has {len(fields)} fields separated by {source.separator!r}, "
                 f"data.source.columns lists {len(columns)}"
-                + _separator_hint(first, source, len(columns))
+                + _separator_hint(first_line, source, len(columns))
             )
-    return columns, _truncated_tail(path, source, len(columns))
+    return replace(planned, columns=tuple(columns), eol=eol,
+                   cut_short=_truncated_tail(planned, source, len(columns), eol))
 
 
 def _compare(path: Path, columns: list[str], expected: list[str], hint: str) -> None:
@@ -154,21 +258,22 @@ def _is_gzip(path: Path) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
-def _first_line(path: Path) -> str:
+def _head(path: Path) -> bytes:
+    """The first MiB of the file's content (decompressed, for a gzip file)."""
     opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as fh:
+        return fh.read(_HEAD_BYTES)
+
+
+def _split(path: Path, line: str, source: Source) -> list[str]:
+    """The fields of one line, read as `scan` reads it (no quoting when a quote is unbalanced)."""
+    quote = source.quote_char
+    quoting = csv.QUOTE_MINIMAL if quote and line.count(quote) % 2 == 0 else csv.QUOTE_NONE
     try:
-        with opener(path, "rb") as fh:
-            raw = fh.readline(1 << 20)
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read the first line ({exc})") from exc
-    return raw.decode("utf-8", errors="replace").rstrip("\r\n")
-
-
-def _split(line: str, source: Source) -> list[str]:
-    quoting = csv.QUOTE_MINIMAL if source.quote_char else csv.QUOTE_NONE
-    reader = csv.reader([line], delimiter=source.separator, quotechar=source.quote_char or '"',
-                        quoting=quoting)
-    return next(reader, [])
+        return next(csv.reader([line], delimiter=source.separator, quotechar=quote or '"',
+                               quoting=quoting), [])
+    except csv.Error as exc:  # e.g. a lone CR inside a line of an LF file
+        raise DataError(f"{path}: cannot split {line[:80]!r} into fields ({exc})") from exc
 
 
 def _separator_hint(line: str, source: Source, n_expected: int) -> str:
@@ -182,20 +287,92 @@ def _separator_hint(line: str, source: Source, n_expected: int) -> str:
     return ""
 
 
-def _truncated_tail(path: Path, source: Source, n_columns: int) -> bool:
+def _truncated_tail(f: InputFile, source: Source, n_columns: int, eol: str) -> bool:
     """True when the file was cut mid-row: no final newline and a short last line.
 
     The CSV parser fills the missing trailing fields of a short row with nulls, which
     can look like legitimately empty values; a file that ends without a newline on a
     line with too few fields is the signature of a truncated write.
     """
-    if _is_gzip(path):
+    if _is_gzip(f.path):
         return False  # a cut gzip stream fails to decompress instead (a clear read error)
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        fh.seek(max(0, size - (1 << 16)))
+    with open(f.path, "rb") as fh:
+        fh.seek(max(0, f.size - (1 << 16)))
         tail = fh.read()
-    if tail.endswith(b"\n"):
+    if tail.endswith(eol.encode()):
         return False
-    last = tail.rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
-    return len(_split(last, source)) < n_columns
+    last = tail.rsplit(eol.encode(), 1)[-1].decode("utf-8", errors="replace")
+    return len(_split(f.path, last, source)) < n_columns
+
+
+def _survey(f: InputFile, source: Source) -> InputFile:
+    lines = pl.scan_csv(
+        f.path, has_header=False, separator=_NO_SEPARATOR, quote_char=None, eol_char=f.eol,
+        schema={"text": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
+        row_index_name=LINE_COL, row_index_offset=1, raise_if_empty=False,
+    )
+    try:
+        n_lines = lines.select(pl.len()).collect().item()
+        unbalanced = _unbalanced(lines, source) if source.quote_char else []
+    except _READ_ERRORS as exc:
+        raise read_error([f], source, exc) from exc
+    if len(unbalanced) > MAX_UNBALANCED:
+        quote = source.quote_char
+        raise DataError(
+            f"{f.path}: more than {MAX_UNBALANCED} lines have an odd number of {quote!r} "
+            f"(lines {', '.join(map(str, unbalanced[:5]))}, …): a quoted value cannot span "
+            f"lines, and this many stray quotes mean {quote!r} is no quote character in this "
+            f"file: set data.source.quote_char: null"
+        )
+    return replace(f, lines=n_lines, unbalanced=tuple(unbalanced))
+
+
+def _unbalanced(lines: pl.LazyFrame, source: Source) -> list[int]:
+    """Data lines with an odd number of quote characters, up to MAX_UNBALANCED + 1 (the
+    header's quotes are checked at planning, where a bad header fails)."""
+    odd = pl.col("text").str.count_matches(source.quote_char, literal=True) % 2 == 1
+    return lines.filter(odd & (pl.col(LINE_COL) >= _first_data_line(source))).select(
+        LINE_COL).head(MAX_UNBALANCED + 1).collect(engine="streaming")[LINE_COL].to_list()
+
+
+def _csv_spans(f: InputFile, source: Source) -> list[tuple[int, int | None, bool]]:
+    """How the file's data lines are read: (first line, number of lines or None for the
+    rest, with quoting) of consecutive reads. One read unless lines are unbalanced; each
+    of those is read alone without quoting (with it, its quote would run on through the
+    lines after it) and the lines between them as usual."""
+    if f.lines is None:
+        raise ValueError(f"{f.path}: survey() the file before scanning it")
+    spans: list[tuple[int, int | None, bool]] = []
+    start = _first_data_line(source)
+    for line in f.unbalanced:
+        spans += [(start, line - start, True), (line, 1, False)]
+        start = line + 1
+    return spans + [(start, None, True)]
+
+
+def _read_csv(f: InputFile, source: Source, lossy: bool, part: int, first: int,
+              n_rows: int | None, quoted: bool) -> pl.LazyFrame:
+    """`n_rows` records (all, when None) from line `first` on; the lines before it are
+    skipped as raw lines (no quote can run on from them).
+
+    Each read of a file has its own name for the `__extra` column: within one query,
+    polars (2.1) keys a CSV scan's options (skip_lines, quote_char) by file and schema,
+    so reads of one file with equal schemas would all get the options of one of them.
+    """
+    extra = f"{EXTRA_COL}{part}"
+    return pl.scan_csv(
+        f.path,
+        has_header=False,
+        skip_lines=first - 1,
+        n_rows=n_rows,
+        separator=source.separator,
+        quote_char=source.quote_char if quoted else None,
+        eol_char=f.eol,
+        schema={c: pl.String for c in f.columns} | {extra: pl.String},
+        encoding="utf8-lossy" if lossy else "utf8",
+        row_index_name=LINE_COL,
+        row_index_offset=first,
+        truncate_ragged_lines=True,
+        missing_columns="insert",
+        raise_if_empty=False,
+    ).rename({extra: EXTRA_COL})

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mtlrec.configbase import Strict
+from mtlrec.configbase import FilePath, Strict
 
 
 class CategoricalField(Strict):
@@ -91,9 +91,9 @@ class Source(Strict):
     """
 
     format: Literal["csv", "parquet"] = "csv"
-    train: str
-    valid: str | None = None
-    test: str | None = None
+    train: FilePath
+    valid: FilePath | None = None
+    test: FilePath | None = None
     has_header: bool = True
     columns: list[str] | None = Field(None, description="column names, required when has_header is false")
     separator: str = Field(",", min_length=1, max_length=1)
@@ -252,10 +252,10 @@ class MultiMnistSpec(Strict):
 
     kind: Literal["multimnist"]
     name: str = "multimnist"
-    mnist_dir: str
+    mnist_dir: FilePath
     construction_seed: int = Field(0, description="seed of the pairs and shifts (the same for every run)")
     n_valid: int = Field(10_000, ge=1, description="MNIST train images held out for validation")
-    cache_dir: str | None = Field(None, description="where the built splits are kept (.npz)")
+    cache_dir: FilePath | None = Field(None, description="where the built splits are kept (.npz)")
     rows: BenchmarkRows = BenchmarkRows()
 
 
@@ -264,7 +264,7 @@ class QM9Spec(Strict):
 
     kind: Literal["qm9"]
     name: str = "qm9"
-    path: str
+    path: FilePath
     split_seed: int = Field(0, description="seed of the 110k/10k/rest split (the same for every run)")
     edges: Literal["complete", "bonds"] = Field(
         "complete", description="complete graphs with distances (the papers), or covalent bonds only")

@@ -15,12 +15,16 @@ conversion = click AND buy, so the second task is CTCVR.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field, field_validator
+
+from mtlrec import files
+from mtlrec.configbase import Strict
 
 N_CATEGORICAL = 16
 N_NUMERIC = 63
@@ -30,32 +34,33 @@ DEFAULT_CARDINALITIES = (
 )
 
 
-@dataclass(frozen=True)
-class SynthParams:
-    days: int = 3
-    rows_per_day: int = 100_000
+class SynthParams(Strict):
+    """Everything the generator's output depends on (`synth.*` in the config)."""
+
+    days: int = Field(5, ge=1)
+    rows_per_day: int = Field(100_000, ge=1)
     start_day: str = "2026-11-01"
     seed: int = 2026
-    ctr: float = 0.04  # target click rate
-    cvr: float = 0.08  # target conversion rate among clicks (CTCVR ≈ ctr · cvr)
-    conflict_rho: float = 0.0  # correlation of CVR effects with CTR effects, in [-1, 1]
-    signal: float = 1.2  # std of the ground-truth logit before calibration
-    zipf_a: float = 1.1
+    ctr: float = Field(0.04, gt=0, lt=1, description="target click rate")
+    cvr: float = Field(0.08, gt=0, lt=1, description="target conversion rate among clicks "
+                       "(CTCVR ≈ ctr · cvr)")
+    conflict_rho: float = Field(0.0, ge=-1, le=1, description="correlation of the CVR effects "
+                                "with the CTR effects")
+    signal: float = Field(1.2, gt=0, description="std of the ground-truth logit before calibration")
+    zipf_a: float = Field(1.1, gt=0)
     cardinalities: tuple[int, ...] = DEFAULT_CARDINALITIES
     countries: tuple[str, ...] = ("NL", "ES", "FR", "US")
-    format: str = "csv"  # csv | parquet
-    chunk_rows: int = 250_000  # rows generated at a time (bounds memory)
-    corrupt_fraction: float = 0.0  # rows given one realistic defect (tests quarantine at scale)
+    format: Literal["csv", "parquet"] = "csv"
+    chunk_rows: int = Field(250_000, ge=1, description="rows generated at a time (bounds memory)")
+    corrupt_fraction: float = Field(0.0, ge=0, lt=1, description="rows given one realistic "
+                                    "defect (tests quarantine at scale)")
 
-    def __post_init__(self) -> None:
-        if len(self.cardinalities) != N_CATEGORICAL:
-            raise ValueError(f"synth: need {N_CATEGORICAL} cardinalities, got {len(self.cardinalities)}")
-        if not -1.0 <= self.conflict_rho <= 1.0:
-            raise ValueError(f"synth: conflict_rho must be in [-1, 1], got {self.conflict_rho}")
-        if self.format not in ("csv", "parquet"):
-            raise ValueError(f"synth: format must be csv or parquet, got {self.format!r}")
-        if not 0.0 <= self.corrupt_fraction < 1.0:
-            raise ValueError(f"synth: corrupt_fraction must be in [0, 1), got {self.corrupt_fraction}")
+    @field_validator("cardinalities")
+    @classmethod
+    def _one_per_field(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(value) != N_CATEGORICAL or min(value) < 1:
+            raise ValueError(f"need {N_CATEGORICAL} cardinalities of at least 1, got {value}")
+        return value
 
 
 class GroundTruth:
@@ -173,9 +178,8 @@ def generate(p: SynthParams, out_dir: Path, progress=None) -> list[Path]:
         day = (start + timedelta(days=d)).isoformat()
         rng = np.random.default_rng([p.seed, d])
         path = out_dir / f"day={day}.{p.format}"
-        tmp = path.with_name(path.name + ".tmp")
         chunks, done = [], 0
-        with open(tmp, "wb") as fh:
+        with files.atomic_file(path) as tmp, open(tmp, "wb") as fh:
             while done < p.rows_per_day:
                 n = min(p.chunk_rows, p.rows_per_day - done)
                 chunk = _frame(truth, rng, n, d * p.rows_per_day + done, day, p)
@@ -188,6 +192,5 @@ def generate(p: SynthParams, out_dir: Path, progress=None) -> list[Path]:
                     progress(n)
             if chunks:
                 pl.concat(chunks).write_parquet(fh)
-        tmp.replace(path)
         paths.append(path)
     return paths

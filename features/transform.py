@@ -17,12 +17,12 @@ import polars as pl
 
 from mtlrec.features import numeric, vocab
 from mtlrec.features.errors import DataError
+from mtlrec.features.folder import FeatureInfo
 from mtlrec.features.spec import DataSpec
 
 SPEC_FILE = "feature_spec.json"
 VOCAB_FILE = "vocab.parquet"
 STATS_FILE = "numeric_stats.json"
-INFO_FILE = "artifacts.json"
 
 
 @dataclass(frozen=True)
@@ -74,28 +74,25 @@ class FeatureTransform:
         )
         table.select("field", *vocab.VOCAB_COLUMNS).write_parquet(folder / VOCAB_FILE)
         (folder / STATS_FILE).write_text(json.dumps(self.numeric_stats, indent=2))
-        info = {
-            "polars_version": pl.__version__,
-            "categorical": self.categorical_names,
-            "numeric": self.numeric_names,
-            "tasks": self.spec.task_names,
-            "table_sizes": self.table_sizes,
-            "group": self.spec.group,
-        }
-        (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
+        self.info.save(folder)
+
+    @property
+    def info(self) -> FeatureInfo:
+        return FeatureInfo(self.categorical_names, self.numeric_names, self.spec.task_names,
+                           self.table_sizes, self.spec.group, pl.__version__)
 
     @classmethod
     def load(cls, folder: Path) -> "FeatureTransform":
         folder = Path(folder)
-        for name in (SPEC_FILE, VOCAB_FILE, STATS_FILE, INFO_FILE):
+        for name in (SPEC_FILE, VOCAB_FILE, STATS_FILE):
             if not (folder / name).is_file():
                 raise DataError(f"{folder}: feature artifact {name} is missing")
         spec = DataSpec.model_validate_json((folder / SPEC_FILE).read_text())
-        info = json.loads((folder / INFO_FILE).read_text())
+        info = FeatureInfo.load(folder)
         hashed = [f.name for f in spec.categorical if f.hash_buckets is not None]
-        if hashed and info["polars_version"] != pl.__version__:
+        if hashed and info.polars_version != pl.__version__:
             raise DataError(
-                f"{folder}: fields {hashed} are hashed with polars {info['polars_version']}, "
+                f"{folder}: fields {hashed} are hashed with polars {info.polars_version}, "
                 f"this is polars {pl.__version__}; its hash is not stable across versions"
             )
         table = pl.read_parquet(folder / VOCAB_FILE)

@@ -20,6 +20,7 @@ from mtlrec.features.spec import DataSpec
 DUP_COL = "__dup"  # computed over all input rows before validation (ingest)
 NUM_PREFIX = "__num:"  # numeric fields parsed once (see `with_parsed_numbers`)
 REPLACEMENT_CHAR = "\ufffd"  # what utf8-lossy decoding puts in place of invalid bytes
+MAX_ECHO = 200  # characters of a value shown in a reason (the quarantine keeps it whole)
 _BINARY_TRUE = ["1", "1.0", "true", "True"]
 _BINARY_FALSE = ["0", "0.0", "false", "False"]
 
@@ -32,7 +33,12 @@ class Problem:
 
 
 def _quoted(col: str) -> pl.Expr:
-    return pl.format("'{}'", pl.col(col))
+    """The value in quotes, cut at MAX_ECHO characters: a stray quote or a runaway field
+    can make one value megabytes long."""
+    value = pl.col(col)
+    cut = pl.when(value.str.len_chars() > MAX_ECHO).then(
+        pl.concat_str(value.str.slice(0, MAX_ECHO), pl.lit("…"))).otherwise(value)
+    return pl.format("'{}'", cut)
 
 
 def _number(col: str) -> pl.Expr:
@@ -93,7 +99,7 @@ def problems(spec: DataSpec, files: Iterable[InputFile], check_utf8: bool = Fals
     check_utf8: look for U+FFFD, which lossy decoding puts in place of invalid bytes
     (only needed when a file failed strict UTF-8 decoding).
     """
-    out: list[Problem] = [
+    out = _file_problems(spec, files) + [
         Problem(
             "blank line",
             pl.all_horizontal(pl.col(c).is_null() for c in spec.expected_columns),
@@ -105,13 +111,6 @@ def problems(spec: DataSpec, files: Iterable[InputFile], check_utf8: bool = Fals
             pl.format("more fields than the {} columns", pl.lit(len(spec.expected_columns))),
         ),
     ]
-    for f in files:
-        if f.truncated_line is not None:
-            out.append(Problem(
-                "truncated line",
-                (pl.col(FILE_COL) == f.index) & (pl.col(LINE_COL) == f.truncated_line),
-                pl.lit("truncated last line (no final newline, too few fields)"),
-            ))
     out += _string_problems(spec, check_utf8)
     out += _numeric_problems(spec)
     out += _label_problems(spec)
@@ -122,6 +121,28 @@ def problems(spec: DataSpec, files: Iterable[InputFile], check_utf8: bool = Fals
             pl.format("{}: duplicate id {}", pl.lit(spec.id), _quoted(spec.id)),
         ))
     return [Problem(p.kind, p.condition.fill_null(False), p.message) for p in out]
+
+
+def _file_problems(spec: DataSpec, files: Iterable[InputFile]) -> list[Problem]:
+    """Lines that planning and the survey of each file found broken (features.sources);
+    first in a reason, as they explain the problems that follow from them."""
+    out = []
+    for f in files:
+        at = pl.col(FILE_COL) == f.index
+        if f.unbalanced:
+            out.append(Problem(
+                "unterminated quote",
+                at & pl.col(LINE_COL).is_in(list(f.unbalanced)),
+                pl.lit(f"unterminated quote: {spec.source.quote_char!r} is not closed on its line "
+                       f"(a value cannot span lines; this line is split without quoting)"),
+            ))
+        if f.truncated_line is not None:
+            out.append(Problem(
+                "truncated line",
+                at & (pl.col(LINE_COL) == f.truncated_line),
+                pl.lit("truncated last line (no final newline, too few fields)"),
+            ))
+    return out
 
 
 def _string_problems(spec: DataSpec, check_utf8: bool) -> list[Problem]:

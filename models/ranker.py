@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mtlrec.models.backbones import MMoE, PLE, SharedBottom, mlp
-from mtlrec.models.config import ModelConfig
+from mtlrec.models.config import HPSConfig, MMoEConfig, PLEConfig, RankerConfig
 from mtlrec.models.embedding import make_embeddings
 
 
@@ -23,8 +23,19 @@ def _product_logit(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Tensor
     return log_p - torch.log(-torch.expm1(log_p))
 
 
+def _backbone(cfg: RankerConfig, in_dim: int, n_tasks: int) -> nn.Module:
+    h, p = cfg.expert_hidden, cfg.dropout
+    if isinstance(cfg, HPSConfig):
+        return SharedBottom(in_dim, n_tasks, h, p)
+    if isinstance(cfg, MMoEConfig):
+        return MMoE(in_dim, n_tasks, cfg.n_experts, h, p)
+    if isinstance(cfg, PLEConfig):
+        return PLE(in_dim, n_tasks, cfg.levels, cfg.task_experts, cfg.shared_experts, h, p)
+    raise ValueError(f"model.arch={getattr(cfg, 'arch', cfg)!r} is not a ranking backbone")
+
+
 class MultiTaskRanker(nn.Module):
-    def __init__(self, cfg: ModelConfig, table_sizes: dict[str, int], n_dense: int,
+    def __init__(self, cfg: RankerConfig, table_sizes: dict[str, int], n_dense: int,
                  n_tasks: int) -> None:
         super().__init__()
         if cfg.esmm and n_tasks != 2:
@@ -33,14 +44,8 @@ class MultiTaskRanker(nn.Module):
         self.embeddings = make_embeddings(table_sizes, cfg.embedding_dim, cfg.embedding_impl,
                                           cfg.embedding_grad)
         in_dim = len(table_sizes) * cfg.embedding_dim + n_dense
-        h, p = cfg.expert_hidden, cfg.dropout
-        if cfg.arch == "hps":
-            self.backbone: nn.Module = SharedBottom(in_dim, n_tasks, h, p)
-        elif cfg.arch == "mmoe":
-            self.backbone = MMoE(in_dim, n_tasks, cfg.n_experts, h, p)
-        else:
-            self.backbone = PLE(in_dim, n_tasks, cfg.levels, cfg.task_experts, cfg.shared_experts, h, p)
-        out = self.backbone.out_dim
+        self.backbone = _backbone(cfg, in_dim, n_tasks)
+        out, p = self.backbone.out_dim, cfg.dropout
         self.towers = nn.ModuleList(
             nn.Sequential(mlp(out, cfg.tower_hidden, p),
                           nn.Linear(cfg.tower_hidden[-1] if cfg.tower_hidden else out, 1))

@@ -7,48 +7,64 @@ User mistakes (config, data) print one clear message and exit 2, never a traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from mtlrec.features.errors import DataError
+from mtlrec.features.errors import DataError, shorten
 from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline import stages
 
 # `mtlrec bench <name>` → module under pipeline/benchmarks/ (each has run(cfg, overrides))
 BENCHES = {"ingest": "ingest", "census": "census", "census_methods": "census_methods",
            "methods": "methods", "adatask": "adatask_synthetic", "train": "train", "serve": "serve",
            "multimnist": "multimnist", "qm9": "qm9"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    module: str  # under mtlrec.pipeline; imported only when the stage runs (see STAGES)
+    function: str
+    help: str
+
+
+# Each stage's module is imported when that stage runs: `stages` brings the training stack
+# (torch, torchrec, mlflow: ≈7 s and 650 MB to import), which `mtlrec config` and the
+# serving stages must not pay.
 STAGES = {
-    "config": "print the resolved configuration",
-    "synth": "generate synthetic AliExpress-schema logs (one file per day)",
-    "ingest": "validate, quarantine, fit vocabularies/statistics, write model-ready Parquet",
-    "train": "train a model on ingested data (tracked in MLflow; resumes after a crash)",
-    "evaluate": "test-split metrics, per-group AUC, delta-m% vs STL, report with plots; "
-                "with model=models:/… logs=…: the served model on new raw logs",
-    "export": "ONNX bundle + parity check -> MLflow registry -> gate vs champion -> aliases",
-    "promote": "make a version (default: the challenger) the champion: `promote version=N`",
-    "rollback": "move the champion back to the previous one",
-    "serve": "HTTP server over onnxruntime: `serve model=models:/<name>@champion`",
-    "score": "batch scoring Parquet -> Parquet: `score input=… output=…`",
-    "retrain": "ingest new day partitions once, train warm-started, gate, promote",
-    "run": "the main job: synthetic logs -> ingest -> train -> evaluate -> export -> champion",
-    "bench": "benchmarks: `mtlrec bench " + "|".join(BENCHES) + "`",
+    "synth": Stage("stages", "run_synth", "generate synthetic AliExpress-schema logs (one file per day)"),
+    "ingest": Stage("stages", "run_ingest",
+                    "validate, quarantine, fit vocabularies/statistics, write model-ready Parquet"),
+    "train": Stage("stages", "run_train",
+                   "train a model on ingested data (tracked in MLflow; resumes after a crash)"),
+    "evaluate": Stage("stages", "run_evaluate",
+                      "test-split metrics, per-group AUC, delta-m% vs STL, report with plots; "
+                      "with model=models:/… logs=…: the served model on new raw logs"),
+    "export": Stage("stages", "run_export",
+                    "ONNX bundle + parity check -> MLflow registry -> gate vs champion -> aliases"),
+    "promote": Stage("stages", "run_promote",
+                     "make a version (default: the challenger) the champion: `promote version=N`"),
+    "rollback": Stage("stages", "run_rollback", "move the champion back to the previous one"),
+    "serve": Stage("serving_stages", "run_serve",
+                   "HTTP server over onnxruntime: `serve model=models:/<name>@champion`"),
+    "score": Stage("serving_stages", "run_score", "batch scoring Parquet -> Parquet: `score input=… output=…`"),
+    "retrain": Stage("stages", "run_retrain", "ingest new day partitions once, train warm-started, gate, promote"),
+    "run": Stage("stages", "run_main_job",
+                 "the main job: synthetic logs -> ingest -> train -> evaluate -> export -> champion"),
 }
+# Commands the CLI answers itself.
+BUILTINS = {"config": "print the resolved configuration",
+            "bench": "benchmarks: `mtlrec bench " + "|".join(BENCHES) + "`"}
 # Short forms of config keys, per stage (`mtlrec score input=a.parquet` = `score.input=…`).
 SHORT_KEYS = {
     "evaluate": {"logs": "evaluate.logs"},
     "promote": {"version": "registry.version"},
     "score": {"input": "score.input", "output": "score.output"},
 }
-# each stage's function in stages.py (`config` prints instead)
-RUNNERS = {"synth": stages.run_synth, "ingest": stages.run_ingest, "train": stages.run_train,
-           "evaluate": stages.run_evaluate, "export": stages.run_export,
-           "promote": stages.run_promote, "rollback": stages.run_rollback,
-           "serve": stages.run_serve, "score": stages.run_score, "retrain": stages.run_retrain,
-           "run": stages.run_main_job}
 MODEL_STAGES = ("evaluate", "serve", "score")  # where model=<URI or folder> names a served model
 
 
@@ -76,10 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mtlrec",
         description="Multi-task ranking pipeline.",
-        epilog="stages:\n" + "\n".join(f"  {k:8s} {v}" for k, v in STAGES.items()),
+        epilog="stages:\n" + "\n".join(f"  {k:8s} {v}" for k, v in _help().items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("stage", choices=sorted(STAGES), metavar="stage")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help=f"a folder of your own data/, model/, method/ YAML files, searched "
+                             f"before the package's (repeatable; also ${config_mod.CONFIG_DIR_ENV})")
+    parser.add_argument("stage", choices=sorted(_help()), metavar="stage")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data=census")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[mtlrec] %(message)s", stream=sys.stderr)
@@ -87,23 +106,62 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     overrides = expand(args.stage, list(args.overrides))
     try:
-        if args.stage == "bench":
-            if not overrides or overrides[0] not in BENCHES:
-                raise config_mod.ConfigError(f"mtlrec bench needs one of {list(BENCHES)}")
-            target, rest = overrides[0], overrides[1:]
-            module = importlib.import_module(f"mtlrec.pipeline.benchmarks.{BENCHES[target]}")
-            # a benchmark's own setting first, so overrides of its data keys validate
-            module.run(config_mod.load([*getattr(module, "SETTING", []), *rest]), rest)
-            return 0
-        cfg = config_mod.load(overrides)
-        if args.stage == "config":
-            print(config_mod.to_yaml(cfg), end="")
-        else:
-            RUNNERS[args.stage](cfg)
+        with _config_dirs(args.config_dir):
+            _run(args.stage, overrides)
     except (config_mod.ConfigError, DataError) as exc:
-        print(f"mtlrec {args.stage}: error: {exc}", file=sys.stderr)
+        print(f"mtlrec {args.stage}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file vanished, a disk filled up, a folder is not writable
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"mtlrec {args.stage}: error: {one_line(exc.strerror or str(exc))}{where}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(message: str) -> str:
+    """A user-facing error as one line, capped like every DataError: a long echoed value or
+    list must not bury what the error says."""
+    return shorten(" ".join(message.split()))
+
+
+@contextlib.contextmanager
+def _config_dirs(dirs: list[str]) -> Iterator[None]:
+    """--config-dir, passed on through $MTLREC_CONFIG_DIR so that every `config.load` of the
+    command sees it (benchmark workers too); put back afterwards."""
+    if not dirs:
+        yield
+        return
+    before = os.environ.get(config_mod.CONFIG_DIR_ENV)
+    folders = config_mod.user_config_dirs(dirs)
+    os.environ[config_mod.CONFIG_DIR_ENV] = os.pathsep.join(map(str, folders))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(config_mod.CONFIG_DIR_ENV, None)
+        else:
+            os.environ[config_mod.CONFIG_DIR_ENV] = before
+
+
+def _run(stage_name: str, overrides: list[str]) -> None:
+    if stage_name == "bench":
+        if not overrides or overrides[0] not in BENCHES:
+            raise config_mod.ConfigError(f"mtlrec bench needs one of {list(BENCHES)}")
+        target, rest = overrides[0], overrides[1:]
+        module = importlib.import_module(f"mtlrec.pipeline.benchmarks.{BENCHES[target]}")
+        # a benchmark's own setting first, so overrides of its data keys validate
+        module.run(config_mod.load([*getattr(module, "SETTING", []), *rest]), rest)
+        return
+    cfg = config_mod.load(overrides)
+    if stage_name == "config":
+        print(config_mod.to_yaml(cfg), end="")
+        return
+    stage = STAGES[stage_name]
+    getattr(importlib.import_module(f"mtlrec.pipeline.{stage.module}"), stage.function)(cfg)
+
+
+def _help() -> dict[str, str]:
+    return {name: stage.help for name, stage in STAGES.items()} | BUILTINS
 
 
 def cli() -> None:

@@ -1,32 +1,52 @@
-"""Configuration: Hydra composes `conf/` with command-line overrides, pydantic types it.
+"""Configuration: Hydra composes the YAML with command-line overrides, pydantic types it.
 
 `load(["data=census", "trainer.max_epochs=3"])` returns a validated `Config`; any
-unknown key or option is a `ConfigError` that names it and lists what is valid. The
-resolved YAML (`to_yaml`) is saved next to every output.
+unknown key or option is a `ConfigError` that names it and what is valid. The resolved
+YAML (`to_yaml`) is saved next to every output.
+
+Where the YAML comes from: the package's `conf/`, plus the user's own config folders
+(`mtlrec --config-dir DIR`, or `MTLREC_CONFIG_DIR=DIR[:DIR…]`), whose `data/`, `model/`
+and `method/` files join the package's (theirs win on a name clash), so nobody edits
+the installed package. A relative path in a user's data file is relative to that file's
+folder. Defaults are stated once, in the typed classes below; the YAML sets only what
+differs from them (`mtlrec config` prints every value).
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import os
+import tempfile
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
-from mtlrec import PROJECT_ROOT
-from mtlrec.configbase import Strict
+from mtlrec import CONF_DIR, checkout_root
+from mtlrec.configbase import RelativeToFile, Strict
 from mtlrec.features.ingest import IngestOptions
 from mtlrec.features.spec import DataSpec, MultiMnistSpec, QM9Spec
+from mtlrec.features.synth import SynthParams
 from mtlrec.models.config import ModelConfig
 from mtlrec.training.config import MethodConfig, TrainerConfig
 
-CONF_DIR = PROJECT_ROOT / "conf"
+CONFIG_DIR_ENV = "MTLREC_CONFIG_DIR"
+DATA_ROOT_ENV = "MTLREC_DATA_ROOT"
+#: `paths.data_root` outside a checkout without MTLREC_DATA_ROOT: a value that names the
+#: variable wherever it shows up, and that `Config` refuses for a data set that reads it.
+UNSET_DATA_ROOT = f"<{DATA_ROOT_ENV} unset>"
+#: the config groups a user's folder may add files to
+USER_GROUPS = ("data", "model", "method")
 
 
 class ConfigError(ValueError):
@@ -34,7 +54,8 @@ class ConfigError(ValueError):
 
 
 class Paths(Strict):
-    data_root: str
+    data_root: str = Field(description=f"folder of the real data sets (${DATA_ROOT_ENV}; in a "
+                           "checkout: ../shared/data)")
     work_dir: str
     features: str
     run_dir: str
@@ -52,13 +73,17 @@ class EvaluateConfig(Strict):
 
 
 class RegistryConfig(Strict):
-    model_name: str = Field(min_length=1, description="MLflow registered model name")
-    version: int | None = Field(None, ge=1, description="mtlrec promote: version made champion")
+    model_name: str = Field(min_length=1, description="MLflow registered model name; aliases "
+                            "champion / previous / challenger")
+    version: int | None = Field(None, ge=1, description="mtlrec promote: the version made "
+                                "champion (default: the challenger)")
 
 
 class ExportConfig(Strict):
-    parity_rows: int = Field(10_000, ge=10_000, description="rows compared torch vs onnxruntime")
-    parity_tolerance: float = Field(1e-5, gt=0, le=1e-3)
+    parity_rows: int = Field(10_000, ge=10_000, description="rows compared PyTorch vs onnxruntime "
+                             "at every export (validation rows first)")
+    parity_tolerance: float = Field(1e-5, gt=0, le=1e-3, description="max |p_torch - p_onnx| "
+                                    "over every row and task")
     opset: int = Field(18, ge=17)
 
 
@@ -67,8 +92,8 @@ class GateConfig(Strict):
     every task has AUC >= champion - auc_tolerance and logloss <= champion + logloss_tolerance
     (negative tolerances demand an improvement)."""
 
-    auc_tolerance: float = 0.002
-    logloss_tolerance: float = 0.001
+    auc_tolerance: float = Field(0.002, description="ε of the AUC check")
+    logloss_tolerance: float = Field(0.001, description="δ of the logloss check")
     holdout: str | None = Field(None, description="raw logs both models are scored on "
                                 "(default: the newest day partition of data.source.train)")
 
@@ -77,41 +102,42 @@ class ServeConfig(Strict):
     model: str = Field(description="models:/<name>@<alias>, models:/<name>/<version> or a bundle folder")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    max_rows: int = Field(1000, ge=1)
+    max_rows: int = Field(1000, ge=1, description="rows per /predict request")
     max_body_mb: float = Field(8, gt=0)
     poll_seconds: float = Field(30, ge=0, description="registry poll period; 0 = no hot reload")
     threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
+    request_timeout_s: float = Field(10, gt=0, description="a request's headers and body must "
+                                     "arrive within this; a slower client is disconnected")
 
 
 class ScoreConfig(Strict):
-    input: str | None = None
-    output: str | None = None
-    chunk_rows: int = Field(100_000, ge=1)
+    input: str | None = Field(None, description="Parquet file (or glob) of raw feature rows")
+    output: str | None = Field(None, description="Parquet file written: id column + one score "
+                               "column per task")
+    chunk_rows: int = Field(100_000, ge=1, description="rows in memory at a time")
     id_column: str | None = None
 
 
 class RetrainConfig(Strict):
     window_days: int = Field(4, ge=3, description="days per job: train days + validation + holdout")
-    warm_start: bool = True
+    warm_start: bool = Field(True, description="initialise from the champion's weights (stable "
+                             "vocabulary ids)")
+    accept_day: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="take this "
+                                   "rejected day in as it is now (its bad rows stay quarantined)")
     dir: str
 
 
-class SynthConfig(Strict):
+class SynthConfig(SynthParams):
+    """`mtlrec synth`: the generator's parameters plus where the day files go."""
+
     out_dir: str
-    format: typing.Literal["csv", "parquet"] = "csv"
-    days: int = Field(3, ge=1)
-    rows_per_day: int = Field(100_000, ge=1)
-    start_day: str = "2026-11-01"
-    ctr: float = Field(0.04, gt=0, lt=1)
-    cvr: float = Field(0.08, gt=0, lt=1)
-    conflict_rho: float = Field(0.0, ge=-1, le=1)
-    seed: int = 2026
 
 
 class BenchConfig(Strict):
-    rows: int = Field(2_000_000, ge=1)
-    days: int = Field(4, ge=1)
-    pandas: bool = True
+    rows: int = Field(2_000_000, ge=1, description="bench ingest: synthetic rows (CSV in, "
+                      "model-ready Parquet out)")
+    days: int = Field(4, ge=1, description="bench ingest: days the rows are spread over")
+    pandas: bool = Field(True, description="bench ingest: also run the pandas baseline")
     reader_batch_size: int = Field(2048, ge=1)
     seeds: int = Field(3, ge=1, description="bench census: seeds 0..seeds-1")
     train_rows: int = Field(100_000, ge=1000, description="bench train: synthetic rows per day")
@@ -136,19 +162,19 @@ class Config(Strict):
     seed: int
     paths: Paths
     data: AnyData
-    ingest: IngestOptions
+    ingest: IngestOptions = IngestOptions()
     synth: SynthConfig
     model: ModelConfig
     method: MethodConfig
-    trainer: TrainerConfig
-    train: TrainStageConfig
+    trainer: TrainerConfig = TrainerConfig()
+    train: TrainStageConfig = TrainStageConfig()
     evaluate: EvaluateConfig
-    bench: BenchConfig
+    bench: BenchConfig = BenchConfig()
     registry: RegistryConfig
-    export: ExportConfig
-    gate: GateConfig
+    export: ExportConfig = ExportConfig()
+    gate: GateConfig = GateConfig()
     serve: ServeConfig
-    score: ScoreConfig
+    score: ScoreConfig = ScoreConfig()
     retrain: RetrainConfig
 
     @model_validator(mode="after")
@@ -159,17 +185,39 @@ class Config(Strict):
                              f"({self.data.kind} data): use model={' or model='.join(archs)}")
         return self
 
+    @model_validator(mode="after")
+    def _data_root_known(self) -> "Config":
+        if UNSET_DATA_ROOT in self.data.model_dump_json():
+            raise ValueError(
+                f"data={self.data.name} reads from paths.data_root, which has no default outside "
+                f"a checkout of mtlrec: set the environment variable {DATA_ROOT_ENV} to the folder "
+                "holding the data sets (census-income/, aliexpress-sample/, mnist/, qm9/), or "
+                "pass paths.data_root=<folder>")
+        return self
+
+
+# ------------------------------------------------------------------ composing
+
 
 def _seq(prefix: str, first: int, last: int) -> list[str]:
     """`${seq:numerical_,1,63}` → [numerical_1, …, numerical_63]."""
     return [f"{prefix}{i}" for i in range(int(first), int(last) + 1)]
 
 
+def _data_root() -> str:
+    """`${data_root:}`: $MTLREC_DATA_ROOT (absolute), else the checkout's ../shared/data."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return str(Path(env).expanduser().resolve())
+    root = checkout_root()
+    return str(root.parent / "shared" / "data") if root is not None else UNSET_DATA_ROOT
+
+
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("seq"):
         OmegaConf.register_new_resolver("seq", _seq)
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("data_root"):
+        OmegaConf.register_new_resolver("data_root", _data_root)
 
 
 def _upsert(override: str) -> str:
@@ -191,28 +239,82 @@ def _method_part(override: str) -> str:
     return f"method.{override}" if "=" in override and key in METHOD_PARTS else override
 
 
-def compose_dict(overrides: list[str]) -> dict[str, Any]:
+def user_config_dirs(extra: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """`extra` (e.g. --config-dir values) first, then $MTLREC_CONFIG_DIR (os.pathsep-separated);
+    each must be a folder."""
+    env = [d for d in os.environ.get(CONFIG_DIR_ENV, "").split(os.pathsep) if d]
+    dirs = []
+    for name in [*extra, *env]:
+        path = Path(name).expanduser().resolve()
+        if not path.is_dir():
+            origin = "--config-dir" if name in extra else CONFIG_DIR_ENV
+            raise ConfigError(f"{origin} {name!r} is not a folder (it should hold data/, model/ "
+                              "or method/ YAML files)")
+        if path not in dirs:
+            dirs.append(path)
+    return dirs
+
+
+@contextlib.contextmanager
+def _search_tree(user_dirs: list[Path]) -> Iterator[tuple[Path, dict[str, Path]]]:
+    """(folder Hydra composes from, {"data/shop": the user's file}) — the package's conf/
+    itself, or a view of it in which the user folders' group files replace the package's
+    (earlier folders win)."""
+    if not user_dirs:
+        yield CONF_DIR, {}
+        return
+    chosen: dict[str, Path] = {}
+    for folder in reversed(user_dirs):
+        for group in USER_GROUPS:
+            for path in sorted((folder / group).glob("*.yaml")):
+                chosen[f"{group}/{path.stem}"] = path
+    with tempfile.TemporaryDirectory(prefix="mtlrec-conf-") as tmp:
+        view = Path(tmp)
+        for path in CONF_DIR.rglob("*.yaml"):
+            target = view / path.relative_to(CONF_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+        for name, path in chosen.items():
+            target = view / f"{name}.yaml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            target.symlink_to(path)
+        yield view, chosen
+
+
+def compose_dict(overrides: list[str], config_dirs: list[Path] | None = None) -> dict[str, Any]:
     """Hydra composition + interpolation, as a plain dict (no validation yet).
 
     A preset recombined with other parts is named after both (`adatask+pcgrad`), unless
     `method.name` is given, so runs and tables say what actually ran.
     """
     _register_resolvers()
+    _check_top_level_keys(overrides)
+    dirs = user_config_dirs() if config_dirs is None else config_dirs
     expanded = [_method_part(o) for o in overrides]
     parts = [o.split("=", 1)[1] for o in expanded
              if o.startswith("method.") and o.split("=", 1)[0].removeprefix("method.") in METHOD_PARTS]
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name="config", overrides=[_upsert(o) for o in expanded])
-        if parts and not any(o.startswith("method.name=") for o in expanded):
-            cfg.method.name = "+".join([cfg.method.name, *parts])  # before run_dir resolves
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        with _search_tree(dirs) as (tree, user_files):
+            with initialize_config_dir(config_dir=str(tree), version_base=None):
+                cfg = compose(config_name="config", overrides=[_upsert(o) for o in expanded],
+                              return_hydra_config=True)
+            if parts and not any(o.startswith("method.name=") for o in expanded):
+                cfg.method.name = "+".join([cfg.method.name, *parts])  # before run_dir resolves
+            data_file = user_files.get(f"data/{cfg.hydra.runtime.choices.get('data')}")
+            with open_dict(cfg):
+                del cfg["hydra"]
+            out = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain_hydra(exc, overrides)) from None
+    if data_file is not None:
+        _relative_to(out["data"], data_file.parent, _data_model(out["data"]), "data", overrides)
+    return out  # type: ignore[return-value]
 
 
-def load(overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    raw = compose_dict(list(overrides))
+def load(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[Path] | None = None) -> Config:
+    """The validated config; `config_dirs` default to $MTLREC_CONFIG_DIR."""
+    raw = compose_dict(list(overrides), config_dirs)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -223,53 +325,144 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def save(cfg: Config, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_yaml(cfg))
+# ------------------------------------------------------------------ paths in user files
+
+
+def _data_model(data: dict) -> type[BaseModel]:
+    """The data spec type of a composed `data` dict (DataSpec for an unknown kind: then
+    validation reports the kind)."""
+    return _tagged_members(Config.model_fields["data"]).get(_data_kind(data), DataSpec)
+
+
+def _relative_to(values: dict, folder: Path, model: type[BaseModel], prefix: str,
+                  overrides: list[str]) -> None:
+    """Make the relative file paths (`FilePath` fields) of a user's data file relative to
+    its folder, in place; a path given on the command line stays relative to the
+    working directory, as a shell user expects."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    for name, field in model.model_fields.items():
+        value, key = values.get(name), f"{prefix}.{name}"
+        if isinstance(value, str) and _is_file_path(field) and key not in given \
+                and not Path(value).expanduser().is_absolute():
+            values[name] = str(folder / value)
+        nested = _model_in(field.annotation)
+        if isinstance(value, dict) and nested is not None:
+            _relative_to(value, folder, nested, key, overrides)
+
+
+def _is_file_path(field: FieldInfo) -> bool:
+    """A `FilePath` field: pydantic keeps the marker in the field's metadata, or inside
+    the annotation for `FilePath | None`."""
+    def marked(annotation: Any) -> bool:
+        if typing.get_origin(annotation) is Annotated:
+            return any(isinstance(m, RelativeToFile) for m in typing.get_args(annotation)[1:])
+        return any(marked(a) for a in typing.get_args(annotation))
+    return any(isinstance(m, RelativeToFile) for m in field.metadata) or marked(field.annotation)
+
+
+# ------------------------------------------------------------------ errors users read
 
 
 def _explain_hydra(exc: Exception, overrides: list[str]) -> str:
-    return f"{str(exc).strip()}\n(overrides: {' '.join(overrides)})"
+    """Hydra's message without its search-path listing (a temporary folder when user
+    config folders are in play; `--config-dir` says where to look)."""
+    message, _, options = str(exc).split("Config search path:")[0].strip().partition("Available options")
+    if options:  # "in 'model':\n\thps\n\tmmoe" → "in 'model': hps, mmoe"
+        group, _, names = options.partition(":")
+        message = f"{message.strip()}; available options{group}: {', '.join(names.split())}"
+    return f"{message} (overrides: {' '.join(overrides)})"
+
+
+def _check_top_level_keys(overrides: list[str]) -> None:
+    """`mtlrec serve port=8001` → "did you mean serve.port?" rather than Hydra's advice to
+    append a new key with `+port`."""
+    valid = set(Config.model_fields) | set(METHOD_PARTS)
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or "." in key or key.startswith(("+", "~")) or key in valid:
+            continue
+        raise ConfigError(f"{key}: unknown key{_did_you_mean(key, all_keys())}; top-level keys: "
+                          f"{sorted(valid)}")
 
 
 def _explain_validation(exc: ValidationError) -> str:
-    lines = []
+    lines, seen = [], set()
     for err in exc.errors():
-        loc = [p for p in err["loc"]]
-        shown = loc[:1] + loc[2:] if loc[:1] == ["data"] and loc[1:2] and loc[1] in ARCHS else loc
-        where = ".".join(str(p) for p in shown) or "configuration"  # without the data kind tag
+        loc = [str(p) for p in err["loc"]]
+        same = (tuple("#" if p.isdigit() else p for p in loc), err["type"])
+        if same in seen:  # one mistake copied into every entry of a `names:` shorthand
+            continue
+        seen.add(same)
+        where = ".".join(_locate(loc)[0]) or "configuration"
         if err["type"] == "extra_forbidden":
-            valid = _keys_at(Config, [str(p) for p in loc[:-1]])
-            lines.append(f"{where}: unknown key; valid keys here: {valid}")
+            valid = _keys_at(loc[:-1])
+            near = _did_you_mean(loc[-1], [".".join([*_locate(loc[:-1])[0], k]) for k in valid])
+            lines.append(f"{where}: unknown key{near}; valid keys here: {valid}")
         else:
             lines.append(f"{where}: {err['msg']}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return "invalid configuration: " + "; ".join(lines)
 
 
-def _keys_at(model: type[BaseModel], path: list[str]) -> list[str]:
-    """Field names of the config object at `path` (list indices and union tags skipped)."""
-    current: Any = model
-    for part in path:
-        if part.isdigit():
+def _did_you_mean(key: str, candidates: list[str]) -> str:
+    """ "; did you mean a.b?" for the candidates whose last part is `key` or close to it."""
+    last = {c.rsplit(".", 1)[-1]: c for c in reversed(candidates)}
+    exact = [c for c in candidates if c.rsplit(".", 1)[-1] == key]
+    close = exact or [last[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], list(last), 3)]
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config (each member of a tagged union included)."""
+    out = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        members = list(_tagged_members(field).values()) or [_model_in(field.annotation)]
+        nested = [m for m in members if m is not None]
+        if not nested:
+            out.append(key)
+        for member in nested:
+            out += [k for k in all_keys(member, key + ".") if k not in out]
+    return out
+
+
+def _locate(loc: list[str]) -> tuple[list[str], Any]:
+    """Walk an error location through the config types: (the location as users write it,
+    without the tags of tagged unions such as data kinds and model archs; the config type
+    found there, or None)."""
+    shown: list[str] = []
+    current: Any = Config
+    for part in loc:
+        if isinstance(current, dict) and part in current:  # the tag of a tagged union
+            current = current[part]
             continue
-        if isinstance(current, dict):  # a tagged union: the part is the tag
-            current = current.get(part)
+        shown.append(part)
+        if part.isdigit():  # a list index: the list's element type stays current
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        current = _tagged_members(field.annotation) or _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
-    return []
+        field = current.model_fields.get(part) if _is_model(current) else None
+        current = None if field is None else (
+            _tagged_members(field) or _model_in(field.annotation))
+    return shown, current
 
 
-def _tagged_members(annotation: Any) -> dict[str, Any]:
-    """{tag: model} of a discriminated union such as `AnyData` (empty for anything else)."""
+def _keys_at(loc: list[str]) -> list[str]:
+    """Field names of the config object at `loc`."""
+    current = _locate(loc)[1]
+    return sorted(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _tagged_members(field: FieldInfo) -> dict[str, Any]:
+    """{tag: model} of a field holding a tagged union — `AnyData` (a Tag on each member)
+    or `ModelConfig` (a Literal `arch` on each member); empty for any other field."""
+    members = typing.get_args(field.annotation)
+    if isinstance(field.discriminator, str):
+        return {typing.get_args(m.model_fields[field.discriminator].annotation)[0]: m
+                for m in members if _is_model(m)}
     out = {}
-    for arg in typing.get_args(annotation):
+    for arg in members:
         if typing.get_origin(arg) is Annotated:
             model, *meta = typing.get_args(arg)
             out |= {m.tag: model for m in meta if isinstance(m, Tag)}
@@ -278,7 +471,7 @@ def _tagged_members(annotation: Any) -> dict[str, Any]:
 
 def _model_in(annotation: Any) -> Any:
     """The pydantic model inside `X | None` or `list[X]`, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if _is_model(annotation):
         return annotation
     origin = typing.get_origin(annotation)
     if origin is Annotated:

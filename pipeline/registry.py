@@ -13,6 +13,7 @@ champion's − ε and its logloss at most the champion's + δ (`gate.*`).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,13 @@ from mlflow.exceptions import MlflowException
 from mtlrec.features.errors import DataError
 from mtlrec.pipeline import tracking
 from mtlrec.pipeline.config import Config, GateConfig
+from mtlrec.serving import bundle
+from mtlrec.serving.source import Source
 
 log = logging.getLogger(__name__)
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 REPLACED_TAG = "mtlrec.replaced"
+BUNDLE_KEY_ENV = "MTLREC_BUNDLE_KEY"
 
 
 def client(cfg: Config) -> mlflow.MlflowClient:
@@ -37,6 +41,39 @@ def client(cfg: Config) -> mlflow.MlflowClient:
 def cache_dir(cfg: Config) -> Path:
     """Where registered bundles are downloaded to (by servers, scoring and the gate)."""
     return Path(cfg.paths.work_dir) / "serving-cache"
+
+
+def bundle_key() -> bytes | None:
+    """$MTLREC_BUNDLE_KEY: export signs bundles with it; serve, score, promote and rollback
+    then refuse bundles unsigned or signed otherwise."""
+    key = os.environ.get(BUNDLE_KEY_ENV)
+    return key.encode() if key else None
+
+
+def model_source(cfg: Config, uri: str | None = None) -> Source:
+    """A served model: `uri` (default `serve.model`), a registry URI or a bundle folder."""
+    return Source(uri or cfg.serve.model, tracking.tracking_uri(cfg.paths.work_dir), cache_dir(cfg),
+                  bundle_key())
+
+
+def load_served(cfg: Config, uri: str | None = None) -> tuple[str, bundle.Bundle]:
+    """(version, verified bundle) that `uri` (default `serve.model`) points at now."""
+    source = model_source(cfg, uri)
+    version = source.version()
+    return version, source.load(version, threads=0)
+
+
+def check_version(cfg: Config, version: str, becomes: str) -> None:
+    """Refuse to make `version` the champion (`becomes` says how) unless its bundle loads
+    and passes every check a server would run."""
+    name = cfg.registry.model_name
+    try:
+        load_served(cfg, f"models:/{name}/{version}")
+    except DataError as exc:
+        champion = alias_version(client(cfg), name, CHAMPION)
+        stays = f"version {champion.version}" if champion else "none"
+        raise DataError(f"{name} version {version} cannot {becomes}: {exc}; the champion stays "
+                        f"{stays}") from None
 
 
 def alias_version(c: mlflow.MlflowClient, name: str, alias: str) -> ModelVersion | None:

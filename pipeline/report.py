@@ -14,21 +14,24 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from mtlrec.pipeline import diagnostics  # noqa: E402
 from mtlrec.pipeline.config import Config  # noqa: E402
+from mtlrec.pipeline.run_folder import MULTI_TASK  # noqa: E402
 from mtlrec.training.metrics import sigmoid  # noqa: E402
 from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_key  # noqa: E402
 
 
 def plots(folder: Path, labels: np.ndarray, outputs: np.ndarray, tasks: list[str],
-          history: dict[str, list[dict]], kind: TaskKind) -> dict[str, str]:
+          history: dict[str, list[dict]], kind: TaskKind, diagnostics_files: list[Path]
+          ) -> dict[str, str]:
     """Write the PNGs into folder (the run's evaluation folder); returns {title: file name}.
-    The run's conflict diagnostics (`diagnostics-*.jsonl` in the run folder) are plotted too."""
+    The run's conflict diagnostics are plotted too."""
+    folder.mkdir(parents=True, exist_ok=True)
     out = {"Training curves": "curves.png"}
     _curves(folder / out["Training curves"], history, validation_key(kind))
     if isinstance(kind, BinaryTasks):
         out |= {"ROC per task": "roc.png", "Calibration": "calibration.png"}
         _roc(folder / out["ROC per task"], labels, outputs, tasks)
         _calibration(folder / out["Calibration"], labels, outputs, tasks)
-    for path in sorted(folder.parent.glob("diagnostics-*.jsonl")):
+    for path in diagnostics_files:
         out |= diagnostics.plot(path, folder)
     return out
 
@@ -51,7 +54,7 @@ def _curves(path: Path, history: dict[str, list[dict]], score_key: str) -> None:
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for group, rows in history.items():
         epochs = [r["epoch"] for r in rows]
-        label = "multi-task" if group == "all" else group
+        label = "multi-task" if group == MULTI_TASK else group
         loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=label)
         score_ax.plot(epochs, [r[score_key] for r in rows], marker="o", label=label)
     loss_ax.set(xlabel="epoch", ylabel="train loss (sum over tasks)", title="Training loss")
@@ -85,12 +88,12 @@ def _calibration(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list
     plt.close(fig)
 
 
-def markdown(cfg: Config, run_dir: Path, metrics: dict, plots: dict[str, str]) -> str:
+def markdown(cfg: Config, run_name: str, metrics: dict, plots: dict[str, str]) -> str:
     metric, tasks = metrics["metric"], metrics["tasks"]
     columns = list(next(iter(tasks.values())))
     units, stl = metrics.get("units", {}), metrics.get("stl")
     lines = [
-        f"# Evaluation: {run_dir.name}", "",
+        f"# Evaluation: {run_name}", "",
         f"data `{cfg.data.name}`, model `{cfg.model.arch}`, method `{cfg.method.name}`, "
         f"seed {cfg.seed}; {metrics['rows']:,} test rows.", "",
         "| task | " + " | ".join(columns) + (f" | STL {metric}" if stl else "") + (" | unit |" if units else " |"),

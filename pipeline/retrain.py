@@ -9,7 +9,8 @@ champion → evaluate → export → register → gate → promote (`pipeline.ex
 State (`retrain.dir`):
 ```
 retrain.lock              flock: a second run exits at once while one is running
-manifest.json             days taken in (files, rows, quarantined), jobs and their outcome
+manifest.json             each landed day's status (taken | rejected | accepted), files,
+                          rows, quarantine; the jobs and their outcome
 store/day=D.parquet       the good rows of day D (original values), written once
 store/day=D.quarantine.parquet
 jobs/D/                   the job whose newest day is D: window/, features/, runs/, champion/
@@ -19,6 +20,11 @@ after what it records exists, and a job is marked done only after its aliases mo
 a run killed anywhere leaves nothing the next run trusts half-written, and the next run
 picks the job up where it stopped (training resumes from its checkpoint). A run with
 nothing new changes nothing.
+
+A day with more bad rows than `data.checks.max_reject_ratio` is recorded as rejected
+(with its reason and quarantine), reported by every run, and skipped: the days after it
+are taken in and trained on. After a fix upstream (or a decision that its good rows are
+fine), `retrain.accept_day=D` takes it in as it is now; its bad rows stay quarantined.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,18 +40,24 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from mtlrec import files
 from mtlrec.features import raw
-from mtlrec.features.batches import FeatureInfo
 from mtlrec.features.errors import DataError
-from mtlrec.models.config import ModelConfig
+from mtlrec.features.folder import FeatureInfo
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import registry
 from mtlrec.pipeline.config import Config
+from mtlrec.pipeline.evaluate import evaluate_run
 from mtlrec.pipeline.export import publish
+from mtlrec.pipeline.run_folder import RunFolder
+from mtlrec.pipeline.targets import build_ranker, ingest_logs
+from mtlrec.pipeline.train import train_run
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MIN_DAYS = 3  # train + validation + holdout
+# A landed day's status in the manifest (a record without one was taken in).
+TAKEN, REJECTED, ACCEPTED = "taken", "rejected", "accepted"
 
 
 class LockHeld(DataError):
@@ -77,60 +88,94 @@ def retrain(cfg: Config) -> dict:
     folder = Path(cfg.retrain.dir)
     with locked(folder):
         manifest = _read(folder / MANIFEST)
+        if cfg.retrain.accept_day:
+            _accept(cfg, folder, manifest, cfg.retrain.accept_day)
         taken = _take_new_days(cfg, folder, manifest)
-        days = sorted(manifest["days"])
+        rejected = {d: e for d, e in sorted(manifest["days"].items()) if e.get("status") == REJECTED}
+        days = sorted(d for d in manifest["days"] if d not in rejected)
+        result = {"new_days": taken, "rejected": rejected, "job": None}
         if len(days) < MIN_DAYS:
-            return {"new_days": taken, "job": None,
-                    "message": f"{len(days)} day(s) stored, a job needs {MIN_DAYS}: waiting for more"}
+            return result | {"message": f"{len(days)} day(s) stored, a job needs {MIN_DAYS}: "
+                                        "waiting for more"}
         newest = days[-1]
         job = manifest["jobs"].get(newest)
         if job and job.get("status") == "done":
-            return {"new_days": taken, "job": newest, "message":
-                    f"up to date: day {newest} already published as version {job['version']} "
-                    f"({job['action']})"}
+            return result | {"job": newest, "message":
+                             f"up to date: day {newest} already published as version {job['version']} "
+                             f"({job['action']})"}
         summary = _run_job(cfg, folder, days[-cfg.retrain.window_days:])
         manifest["jobs"][newest] = {"status": "done", "version": summary["version"],
                                     "action": summary["action"], "window": days[-cfg.retrain.window_days:]}
-        _write(folder / MANIFEST, manifest)
-        return {"new_days": taken, "job": newest, "publish": summary,
-                "message": f"day {newest}: version {summary['version']} is {summary['action']}"}
+        files.write_json(folder / MANIFEST, manifest)
+        return result | {"job": newest, "publish": summary,
+                         "message": f"day {newest}: version {summary['version']} is {summary['action']}"}
 
 
 def _take_new_days(cfg: Config, folder: Path, manifest: dict) -> list[str]:
-    """Validate each day partition not yet in the manifest into the store, once."""
+    """Validate each day partition not yet in the manifest into the store, once: taken
+    in, or recorded as rejected when it has too many bad rows."""
+    taken = []
+    for day, pattern in _partitions(cfg).items():
+        if day in manifest["days"]:
+            continue
+        record = _store_day(cfg, folder, day, pattern, accept=False)
+        manifest["days"][day] = record
+        files.write_json(folder / MANIFEST, manifest)
+        if record["status"] == TAKEN:
+            taken.append(day)
+    return taken
+
+
+def _accept(cfg: Config, folder: Path, manifest: dict, day: str) -> None:
+    """`retrain.accept_day`: take a rejected day in as it is now."""
+    record = manifest["days"].get(day)
+    if record is None or record.get("status") != REJECTED:
+        rejected = [d for d, e in sorted(manifest["days"].items()) if e.get("status") == REJECTED]
+        status = "not landed yet" if record is None else record.get("status", TAKEN)
+        raise DataError(f"retrain.accept_day={day}: day {day} is not rejected ({status}); rejected "
+                        f"days: {rejected or 'none'}")
+    pattern = _partitions(cfg).get(day)
+    if pattern is None:
+        raise DataError(f"retrain.accept_day={day}: no day={day} partition matches "
+                        f"data.source.train={cfg.data.source.train!r} any more")
+    manifest["days"][day] = _store_day(cfg, folder, day, pattern, accept=True)
+    files.write_json(folder / MANIFEST, manifest)
+
+
+def _partitions(cfg: Config) -> dict[str, str]:
     partitions = raw.day_partitions(cfg.data.source.train)
     if not partitions:
         raise DataError(f"no day=YYYY-MM-DD partitions match data.source.train="
                         f"{cfg.data.source.train!r}")
+    return partitions
+
+
+def _store_day(cfg: Config, folder: Path, day: str, pattern: str, accept: bool) -> dict:
+    """Validate one day into the store: its quarantine always, its good rows unless it has
+    more bad rows than data.checks.max_reject_ratio (and is not being accepted). Returns
+    the day's manifest record."""
     store = folder / "store"
-    store.mkdir(exist_ok=True)
-    taken = []
-    for day, pattern in partitions.items():
-        if day in manifest["days"]:
-            continue
-        rows = raw.read(cfg.data, pattern)
-        quarantine = store / f"day={day}.quarantine.parquet"
-        _write_parquet(rows.quarantine, quarantine)
-        total = rows.good.height + rows.quarantine.height
-        if rows.quarantine.height > cfg.data.checks.max_reject_ratio * total:
-            raise DataError(f"day {day} ({rows.files}): {rows.quarantine.height:,} of {total:,} rows "
-                            f"rejected, more than data.checks.max_reject_ratio; the day is not taken "
-                            f"in. Rows and reasons: {quarantine}")
-        _write_parquet(rows.good, store / f"day={day}.parquet")
-        manifest["days"][day] = {"files": rows.files, "rows_good": rows.good.height,
-                                 "rows_quarantined": rows.quarantine.height}
-        _write(folder / MANIFEST, manifest)
-        taken.append(day)
-        log.info("retrain: took in day %s (%d good, %d quarantined)", day, rows.good.height,
-                 rows.quarantine.height)
-    return taken
+    rows = raw.read(cfg.data, pattern)
+    quarantine = store / f"day={day}.quarantine.parquet"
+    _write_parquet(rows.quarantine, quarantine)
+    total = rows.good.height + rows.quarantine.height
+    record = {"files": rows.files, "rows_good": rows.good.height,
+              "rows_quarantined": rows.quarantine.height, "quarantine": str(quarantine)}
+    ratio = cfg.data.checks.max_reject_ratio
+    if rows.quarantine.height > ratio * total and not accept:
+        reason = (f"{rows.quarantine.height:,} of {total:,} rows rejected "
+                  f"({rows.quarantine.height / max(total, 1):.1%} > data.checks.max_reject_ratio {ratio:.1%})")
+        log.warning("retrain: day %s rejected: %s", day, reason)
+        return {"status": REJECTED, "reason": reason} | record
+    _write_parquet(rows.good, store / f"day={day}.parquet")
+    log.info("retrain: took in day %s (%d good, %d quarantined)", day, rows.good.height,
+             rows.quarantine.height)
+    if accept:
+        return {"status": ACCEPTED, "reason": "retrain.accept_day: its bad rows stay quarantined"} | record
+    return {"status": TAKEN} | record
 
 
 def _run_job(cfg: Config, folder: Path, window: list[str]) -> dict:
-    from mtlrec.pipeline.evaluate import run_evaluate
-    from mtlrec.pipeline.stages import run_ingest
-    from mtlrec.pipeline.train import run_train
-
     job = folder / "jobs" / window[-1]
     linked = job / "window"
     linked.mkdir(parents=True, exist_ok=True)
@@ -138,16 +183,15 @@ def _run_job(cfg: Config, folder: Path, window: list[str]) -> dict:
         link = linked / f"day={day}.parquet"
         if not link.is_symlink():
             link.symlink_to((folder / "store" / f"day={day}.parquet").resolve())
-    champion = _champion_weights(cfg, job) if cfg.retrain.warm_start else None
-    job_cfg = job_config(cfg, job, None if champion is None else champion / "features")
-    run_ingest(job_cfg)
-    run_dir = Path(job_cfg.paths.run_dir)
-    state = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    if state.get("status") != "trained":
-        run_train(job_cfg, init=None if champion is None else warm_start_from(champion))
-    if not (run_dir / "evaluation" / "metrics.json").is_file():
-        run_evaluate(job_cfg)
-    return publish(job_cfg, run_dir, str(folder / "store" / f"day={window[-1]}.parquet"))
+    champion = _champion(cfg, job) if cfg.retrain.warm_start else None
+    job_cfg = job_config(cfg, job, None if champion is None else Path(champion.trained().features))
+    ingest_logs(job_cfg)
+    run = RunFolder(job_cfg.paths.run_dir)
+    if not run.is_trained():
+        train_run(job_cfg, init=None if champion is None else warm_start_from(champion))
+    if run.metrics() is None:
+        evaluate_run(job_cfg)
+    return publish(job_cfg, run, str(folder / "store" / f"day={window[-1]}.parquet"))
 
 
 def job_config(cfg: Config, job: Path, base_artifacts: Path | None) -> Config:
@@ -168,39 +212,28 @@ def job_config(cfg: Config, job: Path, base_artifacts: Path | None) -> Config:
     })
 
 
-def _champion_weights(cfg: Config, job: Path) -> Path | None:
-    """The champion's weights, model config and feature artifacts, downloaded into the job
-    once (the first download of a job pins its champion, even if the alias moves later)."""
-    target = job / "champion"
-    if (target / "model.pt").is_file():
-        return target
+def _champion(cfg: Config, job: Path) -> RunFolder | None:
+    """The champion's run (weights, model config, feature artifacts), downloaded into the
+    job once: the first download pins a job's champion, even if the alias moves later."""
+    pinned = RunFolder(job / "champion")
+    if pinned.is_trained():
+        return pinned
     c = registry.client(cfg)
     version = registry.alias_version(c, cfg.registry.model_name, registry.CHAMPION)
     if version is None:
         return None
-    tmp = job / ".champion.tmp"  # the lock makes this run its only writer
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for artifact, name in (("model/model.pt", "model.pt"), ("model_config.json", "model_config.json"),
-                           ("features", "features")):
-        local = Path(c.download_artifacts(version.run_id, artifact, str(tmp)))
-        if local != tmp / name:
-            local.rename(tmp / name)
-    (tmp / "version").write_text(str(version.version))
-    tmp.rename(target)
-    return target
+    return RunFolder.download(c, version.run_id, str(version.version), pinned.path)
 
 
-def warm_start_from(champion: Path) -> Callable[[MultiTaskRanker], None]:
-    """An `init` for run_train: copy the champion's weights into a fresh model."""
-    info = FeatureInfo.load(champion / "features")
-    model_cfg = ModelConfig.model_validate_json((champion / "model_config.json").read_text())
-    old = MultiTaskRanker(model_cfg, info.table_sizes, len(info.numeric), len(info.tasks))
-    old.load_state_dict(torch.load(champion / "model.pt", weights_only=True))
+def warm_start_from(champion: RunFolder) -> Callable[[MultiTaskRanker], None]:
+    """An `init` for train_run: copy the champion's weights into a fresh model."""
+    state = champion.trained()
+    info = FeatureInfo.load(Path(state.features))
+    old = champion.load_multi_task_model(lambda cfg, n: build_ranker(cfg, info, n), len(info.tasks))
 
     def init(model: MultiTaskRanker) -> None:
         warm_start(model, old)
-        log.info("retrain: warm-started from champion version %s", (champion / "version").read_text())
+        log.info("retrain: warm-started from champion version %s", state.registered_version)
     return init
 
 
@@ -228,16 +261,20 @@ def warm_start(model: MultiTaskRanker, champion: MultiTaskRanker) -> None:
 
 
 def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {"days": {}, "jobs": {}}
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """The manifest (empty before the first run); unreadable is an error naming it, since
+    guessing would take days in twice or publish a job again."""
+    if not path.is_file():
+        return {"days": {}, "jobs": {}}
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest.get("days"), dict) or not isinstance(manifest.get("jobs"), dict):
+            raise ValueError("no 'days' and 'jobs' records")
+    except ValueError as exc:
+        raise DataError(f"the retrain manifest {path} is unreadable ({exc}): restore it from a "
+                        "backup, or remove it to take every landed day in again") from None
+    return manifest
 
 
 def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)
+    with files.atomic_file(path) as tmp:
+        frame.write_parquet(tmp)

@@ -11,7 +11,6 @@ starts (MultiMNIST's construction is cached as .npz under `data.cache_dir`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +18,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtlrec.features.batches import FeatureInfo, SplitData
-from mtlrec.features.errors import DataError
-from mtlrec.features.ingest import ARTIFACTS_DIR, DATA_DIR, MANIFEST_FILE
+from mtlrec.features.batches import SplitData
+from mtlrec.features.folder import FeatureInfo, FeaturesFolder
+from mtlrec.features.ingest import ingest
 from mtlrec.features.multimnist import TASKS as DIGIT_TASKS
 from mtlrec.features.multimnist import cache_folder, load_multimnist
 from mtlrec.features.spec import BenchmarkRows, MultiMnistSpec, QM9Spec
 from mtlrec.features.tensor_split import TensorSplit
 from mtlrec.models.config import ModelConfig
+from mtlrec.models.lenet import MultiLeNet
 from mtlrec.models.ranker import MultiTaskRanker
-from mtlrec.pipeline.config import Config
+from mtlrec.pipeline.config import Config, to_yaml
 from mtlrec.training.loop import Split
 from mtlrec.training.tasks import BinaryTasks, ClassTasks, RegressionTasks, TaskKind
 
@@ -55,12 +55,10 @@ def load_target(cfg: Config) -> Target:
 # ------------------------------------------------------------------- ingested logs
 
 
-def load_features(cfg: Config) -> tuple[Path, dict, FeatureInfo]:
-    folder = Path(cfg.paths.features)
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise DataError(f"no ingested data in {folder}: run `mtlrec ingest data={cfg.data.name}` first")
-    return folder, json.loads(manifest_path.read_text()), FeatureInfo.load(folder / ARTIFACTS_DIR)
+def ingest_logs(cfg: Config) -> FeaturesFolder:
+    """`mtlrec ingest` of click/conversion logs into `paths.features` (reused when the
+    inputs and spec are unchanged)."""
+    return ingest(cfg.data, Path(cfg.paths.features), cfg.ingest, resolved_config=to_yaml(cfg))
 
 
 def build_ranker(model_cfg: ModelConfig, info: FeatureInfo, n_tasks: int) -> MultiTaskRanker:
@@ -68,15 +66,16 @@ def build_ranker(model_cfg: ModelConfig, info: FeatureInfo, n_tasks: int) -> Mul
 
 
 def _logs(cfg: Config) -> Target:
-    folder, manifest, info = load_features(cfg)
+    features = FeaturesFolder(Path(cfg.paths.features)).require(cfg.data.name)
+    info = features.info()
 
     def split(name: str) -> SplitData:
         extra = (info.group,) if name == "test" and info.group else ()
-        return SplitData(folder / DATA_DIR, name, info, extra_columns=extra)
+        return SplitData(features, name, extra_columns=extra)
 
     return Target(list(info.tasks), BinaryTasks(), split,
-                  lambda model_cfg, n: build_ranker(model_cfg, info, n), manifest["fingerprint"],
-                  [folder / ARTIFACTS_DIR, folder / MANIFEST_FILE], info.group)
+                  lambda model_cfg, n: build_ranker(model_cfg, info, n), features.fingerprint,
+                  [features.artifacts_dir, features.manifest_file], info.group)
 
 
 # ------------------------------------------------------------------- benchmarks
@@ -88,7 +87,6 @@ def _prefix(rows: BenchmarkRows, name: str, n: int) -> int:
 
 
 def _multimnist(cfg: Config) -> Target:
-    from mtlrec.models.lenet import MultiLeNet
 
     spec: MultiMnistSpec = cfg.data  # type: ignore[assignment]
     mnist = Path(spec.mnist_dir)
@@ -105,6 +103,7 @@ def _multimnist(cfg: Config) -> Target:
 
 
 def _qm9(cfg: Config) -> Target:
+    # deferred on purpose: torch-geometric adds ~0.5 s to every `mtlrec` command otherwise
     from mtlrec.features.qm9 import TARGETS, load_qm9
     from mtlrec.features.qm9_graphs import EDGE_FEATURES, NODE_FEATURES, GraphSplit, QM9Graphs
     from mtlrec.models.mpnn import MPNN

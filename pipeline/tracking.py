@@ -18,7 +18,7 @@ from typing import Any
 
 import mlflow
 
-from mtlrec import PROJECT_ROOT
+from mtlrec import __version__, checkout_root
 
 _PARAM_MAX = 6000  # MLflow's limit on one param value
 
@@ -91,8 +91,12 @@ def log_config(config: dict[str, Any]) -> None:
 
 
 def git_commit() -> str:
+    """The checkout's commit; an installed wheel has none and says its version instead."""
+    root = checkout_root()
+    if root is None:
+        return f"mtlrec {__version__} (installed)"
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

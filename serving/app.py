@@ -6,6 +6,22 @@ GET  /ready    200 once a model is loaded, 503 before
 GET  /metrics  Prometheus text: requests, latency histogram, rows, OOV values per field,
                served model version, reloads
 
+Faults: a body that cannot be scored, however hostile (huge integers, lone surrogates,
+deep nesting), gets a 4xx naming the row and field (the contract of `serving.rows`) or
+the body, never a 5xx. An exception no handler expects is logged with its traceback and
+answered with a generic 500; the connection and the process carry on.
+Every response is counted in `mtlrec_requests{endpoint, status}` (endpoint: predict,
+health, ready, metrics, or "other" for any other path): the app's own, a 404 or 405, a
+500, and those the HTTP protocol sends itself (400 for malformed HTTP, 408). A client that
+leaves before its request is complete gets no answer and is not counted.
+
+Slow clients: a request's headers and body must arrive within `request_timeout_s`
+(serve.request_timeout_s), counted from the connection or, on a kept-alive connection,
+from the request's first byte (the idle wait before it is uvicorn's keep-alive timeout).
+A slower client is answered 408 (or, when its answer has begun, just disconnected). This
+lives in the HTTP protocol (`TimedH11Protocol`): uvicorn has no such limit, and an ASGI
+middleware first runs once the headers are complete, too late for a client trickling them.
+
 Hot reload: a background thread polls the registry every `poll_seconds`; when the alias
 moves it downloads and fully verifies the new bundle (checksums, signature, parity)
 *beside* the serving one, then swaps a single reference. A request reads that reference
@@ -17,20 +33,27 @@ alias moves again. No torch is imported here.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import h11
 import numpy as np
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mtlrec.features.errors import DataError
 from mtlrec.serving import bundle as bundle_mod
@@ -40,6 +63,7 @@ from mtlrec.serving.source import Source
 log = logging.getLogger(__name__)
 _LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
                     0.1, 0.25, 0.5, 1.0, 2.5)
+ENDPOINTS = ("predict", "health", "ready", "metrics")  # the routes' paths, without the "/"
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,7 @@ class Settings:
     max_body_bytes: int = 8 * 2**20
     poll_seconds: float = 30.0
     threads: int = 1
+    request_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,51 @@ class Metrics:
                              "(0: a bundle folder)", registry=r)
         self.reloads = Counter("mtlrec_reloads", "model loads by result", ["result"], registry=r)
 
+    @staticmethod
+    def endpoint(path: str | None) -> str:
+        """A request path's endpoint label: a route's name or "other" (a fixed set; a label
+        per path a client makes up would grow the metric without bound)."""
+        name = (path or "").removeprefix("/")
+        return name if name in ENDPOINTS else "other"
+
+    def count(self, path: str | None, status: int) -> None:
+        """One response to a request for `path` (None: a request too incomplete to have one)."""
+        self.requests.labels(self.endpoint(path), str(status)).inc()
+
+
+class _Counted:
+    """ASGI middleware: counts every response the app sends, with its latency, and turns an
+    exception no handler expected into a logged, counted 500 (a bug must cost one request,
+    not the connection or the process)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), None
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.metrics.count(scope["path"], status)  # before it is sent: a later /metrics sees it
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        except ClientDisconnect:
+            return  # the client left mid-request: nobody to answer (a 408 is the protocol's)
+        except Exception:  # a bug must not take the connection down
+            log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
+            if status is None:
+                await _error(500, "internal error")(scope, receive, counted)
+        if status is not None:
+            self.metrics.latency.labels(self.metrics.endpoint(scope["path"])).observe(
+                time.perf_counter() - start)
+
 
 class ModelHolder:
     """The served model and the poller that replaces it."""
@@ -93,7 +163,7 @@ class ModelHolder:
             version = self.source.version()
             if (self.current and self.current.version == version) or version == self.refused:
                 return
-            loaded = bundle_mod.load(self.source.fetch(version), self.settings.threads)
+            loaded = self.source.load(version, self.settings.threads)
         except Exception as exc:  # noqa: BLE001 - a failed reload must never stop serving
             self._fail(version, str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}")
             return
@@ -130,42 +200,37 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
     metrics = Metrics()
     holder = ModelHolder(source, settings, metrics)
 
-    def finish(endpoint: str, start: float, response: Response) -> Response:
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
-
     async def predict(request: Request) -> Response:
-        start = time.perf_counter()
         served = holder.current  # read once: this request is scored by one model throughout
         if served is None:
-            return finish("predict", start, _error(503, "no model loaded yet"))
+            return _error(503, "no model loaded yet")
         try:
             body = await _read_body(request, settings.max_body_bytes)
             payload = json.loads(body, parse_constant=_reject_constant)
         except _TooLarge as exc:
-            return finish("predict", start, _error(413, str(exc)))
-        except ValueError as exc:
-            return finish("predict", start, _error(400, f"invalid JSON: {exc}"))
+            return _error(413, str(exc))
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+            return _error(400, f"invalid JSON: {exc}")
         rows = payload.get("rows") if isinstance(payload, dict) else None
         if not isinstance(rows, list):
-            return finish("predict", start, _error(400, 'expected a JSON object {"rows": [...]}'))
+            return _error(400, 'expected a JSON object {"rows": [...]}')
         if len(rows) > settings.max_rows:
-            return finish("predict", start, _error(
-                413, f"{len(rows)} rows in one request; the limit is {settings.max_rows} (serve.max_rows)"))
+            return _error(413, f"{len(rows)} rows in one request; the limit is {settings.max_rows} "
+                          "(serve.max_rows)")
         try:
             typed = rows_mod.from_json(rows, served.bundle.transform)
+            scores, oov = served.bundle.score(typed)
+            rows_mod.check_scores(scores, typed, served.bundle.transform, 0)
         except rows_mod.RowError as exc:
-            return finish("predict", start, _error(422, str(exc), row=exc.row, field=exc.field))
-        scores, oov = served.bundle.score(typed)
+            return _error(422, str(exc), row=exc.row, field=exc.field)
         metrics.rows.inc(len(rows))
         for j in np.flatnonzero(oov):
             metrics.oov.labels(served.bundle.transform.categorical_names[j]).inc(int(oov[j]))
         tasks = served.bundle.tasks
-        return finish("predict", start, JSONResponse({
+        return JSONResponse({
             "model": source.uri, "model_version": served.version, "tasks": tasks,
             "scores": [dict(zip(tasks, row)) for row in scores.tolist()],
-        }))
+        })
 
     async def health(request: Request) -> Response:
         served = holder.current
@@ -190,15 +255,95 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
 
     app = Starlette(routes=[Route("/predict", predict, methods=["POST"]),
                             Route("/health", health), Route("/ready", ready),
-                            Route("/metrics", prometheus)], lifespan=lifespan)
-    app.state.holder = holder
+                            Route("/metrics", prometheus)],
+                    middleware=[Middleware(_Counted, metrics=metrics)], lifespan=lifespan)
+    app.state.holder, app.state.metrics = holder, metrics
     return app
 
 
-def run(source: Source, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(source: Source, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted (SIGINT/SIGTERM stop it cleanly)."""
-    uvicorn.run(create_app(source, settings), host=host, port=port, log_level="warning",
+    app = create_app(source, settings)
+    protocol = functools.partial(TimedH11Protocol, timeout_s=settings.request_timeout_s,
+                                 on_response=app.state.metrics.count)
+    # ws="none": no websocket routes, so an upgrade request is plain HTTP, under the timeout
+    uvicorn.run(app, host=host, port=port, http=protocol, ws="none", log_level="warning",
                 access_log=False)
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for receiving each request (see the module
+    docstring): armed when a connection opens and when a request's first byte arrives on a
+    kept-alive one, disarmed once the request's body is complete. `on_response(path,
+    status)` counts the answers this class sends itself."""
+
+    def __init__(self, *args, timeout_s: float, on_response: Callable[[str | None, int], None],
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._timeout_s, self._on_response = timeout_s, on_response
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow()  # a pipelined request buffered meanwhile may now be under way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        super().send_400_response(msg)
+        self._on_response(None, 400)
+
+    def _follow(self) -> None:
+        """Arm the deadline while a request is partly received (h11 holds part of its head,
+        or its body is under way), disarm it once the request is complete. Between requests
+        (idle, nothing buffered) it stays as it is: armed on a new connection, off on a
+        kept-alive one."""
+        state = self.conn.their_state
+        if state is h11.SEND_BODY or (state is h11.IDLE and self.conn.trailing_data[0]):
+            self._arm()
+        elif state is not h11.IDLE:
+            self._disarm()
+
+    def _arm(self) -> None:
+        """Start the deadline, unless it runs already (it covers the whole request)."""
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self._timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        """Too slow: answer 408 unless an answer has begun, and close the connection. The
+        app, if it was reading the body, sees the client leave."""
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self.transport.write(_timeout_answer(self._timeout_s))
+            self._on_response(self.scope["path"] if self.conn.their_state is h11.SEND_BODY else None,
+                              408)
+        self.transport.close()
+
+
+@functools.cache
+def _timeout_answer(timeout_s: float) -> bytes:
+    """The 408, as bytes: h11 sends no response to a request whose head it has not parsed."""
+    body = json.dumps({"error": f"request not received within {timeout_s:g} s "
+                                "(serve.request_timeout_s)"}).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 
 
 class _TooLarge(Exception):

@@ -9,18 +9,28 @@ bundle/
   parity.json       the export-time PyTorch vs onnxruntime check
   parity.parquet    its inputs and PyTorch scores: re-checked whenever a server loads it
   bundle.json       format, model/run ids, and the SHA-256 of every file above
+  bundle.hmac       HMAC-SHA256 of the bundle's digest (with MTLREC_BUNDLE_KEY at export)
 ```
+
+`bundle` is published atomically (`mtlrec.files.atomic_folder`): a link to a versioned
+sibling `.bundle@<id>` that a rewrite swaps in one rename, so a writer killed midway
+leaves the previous bundle in place. `load` resolves the link once and reads every file
+from that one version.
 
 `load` trusts nothing: checksums, the ONNX signature against the feature spec, and the
 parity re-run must all pass, or it raises `BundleError` (a server then keeps its old
-model).
+model). The checksums sit beside the files they protect, so whoever alters a file can
+recompute them: the bundle's digest (the SHA-256 of bundle.json, which lists every
+file's) is also recorded in the registry by the exporting run, and with a key the
+exporter signs it. `load(…, digest=, key=)` checks both before anything else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import io
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +39,7 @@ import numpy as np
 import onnxruntime as ort
 import polars as pl
 
+from mtlrec import files
 from mtlrec.features.errors import DataError
 from mtlrec.features.transform import FeatureTransform
 from mtlrec.features.vocab import OOV_ID
@@ -42,6 +53,7 @@ METRICS_FILE = "metrics.json"
 PARITY_FILE = "parity.json"
 PARITY_DATA = "parity.parquet"
 BUNDLE_FILE = "bundle.json"
+HMAC_FILE = "bundle.hmac"
 IDS, DENSE, SCORES = "ids", "dense", "scores"
 _ONNX_TYPES = {IDS: "tensor(int64)", DENSE: "tensor(float)", SCORES: "tensor(float)"}
 
@@ -75,31 +87,41 @@ def parity_frame(ids: np.ndarray, dense: np.ndarray, scores: np.ndarray,
 
 
 def write(folder: Path, onnx_file: Path, transform: FeatureTransform, metrics: dict,
-          parity_result: dict, parity_data: pl.DataFrame, identity: dict) -> Path:
-    """Assemble a bundle in a temporary folder and rename it into place (atomic)."""
-    folder = Path(folder)
-    work = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    shutil.copyfile(onnx_file, work / MODEL_FILE)
-    transform.save(work / FEATURES_DIR)
-    (work / SIGNATURE_FILE).write_text(json.dumps(signature(transform), indent=2))
-    (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    (work / PARITY_FILE).write_text(json.dumps(parity_result, indent=2))
-    parity_data.write_parquet(work / PARITY_DATA)
-    files = {p.relative_to(work).as_posix(): _sha256(p.read_bytes())
-             for p in sorted(work.rglob("*")) if p.is_file()}
-    manifest = {"format": FORMAT, **identity, "tasks": transform.spec.task_names, "files": files}
-    (work / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    work.rename(folder)
-    return folder
+          parity_result: dict, parity_data: pl.DataFrame, identity: dict,
+          key: bytes | None = None) -> Path:
+    """Assemble a bundle in a work folder and publish it as `folder` in one rename: a reader
+    sees the previous bundle or this one, also when the writer is killed midway. With
+    `key`, the bundle's digest is signed (HMAC-SHA256) into bundle.hmac."""
+    with files.atomic_folder(folder) as work:
+        shutil.copyfile(onnx_file, work / MODEL_FILE)
+        transform.save(work / FEATURES_DIR)
+        (work / SIGNATURE_FILE).write_text(json.dumps(signature(transform), indent=2))
+        (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        (work / PARITY_FILE).write_text(json.dumps(parity_result, indent=2))
+        parity_data.write_parquet(work / PARITY_DATA)
+        checksums = {p.relative_to(work).as_posix(): _sha256(p.read_bytes())
+                     for p in sorted(work.rglob("*")) if p.is_file()}
+        manifest = {"format": FORMAT, **identity, "tasks": transform.spec.task_names,
+                    "files": checksums}
+        (work / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2))
+        if key is not None:
+            (work / HMAC_FILE).write_text(sign(digest(work), key))
+    return Path(folder)
+
+
+def digest(folder: Path) -> str:
+    """The bundle's identity: the SHA-256 of its bundle.json (which lists every file's)."""
+    return _sha256((files.resolved(folder) / BUNDLE_FILE).read_bytes())
+
+
+def sign(bundle_digest: str, key: bytes) -> str:
+    return hmac.new(key, bundle_digest.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle, ready to score: the session, the transform and what it says."""
+    """A verified bundle, ready to score: the session, the transform and what it says.
+    `folder` is the version it was read from (`files.resolved`)."""
 
     folder: Path
     session: ort.InferenceSession
@@ -131,13 +153,19 @@ def session_options(threads: int) -> ort.SessionOptions:
     return opts
 
 
-def load(folder: Path, threads: int = 1) -> Bundle:
-    """Open and verify a bundle; raises BundleError naming the failed check."""
-    folder = Path(folder)
+def load(folder: Path, threads: int = 1, *, recorded_digest: str | None = None,
+         key: bytes | None = None) -> Bundle:
+    """Open and verify a bundle; raises BundleError naming the failed check. Every file is
+    read from the version `folder` points at when the call starts. `recorded_digest`: the
+    one the exporting run recorded (the bundle must be that one); `key`: the bundle must
+    carry a valid HMAC of its digest."""
+    folder = files.resolved(folder)
     try:
-        manifest = json.loads((folder / BUNDLE_FILE).read_text())
+        raw = (folder / BUNDLE_FILE).read_bytes()
+        manifest = json.loads(raw)
     except (OSError, ValueError) as exc:
         raise BundleError(f"{folder}: unreadable {BUNDLE_FILE}: {exc}") from None
+    _check_identity(folder, _sha256(raw), recorded_digest, key)
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{folder}: bundle format {manifest.get('format')!r}, expected {FORMAT}")
     contents = _verified_files(folder, manifest["files"])
@@ -150,18 +178,35 @@ def load(folder: Path, threads: int = 1) -> Bundle:
     _check_signature(folder, session, transform, json.loads(contents[SIGNATURE_FILE]))
     stored = json.loads(contents[PARITY_FILE])
     bundle = Bundle(folder, session, transform, manifest, json.loads(contents[METRICS_FILE]), stored)
-    _recheck_parity(bundle, stored["tolerance"])
+    _recheck_parity(bundle, contents[PARITY_DATA], stored["tolerance"])
     return bundle
 
 
-def _verified_files(folder: Path, files: dict[str, str]) -> dict[str, bytes]:
-    """Every listed file, read once and checked against its SHA-256 (the small ones returned)."""
+def _check_identity(folder: Path, actual: str, recorded: str | None, key: bytes | None) -> None:
+    """The bundle is the one its exporting run recorded, and signed with `key` when given."""
+    if recorded is not None and actual != recorded:
+        raise BundleError(f"{folder}: its digest {actual[:16]}… differs from the {recorded[:16]}… "
+                          "its exporting run recorded in the registry: it was altered after export")
+    if key is None:
+        return
+    try:
+        signature_hex = (folder / HMAC_FILE).read_text().strip()
+    except OSError:
+        raise BundleError(f"{folder}: the bundle is unsigned ({HMAC_FILE} is missing) and "
+                          "MTLREC_BUNDLE_KEY is set: only signed bundles may serve") from None
+    if not hmac.compare_digest(signature_hex, sign(actual, key)):
+        raise BundleError(f"{folder}: {HMAC_FILE} does not match MTLREC_BUNDLE_KEY: the bundle was "
+                          "altered or signed with another key")
+
+
+def _verified_files(folder: Path, checksums: dict[str, str]) -> dict[str, bytes]:
+    """Every listed file, read once and checked against its SHA-256; returns those `load` uses."""
     needed = {MODEL_FILE, SIGNATURE_FILE, METRICS_FILE, PARITY_FILE, PARITY_DATA}
-    missing = sorted(needed - set(files))
+    missing = sorted(needed - set(checksums))
     if missing:
         raise BundleError(f"{folder}: {BUNDLE_FILE} does not list {missing}")
     out = {}
-    for name, digest in files.items():
+    for name, digest in checksums.items():
         try:
             data = (folder / name).read_bytes()
         except OSError as exc:
@@ -191,8 +236,9 @@ def _check_signature(folder: Path, session: ort.InferenceSession, transform: Fea
                               f"{_ONNX_TYPES[name]} [batch, {width}] with a dynamic batch")
 
 
-def _recheck_parity(bundle: Bundle, tolerance: float) -> None:
-    data = pl.read_parquet(bundle.folder / PARITY_DATA)
+def _recheck_parity(bundle: Bundle, parity_data: bytes, tolerance: float) -> None:
+    """The stored PyTorch scores against this session's, on the (checksummed) stored inputs."""
+    data = pl.read_parquet(io.BytesIO(parity_data))
     t = bundle.transform
     ids = data.select(f"id:{f}" for f in t.categorical_names).to_numpy().astype(np.int64)
     dense = data.select(f"x:{f}" for f in t.numeric_names).to_numpy().astype(np.float32)

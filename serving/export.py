@@ -76,9 +76,10 @@ def reference_scores(ranker: MultiTaskRanker, ids: np.ndarray, dense: np.ndarray
 
 def export_bundle(ranker: MultiTaskRanker, transform: FeatureTransform, valid_ids: np.ndarray,
                   valid_dense: np.ndarray, out: Path, *, metrics: dict, identity: dict,
-                  parity_rows: int, tolerance: float, opset: int, seed: int) -> dict:
-    """Export, check parity on `parity_rows` rows, write the bundle to `out`; returns the
-    parity result (raises ExportError when it fails)."""
+                  parity_rows: int, tolerance: float, opset: int, seed: int,
+                  key: bytes | None = None) -> dict:
+    """Export, check parity on `parity_rows` rows, write the bundle to `out` (signed with
+    `key` when given); returns the parity result (raises ExportError when it fails)."""
     sizes = [transform.table_sizes[f] for f in transform.categorical_names]
     ids, dense, n_valid = parity_inputs(valid_ids, valid_dense, sizes, parity_rows, seed)
     reference = reference_scores(ranker, ids, dense)
@@ -97,6 +98,6 @@ def export_bundle(ranker: MultiTaskRanker, transform: FeatureTransform, valid_id
                               f"rows): max |diff| {result.get('max_abs_diff')} > {tolerance}; "
                               f"{result}")
         data = bundle.parity_frame(ids, dense, reference, transform)
-        bundle.write(out, onnx_file, transform, metrics, result, data, identity)
+        bundle.write(out, onnx_file, transform, metrics, result, data, identity, key)
     log.info("export: %s (parity max |diff| %.2e on %d rows)", out, result["max_abs_diff"], len(ids))
     return result

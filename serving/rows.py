@@ -1,17 +1,27 @@
 """Raw rows from a client (JSON objects, or a Parquet batch) → the typed frame the feature
 transform encodes: categorical fields as strings, numeric fields as floats.
 
-The contract, per field of the feature spec: a categorical value is a string or an
-integer (integers are read as their decimal text, as ingest reads a CSV cell); a
-numeric value is a number; null means "missing" (the same missing id / fill as in
-training). An absent field, a value of another type or a non-finite number the spec
-rejects is a `RowError` naming the row and the field: it is almost always a client bug
-(a renamed field would otherwise score every row as "missing"). Unknown category values
-are not errors: they encode to the OOV id and are counted. Keys the spec does not use
-(an id, labels) are ignored.
+The contract, per field of the feature spec: a categorical value is a string or a
+64-bit integer (integers are read as their decimal text, as ingest reads a CSV cell); a
+numeric value is a number within float64's range; null means "missing" (the same
+missing id / fill as in training). An absent field, a value of another type, an integer
+out of range, a string that is not valid Unicode (JSON's \\u escapes allow lone
+surrogates, which UTF-8 cannot hold) or a non-finite number the spec rejects is a
+`RowError` naming the row and the field: it is almost always a client bug (a renamed
+field would otherwise score every row as "missing"). So is a row whose score is not
+finite (`check_scores`): a number so far outside the training data that the model's
+float32 input overflows. Unknown category values are not errors: they encode to the OOV
+id and are counted. Keys the spec does not use (an id, labels) are ignored, whatever
+they hold. Error messages quote a value in ASCII, cut at 200 characters.
+
+A request's rows are type-checked column by column on the set of Python types present,
+then read by polars in one go; only when polars refuses a value (an integer out of
+range, a lone surrogate) are they read column by column, to name it.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import polars as pl
@@ -20,6 +30,9 @@ from mtlrec.features.transform import FeatureTransform
 
 _CATEGORICAL_TYPES = frozenset({str, int, type(None)})  # bool is not int here (see _kind)
 _NUMERIC_TYPES = frozenset({int, float, type(None)})
+_CATEGORICAL_INTEGERS = (-2**63, 2**63 - 1, "the 64-bit range (send an id this large as a string)")
+_NUMERIC_INTEGERS = (-int(sys.float_info.max), int(sys.float_info.max), "the float64 range")
+_SHOWN = 200  # characters of a value an error message quotes
 _INTEGER_DTYPES = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32,
                    pl.UInt64)
 
@@ -57,8 +70,53 @@ def from_json(rows: object, transform: FeatureTransform) -> pl.DataFrame:
             i = next(i for i, row in enumerate(rows) if type(row[name]) not in allowed)
             want = "a string or an integer" if dtype == pl.String else "a number"
             raise RowError(i, name, f"expected {want} or null, got {_kind(rows[i][name])}")
-    frame = pl.from_dicts(rows, schema=needed) if rows else pl.DataFrame(schema=needed)
+    try:
+        frame = pl.from_dicts(rows, schema=needed) if rows else pl.DataFrame(schema=needed)
+    except (pl.exceptions.PolarsError, OverflowError, UnicodeEncodeError):
+        # a value polars cannot read in one go: column by column, which names it (or, for
+        # a numeric integer past 128 bits but within float64, reads it)
+        frame = pl.DataFrame([_column([row[name] for row in rows], name, dtype)
+                              for name, dtype in needed.items()])
     return _check_finite(frame, transform, 0)
+
+
+def _column(values: list, name: str, dtype: pl.DataType) -> pl.Series:
+    """One field's values, of the contract's types, → its typed column; raises RowError at
+    the first integer out of range or string that is not valid Unicode."""
+    categorical = dtype == pl.String
+    types = set(map(type, values))
+    if int in types:
+        low, high, what = _CATEGORICAL_INTEGERS if categorical else _NUMERIC_INTEGERS
+        ints = [v for v in values if type(v) is int]
+        if min(ints) < low or max(ints) > high:
+            i = next(i for i, v in enumerate(values) if type(v) is int and not low <= v <= high)
+            raise RowError(i, name, f"integer {_shown(values[i])} is outside {what}")
+    try:
+        # strict=False for categories: integers become their decimal text (all are in
+        # range now: out of it, polars would make them null)
+        return pl.Series(name, values, dtype=dtype, strict=not categorical)
+    except UnicodeEncodeError:  # a lone surrogate: polars holds UTF-8 text only
+        i = next(i for i, v in enumerate(values) if type(v) is str and not _is_utf8(v))
+        raise RowError(i, name, f"string {_shown(values[i])} is not valid Unicode "
+                       "(a lone surrogate)") from None
+
+
+def check_scores(scores: np.ndarray, typed: pl.DataFrame, transform: FeatureTransform,
+                 first_row: int) -> None:
+    """Scores [N, K] of `typed` must be finite: a number far outside the training data
+    (1e300 in a standardised field) overflows the model's float32 input and comes out as
+    NaN, which JSON cannot carry and a score file must not hold unnoticed. Raises RowError
+    naming the first such row and its numeric field of largest encoded magnitude."""
+    bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+    if not len(bad):
+        return
+    r = int(bad[0])
+    _, dense = transform.to_numpy(typed.slice(r, 1))
+    if not dense.size:
+        raise RowError(first_row + r, None, "the model's score is not finite")
+    field = transform.numeric_names[int(np.argmax(np.nan_to_num(np.abs(dense[0]), nan=np.inf)))]
+    raise RowError(first_row + r, field, f"value {_shown(typed[field][r])} is too far outside "
+                   "the training data: the model's score is not finite")
 
 
 def from_frame(frame: pl.DataFrame, transform: FeatureTransform, first_row: int) -> pl.DataFrame:
@@ -97,6 +155,21 @@ def _check_finite(frame: pl.DataFrame, transform: FeatureTransform, first_row: i
             raise RowError(first_row + int(r), names[c], f"non-finite number {values[r, c]}")
     lenient = sorted({names[c] for c in cols})
     return frame.with_columns(pl.when(pl.col(n).is_finite()).then(pl.col(n)).alias(n) for n in lenient)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(value: object) -> str:
+    """A value as an error message quotes it: ASCII (a lone surrogate cannot go back in a
+    UTF-8 answer) and short (a client may send megabytes)."""
+    text = ascii(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text):,} characters)"
 
 
 def _kind(value: object) -> str:

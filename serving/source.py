@@ -1,14 +1,21 @@
 """Where a served model comes from: an MLflow registry URI or a bundle folder.
 
 `models:/<name>@<alias>` follows the alias (the server polls `version()` and reloads
-when it moves); `models:/<name>/<version>` and a folder are fixed. Downloads land in a
-cache folder under a temporary name and are renamed into place, so a half-downloaded
-bundle is never mistaken for a complete one.
+when it moves); `models:/<name>/<version>` and a folder are fixed.
+
+`load(version)` returns a verified bundle and trusts nothing on the way:
+- a registered version must lie in its own run's artifact store (a version pointing
+  anywhere else is refused);
+- its bundle must be the one the exporting run recorded (the digest tag on the version)
+  and, with a key (MTLREC_BUNDLE_KEY), carry a valid signature (`bundle.load`);
+- a download is verified before it enters the cache (`<cache>/<name>/v<version>`,
+  published atomically), so a refused download is never kept; a cached copy that fails
+  its checks is downloaded again.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -16,11 +23,17 @@ from pathlib import Path
 
 import mlflow
 import mlflow.artifacts
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from mtlrec import files
 from mtlrec.features.errors import DataError
+from mtlrec.serving import bundle
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+#: the model-version tag in which the exporting run records its bundle's digest
+DIGEST_TAG = "mtlrec.bundle_sha256"
+log = logging.getLogger(__name__)
 
 
 class SourceError(DataError):
@@ -30,11 +43,12 @@ class SourceError(DataError):
 @dataclass(frozen=True)
 class Source:
     """A model to serve. `version()` is cheap (one registry call) and says which bundle
-    `fetch` would return now."""
+    `load` would return now."""
 
     uri: str
     tracking_uri: str | None
     cache: Path
+    key: bytes | None = None  # bundles must be signed with it (MTLREC_BUNDLE_KEY)
 
     @property
     def is_registry(self) -> bool:
@@ -63,29 +77,50 @@ class Source:
         except MlflowException as exc:
             raise SourceError(f"model URI {self.uri!r}: {exc.message}") from None
 
-    def fetch(self, version: str) -> Path:
-        """The bundle folder of `version` (downloaded once into the cache)."""
+    def load(self, version: str, threads: int = 1) -> bundle.Bundle:
+        """The verified bundle of `version` (see the module docstring); raises
+        SourceError or BundleError naming what failed."""
         if not self.is_registry:
             folder = Path(self.uri)
             if not folder.is_dir():
                 raise SourceError(f"model {self.uri!r} is neither models:/… nor a bundle folder")
-            return folder
+            return bundle.load(folder, threads, key=self.key)
         name = _URI.match(self.uri)["name"]
+        record = self._registered(name, version)
+        recorded = record.tags.get(DIGEST_TAG)
         target = self.cache / name / f"v{version}"
         if target.is_dir():
-            return target
+            try:
+                return bundle.load(target, threads, recorded_digest=recorded, key=self.key)
+            except bundle.BundleError as exc:
+                log.warning("the cached %s version %s fails its checks, downloading it again: %s",
+                            name, version, exc)
+        with files.atomic_folder(target) as work:  # published only once it verifies
+            self._download(record.source, work)
+            return bundle.load(work, threads, recorded_digest=recorded, key=self.key)
+
+    def _registered(self, name: str, version: str) -> ModelVersion:
+        """The registry's record of `version`, whose source must lie in its run's artifacts."""
+        client = self._client()
         try:
-            source = self._client().get_model_version(name, version).source
+            record = client.get_model_version(name, version)
+            run = client.get_run(record.run_id) if record.run_id else None
         except MlflowException as exc:
             raise SourceError(f"{name} version {version}: {exc.message}") from None
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
-                                                tracking_uri=self.tracking_uri)
-            downloaded = tmp / Path(source.rstrip("/")).name
-            (downloaded if downloaded.is_dir() else tmp).rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        store = run.info.artifact_uri.rstrip("/") + "/" if run else None
+        if store is None or not record.source.startswith(store):
+            raise SourceError(f"{name} version {version}: its source {record.source} lies outside the "
+                              f"artifact store of its run ({store or 'no run'}): refused")
+        return record
+
+    def _download(self, source: str, into: Path) -> None:
+        """The artifacts at `source` as the contents of `into`. MLflow puts a folder
+        artifact in a subfolder named after it: it lands in a staging folder whose
+        contents then move up."""
+        staging = into / ".download"
+        downloaded = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(staging), tracking_uri=self.tracking_uri))
+        root = downloaded if downloaded.is_dir() else staging
+        for entry in list(root.iterdir()):
+            entry.rename(into / entry.name)
+        shutil.rmtree(staging)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import good_rows, small_spec, write_csv
-from mtlrec.features.batches import BatchLoader, FeatureInfo, SplitData
+from mtlrec.features.batches import BatchLoader, SplitData
 from mtlrec.features.ingest import ingest
 
 
@@ -68,8 +68,7 @@ def test_stats_and_vocab_use_the_training_split_only(tmp_path):
 
 
 def test_batches_are_kjt_dense_labels(ingested):
-    info = FeatureInfo.load(ingested.artifacts_dir)
-    data = SplitData(ingested.data_dir, "train", info)
+    data = SplitData(ingested, "train")
     loader = BatchLoader(data, batch_size=64, shuffle=False)
     batch = next(iter(loader))
     kjt = batch.sparse
@@ -85,8 +84,7 @@ def test_batches_are_kjt_dense_labels(ingested):
 
 
 def test_shuffling_is_seeded_per_epoch_and_covers_every_row(ingested):
-    info = FeatureInfo.load(ingested.artifacts_dir)
-    data = SplitData(ingested.data_dir, "train", info, extra_columns=())
+    data = SplitData(ingested, "train", extra_columns=())
     def order(seed: int, epoch: int) -> list[float]:
         loader = BatchLoader(data, batch_size=100, shuffle=True, seed=seed)
         loader.set_epoch(epoch)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import shared_file
+from helpers import COMBINATIONS, PRESETS, preset, shared_file
 from mtlrec.features.qm9 import TARGETS
 from mtlrec.pipeline import config
 from mtlrec.pipeline.cli import main
@@ -22,7 +22,6 @@ from mtlrec.training.config import TrainerConfig
 from mtlrec.training.loop import Trainer
 from mtlrec.training.mtl.step import make_step
 from mtlrec.training.tasks import ClassTasks, RegressionTasks, validation_score
-from test_mtl_step import COMBINATIONS, PRESETS, preset
 
 TINY = {
     "multimnist": ["data=multimnist", "data.rows.train=256", "data.rows.valid=128", "data.rows.test=128"],
@@ -139,6 +138,7 @@ def test_multimnist_lenet_learns_both_digits():
 # ------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,method", [("multimnist", "dtjs"), ("qm9", "dbmtl")])
 def test_cli_trains_and_evaluates_against_stl_with_mlflow_and_report(tmp_path, name, method):
     shared_file(DATA_FILES[name])

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from helpers import shared_file
 from mtlrec.pipeline.cli import main
 
 
+@pytest.mark.slow
 def test_bench_ingest_compares_like_with_like(tmp_path):
     args = ["bench", "ingest", "bench.rows=4000", "bench.days=4", f"paths.work_dir={tmp_path}",
             f"paths.reports={tmp_path / 'reports'}"]
@@ -20,8 +24,8 @@ def test_bench_ingest_compares_like_with_like(tmp_path):
     assert "mtlrec / pandas rows/s" in (tmp_path / "reports" / "ingest.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_methods_measures_every_case_against_ew(tmp_path):
-    from helpers import shared_file
     from mtlrec.pipeline import config
     from mtlrec.pipeline.benchmarks import methods
 
@@ -48,8 +52,8 @@ def test_adatask_balances_the_shared_parameters_that_task_b_dominates_under_ew()
     assert ada["balanced"] > 0.5 and ada["dominated_by_b"] < 0.2
 
 
+@pytest.mark.slow
 def test_bench_qm9_table_has_every_method_with_delta_m_against_its_stl(tmp_path, capsys):
-    from helpers import shared_file
 
     shared_file("qm9/qm9.parquet")
     args = ["bench", "qm9", f"paths.work_dir={tmp_path}", f"paths.reports={tmp_path / 'reports'}",

@@ -6,10 +6,12 @@ import json
 
 import mlflow
 import polars as pl
+import pytest
 
 from mtlrec.pipeline.cli import main
 
 
+@pytest.mark.slow
 def test_run_generates_ingests_trains_and_evaluates(tmp_path, capsys):
     args = [f"paths.work_dir={tmp_path}", "synth.rows_per_day=3000", "synth.days=4",
             "model.n_experts=2", "model.expert_hidden=[16]", "trainer.max_epochs=1"]

@@ -18,8 +18,23 @@ def test_defaults_compose_and_are_typed():
 
 
 def test_keys_left_at_their_default_by_a_yaml_can_be_set():
-    cfg = config.load(["model=hps", "model.n_experts=3", "trainer.threads=1"])
+    cfg = config.load(["model=mmoe", "model.n_experts=3", "trainer.threads=1"])
     assert cfg.model.n_experts == 3 and cfg.trainer.threads == 1
+
+
+def test_a_key_the_architecture_does_not_use_is_an_error_naming_its_keys():
+    with pytest.raises(config.ConfigError) as err:
+        config.load(["model=hps", "model.n_experts=3"])
+    msg = str(err.value)
+    assert "model.n_experts: unknown key" in msg and "expert_hidden" in msg and "levels" not in msg
+
+
+def test_an_unknown_top_level_key_suggests_the_key_it_resembles(capsys):
+    assert main(["serve", "port=8001"]) == 2
+    err = capsys.readouterr().err
+    assert "port: unknown key; did you mean serve.port?" in err and "+port" not in err
+    with pytest.raises(config.ConfigError, match="did you mean trainer.max_epochs"):
+        config.load(["trainer.max_epoch=3"])
 
 
 def test_group_choices_and_dotted_overrides():
@@ -80,22 +95,19 @@ def test_cli_prints_resolved_config_and_rejects_bad_override(capsys):
     assert "trainer.nope: unknown key" in capsys.readouterr().err
 
 
-def test_a_new_dataset_is_one_yaml_file(tmp_path, monkeypatch):
-    """A user's own log (other names, ';' separator, labels derived from other columns)."""
-    conf_dir = tmp_path / "conf"
-    for sub in ("data", "model", "method"):
-        (conf_dir / sub).mkdir(parents=True)
-    for path in config.CONF_DIR.rglob("*.yaml"):
-        target = conf_dir / path.relative_to(config.CONF_DIR)
-        target.write_text(path.read_text())
-    logs = tmp_path / "shop.csv"
+def test_a_new_dataset_is_one_yaml_file(tmp_path):
+    """A user's own log (other names, ';' separator, labels derived from other columns),
+    declared in the user's own config folder, its data path relative to the file."""
+    conf_dir = tmp_path / "myconf"
+    (conf_dir / "data").mkdir(parents=True)
+    logs = conf_dir / "data" / "shop.csv"
     rows = ["uid;item;price;viewed;bought"] + [
         f"{i};it{i % 4};{i * 1.5};{int(i % 2 == 0)};{int(i % 4 == 0)}" for i in range(40)
     ]
     logs.write_text("\n".join(rows) + "\n")
     (conf_dir / "data" / "shop.yaml").write_text(yaml.safe_dump({
         "name": "shop",
-        "source": {"train": str(logs), "separator": ";"},
+        "source": {"train": "shop.csv", "separator": ";"},
         "categorical": [{"name": "item"}],
         "numeric": [{"name": "price", "log1p": True}],
         "labels": [{"name": "ctr", "column": "viewed"},
@@ -103,8 +115,8 @@ def test_a_new_dataset_is_one_yaml_file(tmp_path, monkeypatch):
         "id": "uid",
         "checks": {"implies": [["bought", "viewed"]]},
     }))
-    monkeypatch.setattr(config, "CONF_DIR", conf_dir)
-    assert main(["ingest", "data=shop", f"paths.work_dir={tmp_path / 'work'}"]) == 0
+    assert main(["--config-dir", str(conf_dir), "ingest", "data=shop",
+                 f"paths.work_dir={tmp_path / 'work'}"]) == 0
     out = tmp_path / "work" / "features" / "shop"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"]["name"] == "shop"

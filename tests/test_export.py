@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from mtlrec.models.config import ModelConfig
+from mtlrec.models.config import model_config
 from mtlrec.models.export import PerFieldEmbeddings, export_twin
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline.cli import main
@@ -50,7 +50,7 @@ def _run_dir(work: Path, seed: int = 2026) -> Path:
 def test_export_twin_has_per_field_tables_and_the_same_scores(impl):
     torch.manual_seed(0)
     sizes = {"a": 7, "b": 30, "c": 3}
-    ranker = MultiTaskRanker(ModelConfig(arch="ple", embedding_impl=impl, esmm=True), sizes, 4, 2).eval()
+    ranker = MultiTaskRanker(model_config(arch="ple", embedding_impl=impl, esmm=True), sizes, 4, 2).eval()
     twin = export_twin(ranker)
     tables = twin.ranker.embeddings.tables
     assert [t.num_embeddings for t in tables] == [7, 30, 3]
@@ -62,6 +62,7 @@ def test_export_twin_has_per_field_tables_and_the_same_scores(impl):
     assert not isinstance(ranker.embeddings, PerFieldEmbeddings)  # the original is untouched
 
 
+@pytest.mark.slow
 def test_bundle_is_self_contained_checked_and_pickle_free(work):
     folder = _run_dir(work) / "bundle"
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
@@ -96,6 +97,7 @@ def _retamper(folder: Path, name: str, data: bytes) -> None:
     (folder / "bundle.json").write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 def test_a_bundle_that_fails_its_checks_is_refused(work, tmp_path):
     good = _run_dir(work) / "bundle"
     corrupt = shutil.copytree(good, tmp_path / "corrupt")
@@ -120,6 +122,7 @@ def test_a_bundle_that_fails_its_checks_is_refused(work, tmp_path):
         bundle.load(wrong_signature)
 
 
+@pytest.mark.slow
 def test_gate_promote_rollback_and_served_evaluation(work, capsys):
     assert _aliases(work) == {"champion": "1"}
     gate_v1 = json.loads((_run_dir(work) / "gate" / "gate.json").read_text())

@@ -52,9 +52,9 @@ def test_census_stats_fitted_on_train_only(census):
 
 
 def test_census_output_is_reused_when_nothing_changed(census):
-    again = ingest(config.load(["data=census"]).data, census.folder)
+    again = ingest(config.load(["data=census"]).data, census.path)
     assert again.manifest == census.manifest
-    assert (census.folder / "config.yaml").read_text().startswith("seed:")
+    assert (census.path / "config.yaml").read_text().startswith("seed:")
 
 
 def test_aliexpress_sample_ingests_unchanged(tmp_path):

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from mtlrec.features.batches import Batch
-from mtlrec.models.config import ModelConfig
+from mtlrec.models.config import model_config
 from mtlrec.models.ranker import MultiTaskRanker
+from mtlrec.training.config import MethodConfig, TrainerConfig
+from mtlrec.training.mtl.optimizers import Optimizers
 
 SIZES = {"a": 10, "b": 7, "c": 3}
 
@@ -21,7 +23,7 @@ def _batch(n: int = 16, seed: int = 0) -> Batch:
 @pytest.mark.parametrize("arch", ["hps", "mmoe", "ple"])
 def test_logits_shape_and_parameter_groups(arch):
     torch.manual_seed(0)
-    model = MultiTaskRanker(ModelConfig(arch=arch, levels=2), SIZES, n_dense=4, n_tasks=2)
+    model = MultiTaskRanker(model_config(arch=arch, **({"levels": 2} if arch == "ple" else {})), SIZES, n_dense=4, n_tasks=2)
     batch = _batch()
     logits = model(batch.sparse, batch.dense)
     assert logits.shape == (16, 2)
@@ -38,15 +40,15 @@ def test_logits_shape_and_parameter_groups(arch):
 
 
 def test_kjt_and_plain_ids_give_the_same_logits():
-    model = MultiTaskRanker(ModelConfig(arch="mmoe"), SIZES, n_dense=4, n_tasks=2)
+    model = MultiTaskRanker(model_config(arch="mmoe"), SIZES, n_dense=4, n_tasks=2)
     batch = _batch()
     assert torch.allclose(model(batch.sparse, batch.dense), model(batch.ids, batch.dense))
 
 
 def test_fused_and_torchrec_embeddings_agree_with_the_same_weights():
     torch.manual_seed(0)
-    fused = MultiTaskRanker(ModelConfig(arch="mmoe"), SIZES, 4, 2)
-    ebc = MultiTaskRanker(ModelConfig(arch="mmoe", embedding_impl="torchrec"), SIZES, 4, 2)
+    fused = MultiTaskRanker(model_config(arch="mmoe"), SIZES, 4, 2)
+    ebc = MultiTaskRanker(model_config(arch="mmoe", embedding_impl="torchrec"), SIZES, 4, 2)
     ebc.load_state_dict({k: v for k, v in fused.state_dict().items() if not k.startswith("embeddings")},
                         strict=False)
     with torch.no_grad():
@@ -57,7 +59,7 @@ def test_fused_and_torchrec_embeddings_agree_with_the_same_weights():
 
 
 def test_esmm_ctcvr_is_the_product_of_ctr_and_cvr():
-    model = MultiTaskRanker(ModelConfig(arch="hps", esmm=True), SIZES, 4, 2)
+    model = MultiTaskRanker(model_config(arch="hps", esmm=True), SIZES, 4, 2)
     batch = _batch()
     logits = model(batch.sparse, batch.dense)
     hidden = model.backbone(model.representation(batch.sparse, batch.dense))
@@ -66,17 +68,14 @@ def test_esmm_ctcvr_is_the_product_of_ctr_and_cvr():
     assert torch.allclose(torch.sigmoid(logits[:, 1]), p_ctr * p_cvr, atol=1e-6)
     assert (torch.sigmoid(logits[:, 1]) <= torch.sigmoid(logits[:, 0]) + 1e-7).all()
     with pytest.raises(ValueError, match="esmm needs exactly 2 tasks"):
-        MultiTaskRanker(ModelConfig(arch="hps", esmm=True), SIZES, 4, 3)
+        MultiTaskRanker(model_config(arch="hps", esmm=True), SIZES, 4, 3)
 
 
 def test_sparse_embedding_gradients_touch_only_the_batch_rows():
-    from mtlrec.training.config import MethodConfig, TrainerConfig
-    from mtlrec.training.optim import Optimizers
-
     def make_optimizers(model, cfg):
         return Optimizers(model, cfg, MethodConfig(name="ew"), [], 2).all
 
-    model = MultiTaskRanker(ModelConfig(arch="hps", embedding_grad="sparse"), SIZES, 4, 2)
+    model = MultiTaskRanker(model_config(arch="hps", embedding_grad="sparse"), SIZES, 4, 2)
     batch = _batch(n=4)
     model(batch.sparse, batch.dense).sum().backward()
     grad = model.embeddings.table.weight.grad
@@ -85,6 +84,6 @@ def test_sparse_embedding_gradients_touch_only_the_batch_rows():
     assert set(grad.coalesce().indices()[0].tolist()) == touched
     optimizers = make_optimizers(model, TrainerConfig())
     assert [type(o).__name__ for o in optimizers] == ["Adam", "SparseAdam"]
-    dense = MultiTaskRanker(ModelConfig(arch="hps"), SIZES, 4, 2)  # auto: small tables → dense
+    dense = MultiTaskRanker(model_config(arch="hps"), SIZES, 4, 2)  # auto: small tables → dense
     assert not dense.embeddings.table.sparse
     assert len(make_optimizers(dense, TrainerConfig())) == 1

@@ -16,10 +16,11 @@ import polars as pl
 import pytest
 import torch
 
-from mtlrec.models.config import ModelConfig
+from mtlrec.models.config import model_config
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline.cli import main
 from mtlrec.pipeline.retrain import warm_start
+from mtlrec.pipeline.run_folder import RunFolder
 
 SMALL = ["synth.rows_per_day=2000", "synth.ctr=0.3", "synth.cvr=0.3", "model.n_experts=2",
          "model.expert_hidden=[16]", "model.tower_hidden=[8]", "trainer.max_epochs=1",
@@ -48,7 +49,7 @@ def _manifest(work: Path) -> dict:
 
 
 def test_warm_start_copies_the_champions_weights_and_known_embedding_rows():
-    cfg = ModelConfig(arch="mmoe", n_experts=2, expert_hidden=[8], tower_hidden=[4])
+    cfg = model_config(arch="mmoe", n_experts=2, expert_hidden=[8], tower_hidden=[4])
     torch.manual_seed(0)
     champion = MultiTaskRanker(cfg, {"a": 5, "b": 3}, 2, 2)
     torch.manual_seed(1)
@@ -77,6 +78,7 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_retrain_takes_days_once_warm_starts_gates_and_promotes(work, capsys):
     manifest = _manifest(work)
     assert sorted(manifest["days"]) == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
@@ -87,7 +89,7 @@ def test_retrain_takes_days_once_warm_starts_gates_and_promotes(work, capsys):
                                               "window": ["2026-11-01", "2026-11-02", "2026-11-03",
                                                          "2026-11-04"]}
     job = work / "retrain" / "synth" / "jobs" / "2026-11-04"
-    assert (job / "champion" / "version").read_text() == "1"  # warm-started from version 1
+    assert RunFolder(job / "champion").state().registered_version == "1"  # warm-started from v1
     gate = json.loads((job / "runs" / "mmoe-ew-seed2026" / "gate" / "gate.json").read_text())
     assert gate["champion_before"] == "1" and gate["holdout"]["rows"] == 2000
     assert gate["holdout"]["files"][0].endswith("store/day=2026-11-04.parquet")
@@ -99,6 +101,7 @@ def test_retrain_takes_days_once_warm_starts_gates_and_promotes(work, capsys):
     assert kept.height == old.height and (kept["id"] == kept["id_new"]).all()
 
 
+@pytest.mark.slow
 def test_retrain_with_nothing_new_changes_nothing_and_is_locked(work, capsys):
     manifest = work / "retrain" / "synth" / "manifest.json"
     before = manifest.stat().st_mtime_ns
@@ -120,6 +123,7 @@ def _kill_when(cmd: list[str], marker: Path) -> None:
     assert proc.wait() == -signal.SIGKILL, f"the run ended before {marker} appeared"
 
 
+@pytest.mark.slow
 def test_a_killed_retrain_is_completed_by_the_next_run(work, capsys):
     _land(work, 5)
     folder = work / "retrain" / "synth"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import mlflow
 import polars as pl
 import pytest
 
+from helpers import Server
 from mtlrec.pipeline.cli import main
 from mtlrec.serving import bundle
 
@@ -39,39 +39,6 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mtlrec serve` in its own process."""
-
-    def __init__(self, work: Path, *overrides: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mtlrec.pipeline.cli", "serve", f"paths.work_dir={work}",
-             f"serve.port={self.port}", *overrides],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.proc.stdout.read()
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not become ready")
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=30)
-        return out
-
-
 def _rows(work: Path, n: int) -> list[dict]:
     """Raw rows as a client sends them: categorical ids as strings, numbers as numbers."""
     frame = pl.read_csv(work / "landing" / "synth" / "day=2026-11-04.csv", n_rows=n,
@@ -91,8 +58,10 @@ def test_serving_never_imports_torch_or_training():
     assert out.stdout.strip() == "[]"  # the `mtlrec serve` process is checked in the next test
 
 
+@pytest.mark.slow
 def test_predict_health_metrics_and_bad_requests(work):
-    server = Server(work, "serve.max_rows=50", "serve.max_body_mb=0.2", "serve.poll_seconds=0")
+    server = Server(["serve", f"paths.work_dir={work}", "serve.max_rows=50", "serve.max_body_mb=0.2",
+                     "serve.poll_seconds=0"])
     try:
         maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
         assert "libtorch" not in maps and "onnxruntime" in maps  # the `mtlrec serve` process
@@ -164,8 +133,9 @@ def _register_broken_copy(work: Path, of: Path) -> str:
     return str(version.version)
 
 
+@pytest.mark.slow
 def test_hot_reload_under_load_then_refuses_a_broken_bundle(work):
-    server = Server(work, "serve.poll_seconds=0.2")
+    server = Server(["serve", f"paths.work_dir={work}", "serve.poll_seconds=0.2"])
     rows = _rows(work, 20)
     seen: list[list[tuple[int, str]]] = [[] for _ in range(4)]
     stop = threading.Event()
@@ -219,6 +189,7 @@ def test_hot_reload_under_load_then_refuses_a_broken_bundle(work):
     assert "version 3 refused, keeping version 2" in log
 
 
+@pytest.mark.slow
 def test_batch_scoring_parquet_in_chunks(work, tmp_path, capsys):
     frame = pl.read_csv(work / "landing" / "synth" / "day=2026-11-03.csv")
     frame.write_parquet(tmp_path / "in.parquet")  # categorical ids as integers, as logs have them

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlrec.features.batches import FeatureInfo, SplitData
+from mtlrec.features.batches import SplitData
 from mtlrec.features.ingest import ingest
 from mtlrec.features.synth import SynthParams, generate
-from mtlrec.models.config import ModelConfig
+from mtlrec.models.config import model_config
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import config
 from mtlrec.training.loop import Trainer
@@ -24,8 +24,7 @@ def synth_splits(tmp_path_factory):
     generate(SynthParams(days=3, rows_per_day=4000, cardinalities=CARDS, ctr=0.2, cvr=0.3), root / "landing")
     spec = config.load([f"synth.out_dir={root / 'landing'}"]).data
     out = ingest(spec, root / "features")
-    info = FeatureInfo.load(out.artifacts_dir)
-    return info, SplitData(out.data_dir, "train", info), SplitData(out.data_dir, "valid", info)
+    return out.info(), SplitData(out, "train"), SplitData(out, "valid")
 
 
 EW = MethodConfig(name="ew")
@@ -45,7 +44,7 @@ METHODS = {
 
 def _trainer(info, ckpt, epochs=3, on_epoch=None, seed=0, patience=10, lr=1e-3, method=EW):
     torch.manual_seed(seed)
-    model = MultiTaskRanker(ModelConfig(arch="mmoe", n_experts=2, expert_hidden=[16], tower_hidden=[8],
+    model = MultiTaskRanker(model_config(arch="mmoe", n_experts=2, expert_hidden=[16], tower_hidden=[8],
                                         dropout=0.1), info.table_sizes, len(info.numeric), len(info.tasks))
     cfg = TrainerConfig(max_epochs=epochs, batch_size=256, patience=patience, device="cpu",
                         lr_schedule="cosine", lr=lr)

@@ -1,29 +1,75 @@
-"""Atomic checkpoints: written to a temporary file, then renamed over the old one.
+"""Checkpoints that survive a crash, a full disk and a damaged file.
 
-A crash mid-write leaves the previous checkpoint intact; a run resumed from it sees
-exactly the state of the end of that epoch (weights, optimizer moments, scheduler,
-RNG, early-stopping counters, history).
+`save` writes the new checkpoint under a temporary name (`mtlrec.files.atomic_file`);
+only once it is complete does the current one become `<name>.previous.pt` and the new
+one take its name. `load` reads the newest readable one: when the current file is
+damaged (truncated by a full disk, altered by hand), the run resumes from the previous
+one, an epoch earlier, and says so; when neither reads, the error names the files to
+remove and how to start again. A resumed run sees exactly the state of the end of that
+epoch (weights, optimizer moments, scheduler, RNG, early-stopping counters, history).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mtlrec import files
+from mtlrec.features.errors import DataError
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
+log = logging.getLogger(__name__)
+# What torch.load raises on a file that is not a whole checkpoint.
+_UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+class CheckpointError(DataError):
+    """No readable checkpoint: the message names the files and how to start again."""
+
+
+def previous(path: Path) -> Path:
+    """Where the checkpoint before `path`'s current one is kept."""
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """`state` as the checkpoint at `path`; the current one becomes the previous one only
+    once this one is whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with files.atomic_file(path) as tmp:
+        torch.save(state, tmp)
+        if path.exists():
+            os.replace(path, previous(path))
+
+
+def exists(path: Path) -> bool:
+    path = Path(path)
+    return path.exists() or previous(path).exists()
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Tensors and plain Python values only (weights_only: no code runs at load)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """The newest readable checkpoint at `path` (tensors and plain values only: no code
+    runs at load); raises CheckpointError when none reads."""
+    path = Path(path)
+    problems = []
+    for candidate in (path, previous(path)):
+        if not candidate.exists():
+            continue
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+        except _UNREADABLE as exc:
+            problems.append(f"{candidate} ({type(exc).__name__})")
+            continue
+        if candidate != path:
+            log.warning("checkpoint %s is unreadable (%s); resuming from the previous one, %s",
+                        path, problems[0], candidate)
+        return state
+    raise CheckpointError(
+        f"no readable checkpoint: {', '.join(problems)} cannot be read; remove {path} (and "
+        f"{previous(path).name}) to restart this model from its first epoch, or pass "
+        "train.force=true to train the whole run again from scratch")

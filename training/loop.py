@@ -27,15 +27,20 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mtlrec.features.batches import Batchable, BatchLoader
+from mtlrec.features.errors import DataError
+from mtlrec.progress import Progress
 from mtlrec.training import checkpoint
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.step import Forward, MultiTaskStep, Pass
 from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_key, validation_score
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(DataError):
+    """Training diverged: a task's loss became inf or NaN. The run stops at that step."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -143,21 +148,40 @@ class Trainer:
         self.model.train()
         total, seen = torch.zeros((), device=self.device), 0
         start = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=2.0)
-        for i, batch in enumerate(bar):
-            dev = self.dev_forward(valid, epoch * len(loader) + i)
-            losses = self.step.train_batch(self.batch_forward(batch), epoch, dev)
-            for record in self.step.diagnostics:
-                if self.on_diagnostics is not None:
-                    self.on_diagnostics(record)
-            self.step.diagnostics.clear()
-            total += losses.sum()
-            seen += len(batch)
-            if i % 50 == 0:
-                rate = seen / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{float(total) / (i + 1):.4f}", samples_s=f"{rate:,.0f}")
+        last_finite: tuple[int, torch.Tensor] | None = None
+        with Progress(len(loader), "batches", f"epoch {epoch}") as bar:
+            for i, batch in enumerate(loader):
+                step = epoch * len(loader) + i
+                dev = self.dev_forward(valid, step)
+                losses = self.step.train_batch(self.batch_forward(batch), epoch, dev)
+                if not bool(torch.isfinite(losses).all()):
+                    raise self._diverged(losses, epoch, step, last_finite)
+                last_finite = (step, losses.detach())
+                for record in self.step.diagnostics:
+                    if self.on_diagnostics is not None:
+                        self.on_diagnostics(record)
+                self.step.diagnostics.clear()
+                total += losses.sum()
+                seen += len(batch)
+                status = {}
+                if i % 50 == 0:  # reading the loss synchronises a GPU: not every batch
+                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    status = {"loss": f"{float(total) / (i + 1):.4f}", "samples/s": f"{rate:,.0f}"}
+                bar.update(1, **status)
         elapsed = time.perf_counter() - start
         return float(total) / max(len(loader), 1), seen / max(elapsed, 1e-9)
+
+    def _diverged(self, losses: torch.Tensor, epoch: int, step: int,
+                  last_finite: tuple[int, torch.Tensor] | None) -> NonFiniteLoss:
+        values = losses.detach().float().cpu().tolist()
+        k = next(k for k, v in enumerate(values) if not math.isfinite(v))
+        before = ("no finite loss before it in this epoch" if last_finite is None else
+                  f"last finite loss {float(last_finite[1][k]):.6g} at step {last_finite[0]}")
+        return NonFiniteLoss(
+            f"training diverged: the loss of task '{self.tasks[k]}' is non-finite ({values[k]}) at "
+            f"epoch {epoch}, step {step}; {before} (trainer.lr={self.cfg.lr}). The run stops and "
+            "is not exported: lower trainer.lr or check the data, then train again with "
+            "train.force=true")
 
     def batch_forward(self, batch) -> Forward:
         """The model on one batch, as the closure the step calls (once or several times)."""
@@ -199,7 +223,7 @@ class Trainer:
                     stale: int, best_weights: dict, history: list[dict]) -> None:
         if self.checkpoint_path is None:
             return
-        checkpoint.save_atomic({
+        checkpoint.save({
             "epoch": next_epoch, "done": done, "best": best, "best_epoch": best_epoch, "stale": stale,
             "model": self.model.state_dict(), "best_weights": best_weights,
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -210,7 +234,7 @@ class Trainer:
     def _resume(self) -> dict:
         fresh = {"epoch": 0, "done": False, "best": -math.inf, "best_epoch": -1, "stale": 0,
                  "best_weights": copy.deepcopy(self.model.state_dict()), "history": []}
-        if self.checkpoint_path is None or not Path(self.checkpoint_path).exists():
+        if self.checkpoint_path is None or not checkpoint.exists(self.checkpoint_path):
             return fresh
         state = checkpoint.load(self.checkpoint_path)
         self.model.load_state_dict(state["model"])

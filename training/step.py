@@ -31,7 +31,7 @@ Forward = Callable[[bool], Pass]  # the argument: split at the shared representa
 
 
 class MultiTaskStep(Protocol):
-    optimizers: Any  # training.optim.Optimizers
+    optimizers: Any  # training.mtl.optimizers.Optimizers
     diagnostics: list[dict[str, Any]]
 
     @property

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline import stages
-from mtlrec.pipeline.benchmarks import measure
-from mtlrec.pipeline.benchmarks.measure import machine, write_report
+from mtlrec.pipeline.benchmarks.measure import machine, train_and_evaluate, write_report
 from mtlrec.pipeline.config import Config
+from mtlrec.pipeline.targets import ingest_logs
 
 ANCHOR = {"income": 0.9517, "marital": 0.9947, "mean": 0.9732, "stl_income": 0.9510,
           "stl_marital": 0.9947, "samples_per_s": 10_400}
@@ -30,12 +29,12 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     seeds = list(range(cfg.bench.seeds))
     # its own work folder: features (tail split), runs and MLflow database apart from others
     base = [*SETTING, f"paths.work_dir={Path(cfg.paths.work_dir) / 'bench' / 'census'}", *overrides]
-    stages.run_ingest(config_mod.load(base))
+    ingest_logs(config_mod.load(base))
     rows = []
     for seed in seeds:
         for arch, method in MODELS:  # STL first: the others' Δm% needs it
             print(f"bench census: seed {seed}, {arch}/{method}", file=sys.stderr)
-            row = train_and_evaluate([*base, f"model={arch}", f"method={method}", f"seed={seed}"])
+            row = census_row([*base, f"model={arch}", f"method={method}", f"seed={seed}"])
             rows.append({"seed": seed, "model": arch, "method": method, **row})
     result = {"machine": machine(), "setting": SETTING, "seeds": seeds, "runs": rows,
               "summary": _summary(rows), "anchor": ANCHOR}
@@ -44,9 +43,10 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     return result
 
 
-def train_and_evaluate(overrides: list[str]) -> dict:
-    """Train from scratch and evaluate on test: AUC per task, mean, Δm%, samples/s."""
-    r = measure.train_and_evaluate(overrides)
+def census_row(overrides: list[str]) -> dict:
+    """One run of a census table, trained from scratch and evaluated on test: AUC per task,
+    mean, Δm%, samples/s."""
+    r = train_and_evaluate(overrides)
     metrics = r["metrics"]
     return {"samples_per_s": r["samples_per_s"], "epochs": r["epochs"],
             **{f"{t}_auc": m["auc"] for t, m in metrics["tasks"].items()},

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline import stages
-from mtlrec.pipeline.benchmarks.census import SETTING, cell, train_and_evaluate
+from mtlrec.pipeline.benchmarks.census import SETTING, cell, census_row
 from mtlrec.pipeline.benchmarks.measure import machine, write_report
 from mtlrec.pipeline.config import Config
+from mtlrec.pipeline.targets import ingest_logs
 
 # (label, command-line parts)
 METHODS = [
@@ -41,12 +41,12 @@ SCHEDULE = ["trainer.max_epochs=2"]
 def run(cfg: Config, overrides: list[str]) -> dict:
     base = [*SETTING, *SCHEDULE,
             f"paths.work_dir={Path(cfg.paths.work_dir) / 'bench' / 'census'}", *overrides]
-    stages.run_ingest(config_mod.load(base))
+    ingest_logs(config_mod.load(base))
     rows = []
     for seed in range(cfg.bench.seeds):
         for label, parts in METHODS:
             print(f"bench census_methods: seed {seed}, {label}", file=sys.stderr)
-            row = train_and_evaluate([*base, *parts, f"seed={seed}"])
+            row = census_row([*base, *parts, f"seed={seed}"])
             rows.append({"method": label, "seed": seed, **row})
     result = {"machine": machine(), "setting": base, "seeds": cfg.bench.seeds, "runs": rows,
               "summary": _summary(rows)}

@@ -16,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from mtlrec import files
+from mtlrec.features.folder import FeaturesFolder
 from mtlrec.features.spec import DataSpec
+from mtlrec.features.synth import generate
 from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
 from mtlrec.pipeline.config import Config, ConfigError
 
@@ -25,19 +28,16 @@ CORRUPT_FRACTION = 0.001
 
 def bench_data(cfg: Config) -> tuple[DataSpec, Path]:
     """Generate (or reuse) the benchmark logs; the spec pointed at them."""
-    from mtlrec.features.synth import generate
-    from mtlrec.pipeline.stages import synth_params
-
     b = cfg.bench
-    params = synth_params(cfg, days=b.days, rows_per_day=-(-b.rows // b.days), format="csv",
-                          corrupt_fraction=CORRUPT_FRACTION)
+    params = cfg.synth.model_copy(update={"days": b.days, "rows_per_day": -(-b.rows // b.days),
+                                          "format": "csv", "corrupt_fraction": CORRUPT_FRACTION})
     landing = Path(cfg.paths.work_dir) / "bench" / f"landing-{params.rows_per_day}x{b.days}"
     marker = landing / "COMPLETE"
     if not marker.exists():
         shutil.rmtree(landing, ignore_errors=True)
         print(f"bench ingest: generating {b.rows:,} rows into {landing}", file=sys.stderr)
         generate(params, landing)
-        marker.write_text(json.dumps(params.__dict__, default=str))
+        files.write_text(marker, params.model_dump_json())
     source = cfg.data.source.model_copy(update={"train": str(landing / "day=*.csv"), "test": None,
                                                 "format": "csv"})
     return cfg.data.model_copy(update={"source": source}), landing
@@ -49,8 +49,7 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     spec, landing = bench_data(cfg)
     work = Path(cfg.paths.work_dir) / "bench" / "ingest"
     spec_path = work / "spec.json"
-    work.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(spec.model_dump_json())
+    files.write_text(spec_path, spec.model_dump_json())
     input_bytes = sum(p.stat().st_size for p in landing.glob("day=*.csv"))
 
     impls = ["mtlrec"] + (["pandas"] if cfg.bench.pandas else [])
@@ -129,6 +128,8 @@ def _worker(argv: list[str]) -> dict:
     out = Path(a.out)
     if a.impl == "reader":
         return _bench_reader(out, a.batch_size)
+    # deferred: each worker imports only what its implementation needs, so the peak
+    # memory it reports is that implementation's own
     from mtlrec.features.ingest import IngestOptions, ingest
     from mtlrec.pipeline.benchmarks.pandas_ingest import ingest_pandas
 
@@ -147,10 +148,10 @@ def _worker(argv: list[str]) -> dict:
 
 
 def _bench_reader(out: Path, batch_size: int) -> dict:
-    from mtlrec.features.batches import BatchLoader, FeatureInfo, SplitData
+    from mtlrec.features.batches import BatchLoader, SplitData  # deferred: see _worker
 
     t0 = time.perf_counter()
-    data = SplitData(out / "data", "train", FeatureInfo.load(out / "artifacts"))
+    data = SplitData(FeaturesFolder(out), "train")
     load = time.perf_counter() - t0
     loader = BatchLoader(data, batch_size, shuffle=True, seed=0)
     t1 = time.perf_counter()

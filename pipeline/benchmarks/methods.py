@@ -21,11 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtlrec.features.batches import BatchLoader, SplitData
+from mtlrec.features.folder import FeaturesFolder
 from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline import stages
 from mtlrec.pipeline.benchmarks.census import SETTING
 from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
 from mtlrec.pipeline.config import Config
+from mtlrec.pipeline.targets import build_ranker, ingest_logs
+from mtlrec.training.loop import Trainer, seed_everything
+from mtlrec.training.mtl.step import make_step
 
 # (label, level, command-line parts); the label names what ran
 CASES = [
@@ -58,7 +62,7 @@ def run(cfg: Config, overrides: list[str], warmup: int = 5, steps: int = 40,
         cases: list[tuple[str, str, list[str]]] = CASES) -> dict:
     base = [*SETTING, *MODEL, f"paths.work_dir={Path(cfg.paths.work_dir) / 'bench' / 'census'}",
             "method.diagnostics_every=0", *overrides]
-    stages.run_ingest(config_mod.load(base))
+    ingest_logs(config_mod.load(base))
     rows = []
     for label, level, parts in cases:
         print(f"bench methods: {label}", file=sys.stderr)
@@ -77,17 +81,11 @@ def run(cfg: Config, overrides: list[str], warmup: int = 5, steps: int = 40,
 
 def _worker(warmup: int, steps: int, overrides: list[str]) -> dict:
     """In a fresh process: build the model and step, time `train_batch` on fixed batches."""
-    from mtlrec.features.batches import BatchLoader, FeatureInfo, SplitData
-    from mtlrec.pipeline.targets import build_ranker
-    from mtlrec.training.loop import Trainer, seed_everything
-    from mtlrec.training.mtl.step import make_step
-
     cfg = config_mod.load(overrides)
     torch.set_num_threads(cfg.trainer.threads or torch.get_num_threads())
-    folder = Path(cfg.paths.features)
-    info = FeatureInfo.load(folder / "artifacts")
-    train = SplitData(folder / "data", "train", info)
-    valid = SplitData(folder / "data", "valid", info)
+    features = FeaturesFolder(Path(cfg.paths.features)).require(cfg.data.name)
+    info = features.info()
+    train, valid = SplitData(features, "train"), SplitData(features, "valid")
     seed_everything(cfg.seed)
     model = build_ranker(cfg.model, info, len(info.tasks))
     step = make_step(cfg.method, model, cfg.trainer, len(info.tasks), cfg.seed)

@@ -30,13 +30,16 @@ import numpy as np
 import polars as pl
 import torch
 
-from mtlrec.features.batches import FeatureInfo, SplitData
-from mtlrec.features.ingest import ARTIFACTS_DIR, DATA_DIR
+from mtlrec.features.batches import SplitData
+from mtlrec.features.folder import FeaturesFolder
+from mtlrec.features.synth import generate
 from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline import stages
 from mtlrec.pipeline.benchmarks.measure import machine, write_report
 from mtlrec.pipeline.config import Config
-from mtlrec.pipeline.export import load_ranker
+from mtlrec.pipeline.export import export_run, load_ranker
+from mtlrec.pipeline.run_folder import RunFolder
+from mtlrec.pipeline.targets import ingest_logs
+from mtlrec.pipeline.train import train_run
 from mtlrec.serving import bundle as bundle_mod
 from mtlrec.serving import rows as rows_mod
 
@@ -51,21 +54,17 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     job = config_mod.load([f"paths.work_dir={work}", "synth.days=4",
                            f"synth.rows_per_day={cfg.bench.serve_rows_per_day}",
                            "trainer.max_epochs=1", f"seed={cfg.seed}"])
-    run_dir = Path(job.paths.run_dir)
-    if not (run_dir / "bundle" / bundle_mod.BUNDLE_FILE).is_file():
-        stages.run_main_job(job)
-    model = bundle_mod.load(run_dir / "bundle", threads=1)
-    features = Path(job.paths.features)
-    info = FeatureInfo.load(features / ARTIFACTS_DIR)
-    ranker = load_ranker(run_dir, info)
-    valid = SplitData(features / DATA_DIR, "valid", info)
+    run, model = _exported_run(job)  # loaded with one onnxruntime thread, serving's setting
+    features = FeaturesFolder(Path(job.paths.features)).require(job.data.name)
+    ranker = load_ranker(run, features)
+    valid = SplitData(features, "valid")
     raw_rows = _raw_rows(job, model, REQUEST_ROWS)
     result = {
         "machine": machine(), "overrides": overrides, "model": job.model.model_dump(),
         "request_rows": REQUEST_ROWS,
         "model_only": _model_only(model, ranker, valid.ids.numpy(), valid.dense.numpy()),
         "request_path": _request_path(model, raw_rows),
-        "http": _http(work, json.dumps({"rows": raw_rows}).encode(), cfg.bench.serve_requests),
+        "http": _http(run.bundle, json.dumps({"rows": raw_rows}).encode(), cfg.bench.serve_requests),
     }
     c8 = next(r for r in result["http"] if r["concurrency"] == 8)
     result["goal"] = {"p99_ms_at_concurrency_8": GOAL_P99_MS, "measured_p99_ms": c8["p99_ms"],
@@ -73,6 +72,17 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     js, md = write_report(Path(cfg.paths.reports), "serve", result, _markdown(result))
     print(f"bench serve: wrote {js} and {md}")
     return result
+
+
+def _exported_run(job: Config) -> tuple[RunFolder, bundle_mod.Bundle]:
+    """The bench's model: the main job's MMoE trained on its synthetic logs and exported
+    (built on first use, reused after), and its verified bundle."""
+    run = RunFolder(job.paths.run_dir)
+    if not run.is_trained():
+        generate(job.synth, Path(job.synth.out_dir))
+        ingest_logs(job)
+        train_run(job)
+    return run, export_run(job, run)
 
 
 def _raw_rows(cfg: Config, model: bundle_mod.Bundle, n: int) -> list[dict]:
@@ -144,10 +154,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _http(work: Path, body: bytes, requests: int) -> list[dict]:
+def _http(bundle: Path, body: bytes, requests: int) -> list[dict]:
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mtlrec.pipeline.cli", "serve", f"paths.work_dir={work}",
+        [sys.executable, "-m", "mtlrec.pipeline.cli", "serve", f"serve.model={bundle}",
          f"serve.port={port}", "serve.poll_seconds=0", "serve.threads=1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
-from mtlrec.features.batches import FeatureInfo, SplitData
-from mtlrec.features.ingest import ARTIFACTS_DIR, DATA_DIR
-from mtlrec.features.synth import SynthParams
+from mtlrec.features.batches import SplitData
+from mtlrec.features.folder import FeatureInfo
+from mtlrec.features.synth import SynthParams, generate
 from mtlrec.features.vocab import FIRST_ID
-from mtlrec.models.config import ModelConfig
+from mtlrec.models.config import RankerConfig, model_config
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline import stages
 from mtlrec.pipeline.benchmarks.measure import machine, write_report
 from mtlrec.pipeline.config import Config
+from mtlrec.pipeline.targets import ingest_logs
 from mtlrec.training.loop import Trainer
 from mtlrec.training.config import MethodConfig, TrainerConfig
 from mtlrec.training.mtl.step import make_step
@@ -37,18 +37,17 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     base = [f"paths.work_dir={work}", "synth.days=3", f"synth.rows_per_day={cfg.bench.train_rows}",
             *overrides]
     data_cfg = config_mod.load(base)
-    stages.run_synth(data_cfg)
-    features = stages.run_ingest(data_cfg).folder
-    info = FeatureInfo.load(features / ARTIFACTS_DIR)
+    generate(data_cfg.synth, Path(data_cfg.synth.out_dir))
+    features = ingest_logs(data_cfg)
+    info = features.info()
     full_sizes = {name: card + FIRST_ID for name, card in zip(info.categorical, SynthParams().cardinalities)}
-    train = SplitData(features / DATA_DIR, "train", info)
-    valid = SplitData(features / DATA_DIR, "valid", info)
+    train, valid = SplitData(features, "train"), SplitData(features, "valid")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     cases = [(a, d, "fused") for a in ARCHS for d in DIMS] + [("mmoe", 16, "torchrec")]
     for device in devices:
         for arch, dim, impl in cases:
-            model_cfg = ModelConfig(arch=arch, embedding_dim=dim, embedding_impl=impl)
+            model_cfg = model_config(arch=arch, embedding_dim=dim, embedding_impl=impl)
             speed = _samples_per_s(model_cfg, full_sizes, info, train, valid, device, cfg.seed)
             print(f"bench train: {device} {arch} dim {dim} {impl}: {speed:,.0f} samples/s", file=sys.stderr)
             rows.append({"device": device, "model": arch, "embedding_dim": dim, "embedding": impl,
@@ -61,7 +60,7 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     return result
 
 
-def _samples_per_s(model_cfg: ModelConfig, sizes: dict[str, int], info: FeatureInfo,
+def _samples_per_s(model_cfg: RankerConfig, sizes: dict[str, int], info: FeatureInfo,
                    train: SplitData, valid: SplitData, device: str, seed: int) -> float:
     torch.manual_seed(seed)
     model = MultiTaskRanker(model_cfg, sizes, len(info.numeric), len(info.tasks))

@@ -50,7 +50,7 @@ from mtlrec.training.mtl.pcgrad import pcgrad
 from mtlrec.training.mtl.rlw import rlw_weights
 from mtlrec.training.mtl.superloss import superloss, update_threshold
 from mtlrec.training.mtl.uw import uw_loss
-from mtlrec.training.optim import Optimizers, sparse_parameters
+from mtlrec.training.mtl.optimizers import Optimizers, sparse_parameters
 from mtlrec.training.step import Forward, Pass
 
 
