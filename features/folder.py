@@ -19,7 +19,7 @@ that have neither polars nor mlflow.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -40,6 +40,15 @@ class FeatureInfo:
     table_sizes: dict[str, int]
     group: str | None = None
     polars_version: str | None = None
+    multi: dict[str, dict] = field(default_factory=dict)  # multi-valued field → max_len, pooling
+
+    @property
+    def max_len(self) -> dict[str, int]:
+        return {name: m["max_len"] for name, m in self.multi.items()}
+
+    @property
+    def pooling(self) -> dict[str, str]:
+        return {name: m["pooling"] for name, m in self.multi.items()}
 
     def save(self, artifacts_dir: Path) -> None:
         """Into an artifacts folder being built inside an atomic folder (ingest, bundle)."""
@@ -52,7 +61,7 @@ class FeatureInfo:
             raise DataError(f"{artifacts_dir}: feature artifact {INFO_FILE} is missing")
         info = json.loads(path.read_text())
         return cls(info["categorical"], info["numeric"], info["tasks"], info["table_sizes"],
-                   info.get("group"), info.get("polars_version"))
+                   info.get("group"), info.get("polars_version"), info.get("multi", {}))
 
 
 @dataclass(frozen=True)

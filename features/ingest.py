@@ -29,7 +29,7 @@ from pydantic import Field
 from mtlrec import __version__
 from mtlrec.configbase import Strict
 from mtlrec.files import atomic_folder
-from mtlrec.features import numeric, validate
+from mtlrec.features import numeric, validate, vocab
 from mtlrec.features.errors import DataError
 from mtlrec.features.folder import FeaturesFolder
 from mtlrec.features.sources import (
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 _STAGED = "_staged.parquet"  # typed values of the good rows
 _BAD_ROWS = "_bad_rows.parquet"  # original strings of the bad rows
+# Rows per Parquet row group of the model-ready data: the unit a streamed split reads and
+# shuffles (`features.stream`); small enough that a window of the memory budget holds many.
+ROW_GROUP_ROWS = 65_536
 
 
 class IngestOptions(Strict):
@@ -83,7 +86,7 @@ def ingest(
     """
     target = FeaturesFolder(Path(out))
     base_artifacts = Path(options.base_artifacts) if options.base_artifacts else None
-    inputs = open_inputs(spec.source, spec.expected_columns)
+    inputs = open_inputs(spec.source, spec.expected_columns, spec.list_separators)
     fingerprint = _fingerprint(spec, inputs, base_artifacts)
     if not options.force and target.holds(fingerprint):
         log.info("ingest: %s is up to date (fingerprint %s), reusing it", out, fingerprint[:12])
@@ -164,6 +167,7 @@ def _build(
         "status": "ok",
         "split_rows": split_rows,
         "table_sizes": transform.table_sizes,
+        "lists_truncated": _truncated(spec, staged),
         "tasks": spec.task_names,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -241,6 +245,15 @@ def _count(files: list[InputFile], good: pl.LazyFrame, bad: pl.LazyFrame, source
             "rows_good": read - quarantined}
 
 
+def _truncated(spec: DataSpec, staged: pl.LazyFrame) -> dict[str, int]:
+    """Good rows per multi field whose list was longer than `max_len` (kept: its head)."""
+    if not spec.multi_fields:
+        return {}
+    row = staged.select((pl.col(f.name).list.len() > f.max_len).sum().alias(f.name)
+                        for f in spec.multi_fields).collect().row(0, named=True)
+    return {k: int(v or 0) for k, v in row.items()}
+
+
 def _split(spec: DataSpec, files: list[InputFile], staged: pl.LazyFrame, counts: dict) -> pl.Expr:
     days: list[str] = []
     if spec.split.method == "day":
@@ -261,7 +274,8 @@ def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> Fea
     base = FeatureTransform.load(base_artifacts).vocabularies if base_artifacts else {}
     vocab_fields = [f for f in spec.categorical if f.hash_buckets is None]
     counts = pl.collect_all(
-        train.group_by(f.name).agg(pl.len().alias("count")).rename({f.name: "value"})
+        (train.select(vocab.elements(f).explode()) if f.multi else train.select(f.name))
+        .group_by(f.name).agg(pl.len().alias("count")).rename({f.name: "value"})
         for f in vocab_fields
     )
     vocabularies = {f.name: fit_vocabulary(c, f, base.get(f.name)) for f, c in zip(vocab_fields, counts)}
@@ -288,7 +302,7 @@ def _write_model_ready(
     )
     keys = [SPLIT_COL] + ([spec.day] if spec.day else [])
     good.sink_parquet(pl.PartitionBy(folder, key=keys, include_key=False), mkdir=True,
-                      compression=compression)
+                      compression=compression, row_group_size=ROW_GROUP_ROWS)
     written = pl.scan_parquet(folder, hive_partitioning=True).group_by(SPLIT_COL).len().collect()
     return {r[SPLIT_COL]: int(r["len"]) for r in written.iter_rows(named=True)}
 

@@ -47,7 +47,7 @@ class RawRows:
 def read(spec: DataSpec, pattern: str) -> RawRows:
     """Read and validate every file matching `pattern` with the spec's source options."""
     source = spec.source.model_copy(update={"train": pattern, "valid": None, "test": None})
-    files = survey(open_inputs(source, spec.expected_columns), source)
+    files = survey(open_inputs(source, spec.expected_columns, spec.list_separators), source)
     return collect_inputs(files, source, lambda lossy: _validated(spec, source, files, lossy))
 
 

@@ -30,12 +30,13 @@ import glob
 import gzip
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtlrec.features.errors import DataError
@@ -67,6 +68,7 @@ class InputFile:
     cut_short: bool = False  # no final newline and a short last line (see _truncated_tail)
     lines: int | None = None  # a CSV's physical lines, header included (set by `survey`)
     unbalanced: tuple[int, ...] = ()  # lines with an odd number of quote chars (`survey`)
+    lists: tuple[tuple[str, str], ...] = ()  # Parquet list columns and the separator joining them
 
     @property
     def truncated_line(self) -> int | None:
@@ -83,8 +85,13 @@ def resolve(pattern: str, key: str) -> list[Path]:
     return files
 
 
-def open_inputs(source: Source, expected: list[str]) -> list[InputFile]:
-    """Resolve every configured source and check each file's columns up front."""
+def open_inputs(source: Source, expected: list[str],
+                list_separators: Mapping[str, str] | None = None) -> list[InputFile]:
+    """Resolve every configured source and check each file's columns up front.
+
+    list_separators: the multi-valued fields and their separators; a Parquet list column
+    must be one of them (its elements are joined with it, so every format reaches
+    validation as strings)."""
     out: list[InputFile] = []
     for role in ("train", "valid", "test"):
         pattern = getattr(source, role)
@@ -92,7 +99,7 @@ def open_inputs(source: Source, expected: list[str]) -> list[InputFile]:
             continue
         for path in resolve(pattern, f"data.source.{role}"):
             try:
-                out.append(_inspect(path, role, len(out), source, expected))
+                out.append(_inspect(path, role, len(out), source, expected, list_separators or {}))
             except (OSError, EOFError, zlib.error) as exc:  # unreadable, or a broken gzip
                 raise DataError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})"
                                 ) from exc
@@ -119,7 +126,10 @@ def scan(f: InputFile, source: Source, lossy: bool = False) -> pl.LazyFrame:
     """
     if source.format == "parquet":
         lf = pl.scan_parquet(f.path, row_index_name=LINE_COL, row_index_offset=1)
-        lf = lf.with_columns(pl.col(c).cast(pl.String) for c in f.columns)
+        lists = dict(f.lists)
+        lf = lf.with_columns(
+            pl.col(c).list.eval(pl.element().cast(pl.String)).list.join(lists[c]) if c in lists
+            else pl.col(c).cast(pl.String) for c in f.columns)
         lf = lf.with_columns(pl.lit(None, pl.String).alias(EXTRA_COL))
     else:
         lf = pl.concat([_read_csv(f, source, lossy, part, *span)
@@ -194,22 +204,39 @@ def _summary(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _list_columns(path: Path, schema: pa.Schema, separators: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for field in schema:
+        if not pa.types.is_list(field.type) and not pa.types.is_large_list(field.type):
+            continue
+        if field.name not in separators:
+            raise DataError(f"{path}: column '{field.name}' holds lists; declare it a categorical "
+                            "field with `multi: true` (or list it under `ignore`)")
+        if pa.types.is_nested(field.type.value_type):
+            raise DataError(f"{path}: column '{field.name}' holds lists of {field.type.value_type}; "
+                            "a multi-valued field holds a flat list of values")
+        out.append((field.name, separators[field.name]))
+    return tuple(out)
+
+
 def _first_data_line(source: Source) -> int:
     return 2 if source.has_header else 1
 
 
-def _inspect(path: Path, role: str, index: int, source: Source, expected: list[str]) -> InputFile:
+def _inspect(path: Path, role: str, index: int, source: Source, expected: list[str],
+             list_separators: Mapping[str, str]) -> InputFile:
     stat = path.stat()
     if stat.st_size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes)")
     planned = InputFile(path, role, index, (), stat.st_size, stat.st_mtime_ns)
     if source.format == "parquet":
         try:
-            columns = pq.read_schema(path).names
+            schema = pq.read_schema(path)
         except Exception as exc:  # pyarrow raises several types for a non-Parquet file
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-        _compare(path, columns, expected, hint="")
-        return replace(planned, columns=tuple(columns))
+        _compare(path, schema.names, expected, hint="")
+        return replace(planned, columns=tuple(schema.names),
+                       lists=_list_columns(path, schema, list_separators))
     head = _head(path)
     if b"\x00" in head:
         raise DataError(f"{path}: not a text file: it holds NUL bytes (binary, compressed other "

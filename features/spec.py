@@ -21,6 +21,12 @@ class CategoricalField(Strict):
     Ids: 0 = out-of-vocabulary (unseen, or rarer than `min_count`), 1 = missing,
     known values from 2 on. With `hash_buckets`, no vocabulary is kept and
     id = 2 + hash(value) mod hash_buckets (for cardinalities too large to store).
+
+    `multi`: the value is a list (tags, categories, recent items): a Parquet list column
+    or a string of elements joined by `separator`. The vocabulary counts elements; a row
+    keeps its first `max_len` elements (the rest are dropped and counted in the manifest),
+    a missing or empty list is one missing id, and the model pools the elements'
+    embeddings by `pooling`. An empty element (`a||b`) is a bad row.
     """
 
     name: str
@@ -28,6 +34,12 @@ class CategoricalField(Strict):
     max_size: int | None = Field(None, ge=1, description="cap on known values (most frequent first)")
     hash_buckets: int | None = Field(None, ge=1)
     required: bool = False
+    multi: bool = Field(False, description="a list of values per row (see the class docstring)")
+    separator: str = Field("|", min_length=1, description="joins the elements of a multi field "
+                           "held as a string")
+    max_len: int = Field(20, ge=1, description="elements kept per row of a multi field")
+    pooling: Literal["mean", "sum"] = Field("mean", description="how a multi field's element "
+                                            "embeddings combine")
 
 
 class NumericField(Strict):
@@ -216,6 +228,14 @@ class DataSpec(Strict):
         for a, b in self.checks.implies:
             cols += [c for c in (a, b) if c not in cols]
         return cols
+
+    @property
+    def multi_fields(self) -> list[CategoricalField]:
+        return [f for f in self.categorical if f.multi]
+
+    @property
+    def list_separators(self) -> dict[str, str]:
+        return {f.name: f.separator for f in self.multi_fields}
 
     @property
     def task_names(self) -> list[str]:

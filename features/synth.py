@@ -1,10 +1,12 @@
 """Synthetic click/conversion logs in the AliExpress layout, with a hidden ground truth.
 
 Schema: search_id, categorical_1..16, numerical_1..63, click, conversion (exactly the
-real files' columns) plus `country` and `day`. One file per day.
+real files' columns) plus `country`, `day` and the multi-valued `tags` (0 to `max_tags`
+tag ids per row: a Parquet list column, or `|`-joined in CSV). One file per day.
 
 The ground truth is a logit per task: a sum of per-value effects of the categorical
-fields, linear effects of the numeric ones, and a per-country offset. Categorical
+fields, the mean effect of the row's tags, linear effects of the numeric ones, and a
+per-country offset. Categorical
 values follow a truncated Zipf law (cardinalities up to 10^6), numeric values lie in
 [0, 1] and are mostly zero, like the real logs. The CVR effects are drawn with
 correlation `conflict_rho` to the CTR effects: 1 makes the tasks agree, 0 independent,
@@ -21,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from mtlrec import files
@@ -54,6 +58,9 @@ class SynthParams(Strict):
     chunk_rows: int = Field(250_000, ge=1, description="rows generated at a time (bounds memory)")
     corrupt_fraction: float = Field(0.0, ge=0, lt=1, description="rows given one realistic "
                                     "defect (tests quarantine at scale)")
+    tags: int = Field(5_000, ge=0, description="distinct tags of the multi-valued `tags` column "
+                      "(0: no such column)")
+    max_tags: int = Field(8, ge=1, description="tags per row are uniform on 0..max_tags")
 
     @field_validator("cardinalities")
     @classmethod
@@ -84,6 +91,11 @@ class GroundTruth:
         a, b = rng.standard_normal(N_NUMERIC), rng.standard_normal(N_NUMERIC)
         num_scale = 2.0 * scale / np.sqrt(N_NUMERIC)
         self.w_ctr, self.w_cvr = num_scale * a, num_scale * (rho * a + rest * b)
+        w = 1.0 / np.arange(1, max(p.tags, 1) + 1, dtype=np.float64) ** p.zipf_a
+        self.tag_cdf = np.cumsum(w) / w.sum()
+        a, b = rng.standard_normal(max(p.tags, 1)), rng.standard_normal(max(p.tags, 1))
+        self.tag_ctr = (scale * a).astype(np.float32)
+        self.tag_cvr = (scale * (rho * a + rest * b)).astype(np.float32)
         self.country_ctr = 0.3 * rng.standard_normal(len(p.countries))
         self.country_cvr = 0.3 * rng.standard_normal(len(p.countries))
         self.country_p = rng.dirichlet(np.full(len(p.countries), 4.0))
@@ -110,8 +122,17 @@ class GroundTruth:
         country = rng.choice(len(p.countries), size=n, p=self.country_p)
         ctr_logit += self.country_ctr[country]
         cvr_logit += self.country_cvr[country]
-        return {"cats": cats, "nums": nums, "country": country,
-                "ctr_logit": ctr_logit, "cvr_logit": cvr_logit}
+        out = {"cats": cats, "nums": nums, "country": country}
+        if p.tags:
+            lengths = rng.integers(0, p.max_tags + 1, n)
+            tags = np.minimum(np.searchsorted(self.tag_cdf, rng.random(lengths.sum()), side="right"),
+                              p.tags - 1)
+            rows = np.repeat(np.arange(n), lengths)
+            per_row = np.maximum(lengths, 1)
+            ctr_logit += np.bincount(rows, self.tag_ctr[tags], n) / per_row
+            cvr_logit += np.bincount(rows, self.tag_cvr[tags], n) / per_row
+            out |= {"tags": tags, "tag_lengths": lengths}
+        return out | {"ctr_logit": ctr_logit, "cvr_logit": cvr_logit}
 
 
 def _calibrate(logit: np.ndarray, target: float) -> float:
@@ -141,6 +162,13 @@ def _frame(truth: GroundTruth, rng: np.random.Generator, n: int, first_id: int, 
         "day": np.full(n, day),
     }
     frame = pl.DataFrame(cols)
+    if p.tags:
+        offsets = pa.array(np.concatenate([[0], np.cumsum(d["tag_lengths"])]), pa.int32())
+        names = pl.select(pl.concat_str(pl.lit("t"), pl.Series(d["tags"]).cast(pl.String))).to_series()
+        lists = pa.ListArray.from_arrays(offsets, names.to_arrow().cast(pa.string()))
+        frame = frame.with_columns(pl.Series("tags", lists))
+        if p.format == "csv":
+            frame = frame.with_columns(pl.col("tags").list.join("|"))
     return _corrupt(frame, rng, p.corrupt_fraction) if p.corrupt_fraction else frame
 
 
@@ -178,19 +206,21 @@ def generate(p: SynthParams, out_dir: Path, progress=None) -> list[Path]:
         day = (start + timedelta(days=d)).isoformat()
         rng = np.random.default_rng([p.seed, d])
         path = out_dir / f"day={day}.{p.format}"
-        chunks, done = [], 0
+        done, writer = 0, None
         with files.atomic_file(path) as tmp, open(tmp, "wb") as fh:
-            while done < p.rows_per_day:
+            while done < p.rows_per_day:  # chunk by chunk: memory stays bounded at any size
                 n = min(p.chunk_rows, p.rows_per_day - done)
                 chunk = _frame(truth, rng, n, d * p.rows_per_day + done, day, p)
                 if p.format == "csv":
                     chunk.write_csv(fh, include_header=done == 0, float_precision=6)
                 else:
-                    chunks.append(chunk)
+                    table = chunk.to_arrow()
+                    writer = writer or pq.ParquetWriter(fh, table.schema)
+                    writer.write_table(table)
                 done += n
                 if progress is not None:
                     progress(n)
-            if chunks:
-                pl.concat(chunks).write_parquet(fh)
+            if writer is not None:
+                writer.close()
         paths.append(path)
     return paths

@@ -18,11 +18,36 @@ import polars as pl
 from mtlrec.features import numeric, vocab
 from mtlrec.features.errors import DataError
 from mtlrec.features.folder import FeatureInfo
+from mtlrec.features.lists import pad_lists
 from mtlrec.features.spec import DataSpec
 
 SPEC_FILE = "feature_spec.json"
 VOCAB_FILE = "vocab.parquet"
 STATS_FILE = "numeric_stats.json"
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the exported model takes: ids [N, S] int64 (one column per single-valued
+    field, `max_len` per multi-valued one, padded), dense [N, D] float32, and lengths
+    [N, M] int64 of the multi-valued fields (None when there are none: the model then has
+    no lengths input, as every model exported before multi-valued fields)."""
+
+    ids: np.ndarray
+    dense: np.ndarray
+    lengths: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def head(self, n: int) -> "ModelInputs":
+        return ModelInputs(self.ids[:n], self.dense[:n], None if self.lengths is None else self.lengths[:n])
+
+    @staticmethod
+    def concat(parts: list["ModelInputs"]) -> "ModelInputs":
+        lengths = None if parts[0].lengths is None else np.concatenate([p.lengths for p in parts])
+        return ModelInputs(np.concatenate([p.ids for p in parts]),
+                           np.concatenate([p.dense for p in parts]), lengths)
 
 
 @dataclass(frozen=True)
@@ -56,14 +81,29 @@ class FeatureTransform:
             numeric.encode(f, self.numeric_stats[f.name]) for f in self.spec.numeric
         ])
 
-    def to_numpy(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Typed rows → (ids int64 [N, F], dense float32 [N, D]), the exported model's inputs."""
+    @property
+    def slot_widths(self) -> list[int]:
+        """Columns of the ids matrix per field: 1, or max_len for a multi-valued field."""
+        return [f.max_len if f.multi else 1 for f in self.spec.categorical]
+
+    def to_numpy(self, frame: pl.DataFrame) -> "ModelInputs":
+        """Typed rows → the exported model's inputs."""
         out = frame.select(self.expressions())
-        ids = out.select(self.categorical_names).to_numpy().astype(np.int64, copy=False)
+        n, multi = len(out), self.spec.multi_fields
         dense = out.select(self.numeric_names).to_numpy().astype(np.float32, copy=False)
-        return ids.reshape(len(out), len(self.categorical_names)), dense.reshape(
-            len(out), len(self.numeric_names)
-        )
+        dense = dense.reshape(n, len(self.numeric_names))
+        if not multi:
+            ids = out.select(self.categorical_names).to_numpy().astype(np.int64, copy=False)
+            return ModelInputs(ids.reshape(n, len(self.categorical_names)), dense)
+        ids, lengths = [], []
+        for f in self.spec.categorical:
+            if f.multi:
+                padded, counts = pad_lists(out[f.name].to_arrow(), f.max_len)
+                ids.append(padded)
+                lengths.append(counts)
+            else:
+                ids.append(out[f.name].to_numpy().astype(np.int64).reshape(n, 1))
+        return ModelInputs(np.concatenate(ids, axis=1), dense, np.stack(lengths, axis=1))
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,8 +118,9 @@ class FeatureTransform:
 
     @property
     def info(self) -> FeatureInfo:
+        multi = {f.name: {"max_len": f.max_len, "pooling": f.pooling} for f in self.spec.multi_fields}
         return FeatureInfo(self.categorical_names, self.numeric_names, self.spec.task_names,
-                           self.table_sizes, self.spec.group, pl.__version__)
+                           self.table_sizes, self.spec.group, pl.__version__, multi)
 
     @classmethod
     def load(cls, folder: Path) -> "FeatureTransform":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from mtlrec.features.sources import EXTRA_COL, FILE_COL, LINE_COL, InputFile
-from mtlrec.features.spec import DataSpec
+from mtlrec.features.spec import CategoricalField, DataSpec
 
 DUP_COL = "__dup"  # computed over all input rows before validation (ingest)
 NUM_PREFIX = "__num:"  # numeric fields parsed once (see `with_parsed_numbers`)
@@ -67,13 +67,20 @@ def _binary(col: str) -> pl.Expr:
     )
 
 
+def split_elements(field: CategoricalField) -> pl.Expr:
+    """A multi field's string → its list of elements (null for a missing or empty string)."""
+    raw = pl.col(field.name)
+    return pl.when(raw.is_null() | (raw == "")).then(None).otherwise(
+        raw.str.split(field.separator)).alias(field.name)
+
+
 def typed_columns(spec: DataSpec) -> list[pl.Expr]:
     """Typed values of a raw row: categorical strings, numeric floats, task labels 0/1.
 
     Non-finite numbers become missing when the field allows it (`nonfinite: missing`);
     rows with problems get some nulls here, which is harmless: they are quarantined.
     """
-    exprs: list[pl.Expr] = [pl.col(f.name) for f in spec.categorical]
+    exprs: list[pl.Expr] = [split_elements(f) if f.multi else pl.col(f.name) for f in spec.categorical]
     for f in spec.numeric:
         x = _number(f.name)
         if f.nonfinite == "missing":
@@ -158,6 +165,15 @@ def _string_problems(spec: DataSpec, check_utf8: bool) -> list[Problem]:
         ))
     for c in required:
         out.append(_missing(c))
+    for f in spec.multi_fields:
+        raw = pl.col(f.name)
+        out.append(Problem(
+            "empty list element",
+            raw.is_not_null() & (raw != "")
+            & split_elements(f).list.eval(pl.element() == "").list.any(),
+            pl.format("{}: empty element in the list {} (separator {})", pl.lit(f.name),
+                      _quoted(f.name), pl.lit(repr(f.separator))),
+        ))
     if spec.day is not None:
         out.append(Problem(
             "bad day",

@@ -66,20 +66,33 @@ def table_size(vocab: pl.DataFrame, field: CategoricalField) -> int:
 
 
 def encode(field: CategoricalField, vocab: pl.DataFrame) -> pl.Expr:
-    """Expression: the field's raw string → its Int32 id.
-
-    Ids are dense from FIRST_ID in id order (refits only append), so a value's id is
-    FIRST_ID + its position, which a cast to an Enum of the vocabulary computes fast;
-    values outside it become null → OOV.
+    """Expression: the field's raw string → its Int32 id; a multi field's list of strings
+    → the list of its first `max_len` elements' ids ([MISSING_ID] for no list or an empty one).
     """
     col = pl.col(field.name)
+    if not field.multi:
+        return _encode_value(col, field, vocab).alias(field.name)
+    ids = elements(field).list.eval(_encode_value(pl.element(), field, vocab))
+    missing = pl.lit([MISSING_ID], pl.List(pl.Int32))
+    return pl.when(col.is_null() | (col.list.len() == 0)).then(missing).otherwise(ids).alias(field.name)
+
+
+def elements(field: CategoricalField) -> pl.Expr:
+    """A multi field's kept elements: the first `max_len` (what the vocabulary counts)."""
+    return pl.col(field.name).list.head(field.max_len)
+
+
+def _encode_value(value: pl.Expr, field: CategoricalField, vocab: pl.DataFrame) -> pl.Expr:
+    """Ids are dense from FIRST_ID in id order (refits only append), so a value's id is
+    FIRST_ID + its position, which a cast to an Enum of the vocabulary computes fast;
+    values outside it become null → OOV."""
     if field.hash_buckets is not None:
-        known = (col.hash(seed=0) % field.hash_buckets).cast(pl.Int32) + FIRST_ID
+        known = (value.hash(seed=0) % field.hash_buckets).cast(pl.Int32) + FIRST_ID
     else:
         ordered = vocab.sort("id")
         if not ordered["id"].equals(pl.int_range(FIRST_ID, FIRST_ID + ordered.height, dtype=pl.Int32,
                                                  eager=True).alias("id")):
             raise ValueError(f"vocabulary of '{field.name}' is not dense from id {FIRST_ID}")
-        position = col.cast(pl.Enum(ordered["value"]), strict=False).to_physical()
+        position = value.cast(pl.Enum(ordered["value"]), strict=False).to_physical()
         known = (position.cast(pl.Int32) + FIRST_ID).fill_null(OOV_ID)
-    return pl.when(col.is_null()).then(pl.lit(MISSING_ID, pl.Int32)).otherwise(known).alias(field.name)
+    return pl.when(value.is_null()).then(pl.lit(MISSING_ID, pl.Int32)).otherwise(known)

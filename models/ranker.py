@@ -1,12 +1,15 @@
 """The multi-task ranker: embeddings + dense features → backbone → one tower per task.
 
-forward(sparse, dense) → logits [B, K]. `sparse` is a torchrec KeyedJaggedTensor (one
-id per field) or the equivalent ids tensor [B, F]. With `esmm` (Ma et al., SIGIR 2018),
+forward(sparse, dense) → logits [B, K]. `sparse` is a torchrec KeyedJaggedTensor (real
+lengths for the multi-valued fields named in `pooling`) or, when every field is
+single-valued, the equivalent ids tensor [B, F]. With `esmm` (Ma et al., SIGIR 2018),
 task 1 is CTCVR = CTR × CVR: its tower predicts pCVR and the returned logit is
 logit(pCTR · pCVR), so the CVR tower learns from the whole impression space.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -36,13 +39,14 @@ def _backbone(cfg: RankerConfig, in_dim: int, n_tasks: int) -> nn.Module:
 
 class MultiTaskRanker(nn.Module):
     def __init__(self, cfg: RankerConfig, table_sizes: dict[str, int], n_dense: int,
-                 n_tasks: int) -> None:
+                 n_tasks: int, pooling: Mapping[str, str] | None = None) -> None:
         super().__init__()
         if cfg.esmm and n_tasks != 2:
             raise ValueError(f"model.esmm needs exactly 2 tasks (CTR, CTCVR), got {n_tasks}")
         self.cfg, self.n_tasks = cfg, n_tasks
+        self.pooling = dict(pooling or {})  # the export twin lays out its inputs from it
         self.embeddings = make_embeddings(table_sizes, cfg.embedding_dim, cfg.embedding_impl,
-                                          cfg.embedding_grad)
+                                          cfg.embedding_grad, self.pooling)
         in_dim = len(table_sizes) * cfg.embedding_dim + n_dense
         self.backbone = _backbone(cfg, in_dim, n_tasks)
         out, p = self.backbone.out_dim, cfg.dropout

@@ -20,13 +20,14 @@ class Progress:
     """`with Progress(total, "batches", "epoch 3") as bar: … bar.update(1, loss=0.12)`."""
 
     def __init__(self, total: int | None, unit: str, what: str = "", every_s: float = 30.0,
-                 terminal: bool | None = None) -> None:
+                 terminal: bool | None = None, initial: int = 0) -> None:
+        """initial: units already done (work resumed part way)."""
         self.total, self.unit, self.what, self.every_s = total, unit, what, every_s
-        self.done, self._last, self._status = 0, time.monotonic(), {}
+        self.done, self._last, self._status = initial, time.monotonic(), {}
         on_terminal = sys.stderr.isatty() if terminal is None else terminal
         self._bar = tqdm(total=total, unit=" " + unit, unit_scale=True, desc=what or None,
                          file=sys.stderr, mininterval=1.0, dynamic_ncols=True,
-                         leave=False) if on_terminal else None
+                         leave=False, initial=initial) if on_terminal else None
 
     def update(self, n: int = 1, **status: object) -> None:
         """`n` more units done; `status` (e.g. loss=…) is shown in the bar or the log line."""

@@ -11,11 +11,13 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from mtlrec.features import raw
-from mtlrec.features.batches import SplitData
 from mtlrec.features.errors import DataError
 from mtlrec.features.folder import FeaturesFolder
-from mtlrec.features.transform import FeatureTransform
+from mtlrec.features.stream import make_loader, open_split
+from mtlrec.features.transform import FeatureTransform, ModelInputs
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import registry
 from mtlrec.pipeline.config import Config
@@ -50,17 +52,28 @@ def export_run(cfg: Config, run: RunFolder) -> bundle_mod.Bundle:
             log.warning("export: re-exporting, the existing bundle does not verify: %s", exc)
     features = FeaturesFolder(Path(state.features)).require(cfg.data.name)
     ranker = load_ranker(run, features)
-    valid = SplitData(features, "valid")
     metrics = {"validation": run.best_row(BinaryTasks()), "test": run.metrics()}
     identity = {"model_name": cfg.registry.model_name, "run_id": state.run_id,
                 "data": cfg.data.name, "data_fingerprint": features.fingerprint,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     export_bundle(ranker, FeatureTransform.load(features.artifacts_dir),
-                  valid.ids.numpy(), valid.dense.numpy(), run.bundle, metrics=metrics,
-                  identity=identity, parity_rows=cfg.export.parity_rows,
+                  first_rows(features, "valid", cfg.export.parity_rows, cfg.trainer.memory_budget_mb),
+                  run.bundle, metrics=metrics, identity=identity, parity_rows=cfg.export.parity_rows,
                   tolerance=cfg.export.parity_tolerance, opset=cfg.export.opset, seed=cfg.seed,
                   key=key)
     return bundle_mod.load(run.bundle, key=key)
+
+
+def first_rows(features: FeaturesFolder, split: str, rows: int, budget_mb: int) -> ModelInputs:
+    """The split's first `rows` rows as model inputs, streamed (the split may not fit memory)."""
+    data = open_split(features, split, mode="stream", budget_mb=budget_mb)
+    batch = next(make_loader(data, rows, shuffle=False).iterate(), None)
+    if batch is None:
+        layout = data.layout
+        return ModelInputs(np.zeros((0, layout.n_slots), np.int64), np.zeros((0, len(layout.numeric)), np.float32),
+                           np.zeros((0, len(layout.max_len)), np.int64) if layout.max_len else None)
+    return ModelInputs(batch.ids.numpy(), batch.dense.numpy(),
+                       None if batch.lengths is None else batch.lengths.numpy())
 
 
 def holdout_pattern(cfg: Config) -> str:

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtlrec.features.batches import SplitData
 from mtlrec.features.folder import FeatureInfo, FeaturesFolder
 from mtlrec.features.ingest import ingest
 from mtlrec.features.multimnist import TASKS as DIGIT_TASKS
 from mtlrec.features.multimnist import cache_folder, load_multimnist
 from mtlrec.features.spec import BenchmarkRows, MultiMnistSpec, QM9Spec
+from mtlrec.features.stream import LogSplit, open_split
 from mtlrec.features.tensor_split import TensorSplit
 from mtlrec.models.config import ModelConfig
 from mtlrec.models.lenet import MultiLeNet
@@ -62,16 +62,17 @@ def ingest_logs(cfg: Config) -> FeaturesFolder:
 
 
 def build_ranker(model_cfg: ModelConfig, info: FeatureInfo, n_tasks: int) -> MultiTaskRanker:
-    return MultiTaskRanker(model_cfg, info.table_sizes, len(info.numeric), n_tasks)
+    return MultiTaskRanker(model_cfg, info.table_sizes, len(info.numeric), n_tasks, info.pooling)
 
 
 def _logs(cfg: Config) -> Target:
     features = FeaturesFolder(Path(cfg.paths.features)).require(cfg.data.name)
     info = features.info()
 
-    def split(name: str) -> SplitData:
+    def split(name: str) -> LogSplit:
         extra = (info.group,) if name == "test" and info.group else ()
-        return SplitData(features, name, extra_columns=extra)
+        return open_split(features, name, mode=cfg.trainer.data, budget_mb=cfg.trainer.memory_budget_mb,
+                          extra_columns=extra)
 
     return Target(list(info.tasks), BinaryTasks(), split,
                   lambda model_cfg, n: build_ranker(model_cfg, info, n), features.fingerprint,

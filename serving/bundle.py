@@ -2,7 +2,9 @@
 
 ```
 bundle/
-  model.onnx        (ids int64 [B, F], dense float32 [B, D]) -> scores float32 [B, K]
+  model.onnx        (ids int64 [B, S], dense float32 [B, D][, lengths int64 [B, M]])
+                    -> scores float32 [B, K]; S = F without multi-valued fields (see
+                    features.transform.ModelInputs), lengths only with them
   features/         feature_spec.json, vocab.parquet, numeric_stats.json, artifacts.json
   signature.json    input/output names, dtypes, shapes, field and task order
   metrics.json      the model's evaluation metrics (validation and test)
@@ -41,7 +43,7 @@ import polars as pl
 
 from mtlrec import files
 from mtlrec.features.errors import DataError
-from mtlrec.features.transform import FeatureTransform
+from mtlrec.features.transform import FeatureTransform, ModelInputs
 from mtlrec.features.vocab import OOV_ID
 from mtlrec.serving import parity
 
@@ -54,8 +56,9 @@ PARITY_FILE = "parity.json"
 PARITY_DATA = "parity.parquet"
 BUNDLE_FILE = "bundle.json"
 HMAC_FILE = "bundle.hmac"
-IDS, DENSE, SCORES = "ids", "dense", "scores"
-_ONNX_TYPES = {IDS: "tensor(int64)", DENSE: "tensor(float)", SCORES: "tensor(float)"}
+IDS, DENSE, LENGTHS, SCORES = "ids", "dense", "lengths", "scores"
+_ONNX_TYPES = {IDS: "tensor(int64)", DENSE: "tensor(float)", LENGTHS: "tensor(int64)",
+               SCORES: "tensor(float)"}
 
 
 class BundleError(DataError):
@@ -64,26 +67,38 @@ class BundleError(DataError):
 
 def signature(transform: FeatureTransform) -> dict:
     """What the ONNX model takes and returns, in the feature spec's field and task order."""
+    ids = {"dtype": "int64", "shape": [None, sum(transform.slot_widths)],
+           "fields": transform.categorical_names}
+    inputs = {IDS: ids, DENSE: {"dtype": "float32", "shape": [None, len(transform.numeric_names)],
+                                "fields": transform.numeric_names}}
+    multi = [f.name for f in transform.spec.multi_fields]
+    if multi:  # only then: the signature of every bundle before multi-valued fields is kept
+        ids["widths"] = transform.slot_widths
+        inputs[LENGTHS] = {"dtype": "int64", "shape": [None, len(multi)], "fields": multi}
     return {
-        "inputs": {
-            IDS: {"dtype": "int64", "shape": [None, len(transform.categorical_names)],
-                  "fields": transform.categorical_names},
-            DENSE: {"dtype": "float32", "shape": [None, len(transform.numeric_names)],
-                    "fields": transform.numeric_names},
-        },
+        "inputs": inputs,
         "outputs": {SCORES: {"dtype": "float32", "shape": [None, len(transform.spec.task_names)],
                              "tasks": transform.spec.task_names, "kind": "probability"}},
         "id_column": transform.spec.id,
     }
 
 
-def parity_frame(ids: np.ndarray, dense: np.ndarray, scores: np.ndarray,
-                 transform: FeatureTransform) -> pl.DataFrame:
-    """The parity inputs and reference scores as one flat table (one column per field/task)."""
-    cols = {f"id:{f}": ids[:, j] for j, f in enumerate(transform.categorical_names)}
-    cols |= {f"x:{f}": dense[:, j] for j, f in enumerate(transform.numeric_names)}
+def parity_frame(inputs: ModelInputs, scores: np.ndarray, transform: FeatureTransform) -> pl.DataFrame:
+    """The parity inputs and reference scores as one flat table (one column per id slot,
+    length, dense field and task)."""
+    ids, lengths, dense = _parity_columns(transform)
+    cols = {c: inputs.ids[:, j] for j, c in enumerate(ids)}
+    cols |= {c: inputs.lengths[:, j] for j, c in enumerate(lengths)}
+    cols |= {c: inputs.dense[:, j] for j, c in enumerate(dense)}
     cols |= {f"p:{t}": scores[:, k] for k, t in enumerate(transform.spec.task_names)}
     return pl.DataFrame(cols)
+
+
+def _parity_columns(transform: FeatureTransform) -> tuple[list[str], list[str], list[str]]:
+    ids = [f"id:{f.name}:{j}" if f.multi else f"id:{f.name}"
+           for f in transform.spec.categorical for j in range(f.max_len if f.multi else 1)]
+    return (ids, [f"len:{f.name}" for f in transform.spec.multi_fields],
+            [f"x:{f}" for f in transform.numeric_names])
 
 
 def write(folder: Path, onnx_file: Path, transform: FeatureTransform, metrics: dict,
@@ -134,14 +149,39 @@ class Bundle:
     def tasks(self) -> list[str]:
         return self.transform.spec.task_names
 
-    def predict(self, ids: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        """Probabilities [N, K] for model-ready ids and dense features."""
-        return self.session.run([SCORES], {IDS: ids, DENSE: dense})[0]
+    def predict(self, inputs: ModelInputs) -> np.ndarray:
+        """Probabilities [N, K] for model-ready inputs."""
+        return self.session.run([SCORES], feeds(inputs))[0]
 
     def score(self, typed: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Typed raw rows (serving.rows) → (probabilities [N, K], OOV count per field [F])."""
-        ids, dense = self.transform.to_numpy(typed)
-        return self.predict(ids, dense), (ids == OOV_ID).sum(axis=0)
+        inputs = self.transform.to_numpy(typed)
+        return self.predict(inputs), oov_per_field(inputs, self.transform)
+
+
+def feeds(inputs: ModelInputs) -> dict[str, np.ndarray]:
+    """The ONNX session's inputs (lengths only for models with multi-valued fields)."""
+    out = {IDS: inputs.ids, DENSE: inputs.dense}
+    if inputs.lengths is not None:
+        out[LENGTHS] = inputs.lengths
+    return out
+
+
+def oov_per_field(inputs: ModelInputs, transform: FeatureTransform) -> np.ndarray:
+    """Out-of-vocabulary ids per field [F], counting only a multi field's real elements."""
+    oov = inputs.ids == OOV_ID
+    if inputs.lengths is None:
+        return oov.sum(axis=0)
+    out, slot, m = [], 0, 0
+    for f in transform.spec.categorical:
+        if f.multi:
+            real = np.arange(f.max_len) < inputs.lengths[:, m][:, None]
+            out.append(int((oov[:, slot:slot + f.max_len] & real).sum()))
+            slot, m = slot + f.max_len, m + 1
+        else:
+            out.append(int(oov[:, slot].sum()))
+            slot += 1
+    return np.asarray(out)
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -223,8 +263,10 @@ def _check_signature(folder: Path, session: ort.InferenceSession, transform: Fea
     expected = signature(transform)
     if stored != json.loads(json.dumps(expected)):
         raise BundleError(f"{folder}: {SIGNATURE_FILE} does not match the bundle's feature spec")
-    widths = {IDS: len(transform.categorical_names), DENSE: len(transform.numeric_names),
+    widths = {IDS: sum(transform.slot_widths), DENSE: len(transform.numeric_names),
               SCORES: len(transform.spec.task_names)}
+    if transform.spec.multi_fields:
+        widths[LENGTHS] = len(transform.spec.multi_fields)
     got = {a.name: a for a in [*session.get_inputs(), *session.get_outputs()]}
     for name, width in widths.items():
         arg = got.get(name)
@@ -239,11 +281,12 @@ def _check_signature(folder: Path, session: ort.InferenceSession, transform: Fea
 def _recheck_parity(bundle: Bundle, parity_data: bytes, tolerance: float) -> None:
     """The stored PyTorch scores against this session's, on the (checksummed) stored inputs."""
     data = pl.read_parquet(io.BytesIO(parity_data))
-    t = bundle.transform
-    ids = data.select(f"id:{f}" for f in t.categorical_names).to_numpy().astype(np.int64)
-    dense = data.select(f"x:{f}" for f in t.numeric_names).to_numpy().astype(np.float32)
+    ids, lengths, dense = _parity_columns(bundle.transform)
+    inputs = ModelInputs(data.select(ids).to_numpy().astype(np.int64),
+                         data.select(dense).to_numpy().astype(np.float32).reshape(len(data), len(dense)),
+                         data.select(lengths).to_numpy().astype(np.int64) if lengths else None)
     reference = data.select(f"p:{k}" for k in bundle.tasks).to_numpy()
-    result = parity.compare(reference, bundle.predict(ids, dense), bundle.tasks, tolerance)
+    result = parity.compare(reference, bundle.predict(inputs), bundle.tasks, tolerance)
     if not result["passed"]:
         raise BundleError(f"{bundle.folder}: parity re-check failed: {result}")
 

@@ -3,7 +3,8 @@ transform encodes: categorical fields as strings, numeric fields as floats.
 
 The contract, per field of the feature spec: a categorical value is a string or a
 64-bit integer (integers are read as their decimal text, as ingest reads a CSV cell); a
-numeric value is a number within float64's range; null means "missing" (the same
+multi-valued field's value is a JSON list of such values or one string of them joined by
+the field's separator (an empty element is an error, as in ingest); a numeric value is a number within float64's range; null means "missing" (the same
 missing id / fill as in training). An absent field, a value of another type, an integer
 out of range, a string that is not valid Unicode (JSON's \\u escapes allow lone
 surrogates, which UTF-8 cannot hold) or a non-finite number the spec rejects is a
@@ -26,10 +27,13 @@ import sys
 import numpy as np
 import polars as pl
 
+from mtlrec.features.spec import CategoricalField
 from mtlrec.features.transform import FeatureTransform
+from mtlrec.features.validate import split_elements
 
 _CATEGORICAL_TYPES = frozenset({str, int, type(None)})  # bool is not int here (see _kind)
 _NUMERIC_TYPES = frozenset({int, float, type(None)})
+_MULTI_TYPES = frozenset({list, str, type(None)})
 _CATEGORICAL_INTEGERS = (-2**63, 2**63 - 1, "the 64-bit range (send an id this large as a string)")
 _NUMERIC_INTEGERS = (-int(sys.float_info.max), int(sys.float_info.max), "the float64 range")
 _SHOWN = 200  # characters of a value an error message quotes
@@ -48,7 +52,7 @@ class RowError(ValueError):
 
 def schema(transform: FeatureTransform) -> dict[str, pl.DataType]:
     """The typed frame's columns, in the transform's field order."""
-    return ({f: pl.String for f in transform.categorical_names}
+    return ({f.name: pl.List(pl.String) if f.multi else pl.String for f in transform.spec.categorical}
             | {f: pl.Float64 for f in transform.numeric_names})
 
 
@@ -64,12 +68,17 @@ def from_json(rows: object, transform: FeatureTransform) -> pl.DataFrame:
         if not keys <= row.keys():
             missing = [k for k in keys if k not in row]
             raise RowError(i, missing[0], f"missing field ({len(missing)} missing: {missing[:5]})")
+    multi = {f.name: f for f in transform.spec.multi_fields}
     for name, dtype in needed.items():
-        allowed = _CATEGORICAL_TYPES if dtype == pl.String else _NUMERIC_TYPES
+        allowed = (_MULTI_TYPES if name in multi else
+                   _CATEGORICAL_TYPES if dtype == pl.String else _NUMERIC_TYPES)
         if not {type(row[name]) for row in rows} <= allowed:
             i = next(i for i, row in enumerate(rows) if type(row[name]) not in allowed)
-            want = "a string or an integer" if dtype == pl.String else "a number"
+            want = ("a list, a string" if name in multi else
+                    "a string or an integer" if dtype == pl.String else "a number")
             raise RowError(i, name, f"expected {want} or null, got {_kind(rows[i][name])}")
+    if multi:
+        rows = [row | {n: _elements(row[n], f, i) for n, f in multi.items()} for i, row in enumerate(rows)]
     try:
         frame = pl.from_dicts(rows, schema=needed) if rows else pl.DataFrame(schema=needed)
     except (pl.exceptions.PolarsError, OverflowError, UnicodeEncodeError):
@@ -78,6 +87,25 @@ def from_json(rows: object, transform: FeatureTransform) -> pl.DataFrame:
         frame = pl.DataFrame([_column([row[name] for row in rows], name, dtype)
                               for name, dtype in needed.items()])
     return _check_finite(frame, transform, 0)
+
+
+def _elements(value: object, field: CategoricalField, row: int) -> list[str] | None:
+    """A multi-valued field's JSON value → its elements as strings (None: missing)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        parts = value.split(field.separator)
+        if "" in parts:
+            raise RowError(row, field.name, f"empty element in the list {_shown(value)} "
+                           f"(separator {field.separator!r})")
+        return parts
+    bad = next((v for v in value if type(v) not in (str, int)), _NONE)
+    if bad is not _NONE:
+        raise RowError(row, field.name, f"list elements must be strings or integers, got {_kind(bad)}")
+    return [str(v) for v in value]
+
+
+_NONE = object()
 
 
 def _column(values: list, name: str, dtype: pl.DataType) -> pl.Series:
@@ -111,7 +139,7 @@ def check_scores(scores: np.ndarray, typed: pl.DataFrame, transform: FeatureTran
     if not len(bad):
         return
     r = int(bad[0])
-    _, dense = transform.to_numpy(typed.slice(r, 1))
+    dense = transform.to_numpy(typed.slice(r, 1)).dense
     if not dense.size:
         raise RowError(first_row + r, None, "the model's score is not finite")
     field = transform.numeric_names[int(np.argmax(np.nan_to_num(np.abs(dense[0]), nan=np.inf)))]
@@ -129,8 +157,12 @@ def from_frame(frame: pl.DataFrame, transform: FeatureTransform, first_row: int)
     if absent:
         raise RowError(first_row, absent[0], f"missing column ({len(absent)} missing: {absent[:5]})")
     exprs = []
+    multi = {f.name: f for f in transform.spec.multi_fields}
     for name, dtype in needed.items():
         have = frame.schema[name]
+        if name in multi:
+            exprs.append(_multi_column(frame, multi[name], first_row))
+            continue
         ok = (have in (pl.String, pl.Categorical, pl.Null) or have in _INTEGER_DTYPES) \
             if dtype == pl.String else (have.is_numeric() or have == pl.Null)
         if not ok:
@@ -138,6 +170,24 @@ def from_frame(frame: pl.DataFrame, transform: FeatureTransform, first_row: int)
             raise RowError(first_row, name, f"column type {have} is not {want}")
         exprs.append(pl.col(name).cast(dtype))
     return _check_finite(frame.select(exprs), transform, first_row)
+
+
+def _multi_column(frame: pl.DataFrame, field: CategoricalField, first_row: int) -> pl.Expr:
+    """A multi-valued field's input column (a list column, or joined strings) → List(String)."""
+    have = frame.schema[field.name]
+    if isinstance(have, pl.List):
+        return pl.col(field.name).list.eval(pl.element().cast(pl.String))
+    if have == pl.Null:
+        return pl.lit(None, pl.List(pl.String)).alias(field.name)
+    if have != pl.String:
+        raise RowError(first_row, field.name, f"column type {have} is neither a list nor a string")
+    values = frame[field.name].cast(pl.String)
+    empty = values.str.split(field.separator).list.eval(pl.element() == "").list.any() & (values != "")
+    if empty.any():
+        r = int(empty.arg_true()[0])
+        raise RowError(first_row + r, field.name, f"empty element in the list {_shown(values[r])} "
+                       f"(separator {field.separator!r})")
+    return split_elements(field)
 
 
 def _check_finite(frame: pl.DataFrame, transform: FeatureTransform, first_row: int) -> pl.DataFrame:

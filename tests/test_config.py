@@ -13,7 +13,8 @@ def test_defaults_compose_and_are_typed():
     cfg = config.load()
     assert cfg.data.name == "synth" and cfg.model.arch == "mmoe" and cfg.method.name == "ew"
     assert [f.name for f in cfg.data.numeric][:2] == ["numerical_1", "numerical_2"]
-    assert len(cfg.data.numeric) == 63 and len(cfg.data.categorical) == 16
+    assert len(cfg.data.numeric) == 63 and len(cfg.data.categorical) == 16 + 1  # + multi-valued tags
+    assert [f.name for f in cfg.data.multi_fields] == ["tags"]
     assert cfg.data.group == "country" and cfg.data.day == "day"
 
 

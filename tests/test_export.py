@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 
+from mtlrec.features.transform import ModelInputs
 from mtlrec.models.config import model_config
 from mtlrec.models.export import PerFieldEmbeddings, export_twin
 from mtlrec.models.ranker import MultiTaskRanker
@@ -79,12 +80,15 @@ def test_bundle_is_self_contained_checked_and_pickle_free(work):
     graph = onnx.load(str(folder / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert "Gather" in ops and "Loop" not in ops
-    assert [i.name for i in graph.input] == ["ids", "dense"] and [o.name for o in graph.output] == ["scores"]
+    # the synthetic logs' multi-valued `tags` (max_len 20) take 20 id slots and a length
+    assert [i.name for i in graph.input] == ["ids", "lengths", "dense"]
+    assert [o.name for o in graph.output] == ["scores"]
     model = bundle.load(folder)
     assert model.tasks == ["ctr", "ctcvr"] and model.manifest["model_name"] == NAME
     for batch in (1, 777):  # dynamic batch axis
-        ids = np.ones((batch, 16), np.int64)
-        out = model.predict(ids, np.zeros((batch, 63), np.float32))
+        inputs = ModelInputs(np.ones((batch, 16 + 20), np.int64), np.zeros((batch, 63), np.float32),
+                             np.full((batch, 1), 3, np.int64))
+        out = model.predict(inputs)
         assert out.shape == (batch, 2) and ((out > 0) & (out < 1)).all()
     assert model.metrics["test"]["tasks"]["ctr"]["auc"] > 0.55
 

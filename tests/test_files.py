@@ -153,9 +153,8 @@ def exported(tmp_path_factory) -> Path:
     transform = FeatureTransform(spec, vocabularies, stats)
     torch.manual_seed(0)
     ranker = MultiTaskRanker(model_config(arch="hps"), transform.table_sizes, 2, 2).eval()
-    ids, dense = transform.to_numpy(typed)
     out = tmp_path_factory.mktemp("exported") / "bundle"
-    export_bundle(ranker, transform, ids, dense, out, metrics={"test": None},
+    export_bundle(ranker, transform, transform.to_numpy(typed), out, metrics={"test": None},
                   identity={"run_id": "exported"}, parity_rows=64, tolerance=1e-5, opset=18,
                   seed=0)
     return files.resolved(out)

@@ -19,6 +19,7 @@ import pytest
 from helpers import Server
 from mtlrec.pipeline.cli import main
 from mtlrec.serving import bundle
+from mtlrec.serving import rows as rows_mod
 
 SMALL = ["synth.rows_per_day=2000", "synth.days=4", "synth.ctr=0.3", "synth.cvr=0.3",
          "model.n_experts=2", "model.expert_hidden=[16]", "model.tower_hidden=[8]",
@@ -40,10 +41,14 @@ def work(tmp_path_factory) -> Path:
 
 
 def _rows(work: Path, n: int) -> list[dict]:
-    """Raw rows as a client sends them: categorical ids as strings, numbers as numbers."""
+    """Raw rows as a client sends them: categorical ids as strings, numbers as numbers, the
+    multi-valued tags as a JSON list in even rows and `|`-joined in odd ones."""
     frame = pl.read_csv(work / "landing" / "synth" / "day=2026-11-04.csv", n_rows=n,
                         schema_overrides={c: pl.String for c in CATS})
-    return frame.select("search_id", *CATS, *NUMS).to_dicts()
+    rows = frame.select("search_id", *CATS, *NUMS, "tags").to_dicts()
+    for row in rows[::2]:
+        row["tags"] = row["tags"].split("|") if row["tags"] else []
+    return rows
 
 
 def _metric(text: str, name: str) -> float:
@@ -77,8 +82,7 @@ def test_predict_health_metrics_and_bad_requests(work):
                                                  for s in body["scores"])
         # the same rows through the bundle offline (Parquet path of batch scoring): same scores
         model = bundle.load(work / "runs" / "synth" / "mmoe-ew-seed2026" / "bundle")
-        typed = pl.DataFrame(rows).select(pl.col(CATS).cast(pl.String), pl.col(NUMS).cast(pl.Float64))
-        offline, _ = model.score(typed)
+        offline, _ = model.score(rows_mod.from_json(rows, model.transform))
         assert [s["ctr"] for s in body["scores"]] == pytest.approx(offline[:, 0].tolist(), abs=1e-7)
 
         unseen = [dict(row, categorical_2="never-seen-value", categorical_3=None) for row in rows[:7]]
@@ -192,6 +196,7 @@ def test_hot_reload_under_load_then_refuses_a_broken_bundle(work):
 @pytest.mark.slow
 def test_batch_scoring_parquet_in_chunks(work, tmp_path, capsys):
     frame = pl.read_csv(work / "landing" / "synth" / "day=2026-11-03.csv")
+    frame = frame.with_columns(pl.col("tags").str.split("|"))  # a list column, as Parquet logs have
     frame.write_parquet(tmp_path / "in.parquet")  # categorical ids as integers, as logs have them
     out = tmp_path / "scores" / "out.parquet"
     args = [f"paths.work_dir={work}", f"model={work / 'runs/synth/mmoe-ew-seed2026/bundle'}",
@@ -201,8 +206,7 @@ def test_batch_scoring_parquet_in_chunks(work, tmp_path, capsys):
     assert scores.columns == ["search_id", "ctr", "ctcvr"] and scores.height == 2000
     assert scores["search_id"].to_list() == frame["search_id"].to_list()
     model = bundle.load(work / "runs" / "synth" / "mmoe-ew-seed2026" / "bundle")
-    typed = frame.select(pl.col(CATS).cast(pl.String), pl.col(NUMS).cast(pl.Float64))
-    expected, _ = model.score(typed)
+    expected, _ = model.score(rows_mod.from_frame(frame, model.transform, 0))  # one chunk
     assert scores["ctcvr"].to_list() == pytest.approx(expected[:, 1].tolist(), abs=1e-7)
     assert "2,000 rows scored" in capsys.readouterr().out
 

@@ -20,12 +20,15 @@ def logs(tmp_path_factory):
     return paths, pl.concat([pl.read_csv(p) for p in paths])
 
 
-def test_schema_is_the_aliexpress_layout_plus_country_and_day(logs):
+def test_schema_is_the_aliexpress_layout_plus_country_day_and_tags(logs):
     paths, df = logs
     assert [p.name for p in paths] == ["day=2026-11-01.csv", "day=2026-11-02.csv"]
     expected = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
-                + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion", "country", "day"])
+                + [f"numerical_{i}" for i in range(1, 64)]
+                + ["click", "conversion", "country", "day", "tags"])
     assert df.columns == expected
+    tags = df["tags"].fill_null("").str.split("|").list.eval(pl.element().filter(pl.element() != ""))
+    assert tags.list.len().max() <= SynthParams().max_tags and 0 in tags.list.len().to_list()
     assert df["search_id"].is_unique().all()
     assert df["day"].unique().sort().to_list() == ["2026-11-01", "2026-11-02"]
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtlrec.features.batches import SplitData
+from mtlrec.features.batches import RowLayout, SplitData
+from mtlrec.features.folder import FeaturesFolder
 from mtlrec.features.ingest import ingest
+from mtlrec.features.stream import StreamSplit
 from mtlrec.features.synth import SynthParams, generate
 from mtlrec.models.config import model_config
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import config
+from mtlrec.training import checkpoint
 from mtlrec.training.loop import Trainer
 from mtlrec.training.config import MethodConfig, TrainerConfig
 from mtlrec.training.mtl.step import make_step
@@ -19,12 +25,37 @@ CARDS = (5000, 2000, 1000, 500, 200, 100, 50, 20, 10, 8, 6, 5, 4, 3, 2, 2)
 
 
 @pytest.fixture(scope="module")
-def synth_splits(tmp_path_factory):
+def synth_features(tmp_path_factory) -> FeaturesFolder:
     root = tmp_path_factory.mktemp("synth")
-    generate(SynthParams(days=3, rows_per_day=4000, cardinalities=CARDS, ctr=0.2, cvr=0.3), root / "landing")
+    # without the multi-valued tags: the thresholds below were set on these logs (the
+    # pipeline tests train on the default logs, tags included)
+    generate(SynthParams(days=3, rows_per_day=4000, cardinalities=CARDS, ctr=0.2, cvr=0.3, tags=0),
+             root / "landing")
     spec = config.load([f"synth.out_dir={root / 'landing'}"]).data
-    out = ingest(spec, root / "features")
-    return out.info(), SplitData(out, "train"), SplitData(out, "valid")
+    spec = spec.model_copy(update={"categorical": [f for f in spec.categorical if not f.multi]})
+    return ingest(spec, root / "features")
+
+
+@pytest.fixture(scope="module")
+def synth_splits(synth_features):
+    return synth_features.info(), SplitData(synth_features, "train"), SplitData(synth_features, "valid")
+
+
+@pytest.fixture(scope="module")
+def streamed_splits(synth_features, tmp_path_factory):
+    """The same rows rewritten in row groups of 500 and streamed in windows of ~2 groups."""
+    info = synth_features.info()
+    folder = FeaturesFolder(tmp_path_factory.mktemp("streamed"))
+    for name in ("train", "valid"):
+        table = pq.read_table(synth_features.data_dir / f"split={name}")
+        (folder.data_dir / f"split={name}").mkdir(parents=True)
+        pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("day")]),
+                       folder.data_dir / f"split={name}" / "part.parquet", row_group_size=500)
+    folder.artifacts_dir.mkdir()
+    info.save(folder.artifacts_dir)
+    window = 1100 * 4 * RowLayout.of(info).row_bytes
+    return (info, StreamSplit(folder, "train", budget_bytes=window),
+            StreamSplit(folder, "valid", budget_bytes=window))
 
 
 EW = MethodConfig(name="ew")
@@ -42,12 +73,14 @@ METHODS = {
 }
 
 
-def _trainer(info, ckpt, epochs=3, on_epoch=None, seed=0, patience=10, lr=1e-3, method=EW):
+def _trainer(info, ckpt, epochs=3, on_epoch=None, seed=0, patience=10, lr=1e-3, method=EW,
+             checkpoint_minutes=10.0):
     torch.manual_seed(seed)
     model = MultiTaskRanker(model_config(arch="mmoe", n_experts=2, expert_hidden=[16], tower_hidden=[8],
-                                        dropout=0.1), info.table_sizes, len(info.numeric), len(info.tasks))
+                                        dropout=0.1), info.table_sizes, len(info.numeric), len(info.tasks),
+                            info.pooling)
     cfg = TrainerConfig(max_epochs=epochs, batch_size=256, patience=patience, device="cpu",
-                        lr_schedule="cosine", lr=lr)
+                        lr_schedule="cosine", lr=lr, checkpoint_minutes=checkpoint_minutes)
     return Trainer(model, make_step(method, model, cfg, 2, 0), cfg, info.tasks, [0, 1], seed=7, checkpoint_path=ckpt,
                    on_epoch=on_epoch)
 
@@ -91,6 +124,44 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(synth_splits, tmp_pat
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
     assert not list(tmp_path.glob(".*.tmp-*"))  # no half-written checkpoint left behind
+
+
+def _crash_at(trainer: Trainer, batch: int) -> Trainer:
+    """The trainer, killed when it starts its `batch`-th training batch of the run."""
+    real, calls = trainer.step.train_batch, itertools.count()
+
+    def train_batch(*args):
+        if next(calls) == batch:
+            raise KeyboardInterrupt(f"killed at batch {batch}")
+        return real(*args)
+
+    trainer.step.train_batch = train_batch
+    return trainer
+
+
+MID_EPOCH = {k: RESUMABLE[k] for k in ("ew", "mocograd", "dtjs", "grouped", "famo")}
+
+
+@pytest.mark.parametrize("method", MID_EPOCH.values(), ids=MID_EPOCH.keys())
+@pytest.mark.parametrize("data", ["memory", "stream"])
+def test_a_run_killed_mid_epoch_resumes_at_that_batch(synth_splits, streamed_splits, tmp_path, method,
+                                                      data):
+    info, train, valid = streamed_splits if data == "stream" else synth_splits
+    straight = _trainer(info, tmp_path / "a.pt", epochs=2, method=method)
+    ref = straight.fit(train, valid)
+    per_epoch = -(-len(train) // 256)
+    killed = _crash_at(_trainer(info, tmp_path / "b.pt", epochs=2, method=method, checkpoint_minutes=0),
+                       per_epoch + per_epoch // 2)  # in the middle of the second epoch
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(train, valid)
+    assert checkpoint.load(tmp_path / "b.pt")["progress"]["batch"] == per_epoch // 2
+    resumed = _trainer(info, tmp_path / "b.pt", epochs=2, seed=123, method=method)
+    got = resumed.fit(train, valid)
+    assert [h["valid_mean_auc"] for h in got.history] == pytest.approx(
+        [h["valid_mean_auc"] for h in ref.history], abs=1e-6)
+    assert got.history[-1]["train_loss"] == pytest.approx(ref.history[-1]["train_loss"], rel=1e-6)
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
 
 
 def test_early_stopping_restores_the_best_epoch(synth_splits, tmp_path):

@@ -140,8 +140,9 @@ def test_transform_save_load_roundtrip_and_numpy_inputs(tmp_path):
     t = FeatureTransform(spec, vocabularies, stats)
     t.save(tmp_path / "art")
     loaded = FeatureTransform.load(tmp_path / "art")
-    ids, dense = loaded.to_numpy(typed)
-    ids0, dense0 = t.to_numpy(typed)
+    inputs, inputs0 = loaded.to_numpy(typed), t.to_numpy(typed)
+    ids, dense, ids0, dense0 = inputs.ids, inputs.dense, inputs0.ids, inputs0.dense
+    assert inputs.lengths is None  # no multi-valued field: the model has no lengths input
     assert ids.dtype == np.int64 and dense.dtype == np.float32
     assert ids.shape == (4, 2) and dense.shape == (4, 2)
     np.testing.assert_array_equal(ids, ids0)

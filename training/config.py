@@ -17,6 +17,16 @@ class TrainerConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(False, description="bfloat16 autocast (CUDA only; ignored on the CPU)")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
+    data: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="hold each split in memory, stream it from Parquet in bounded "
+        "memory, or (auto) stream the splits whose tensors exceed memory_budget_mb")
+    memory_budget_mb: int = Field(1024, ge=1, description="memory for a split's rows: auto's "
+                                  "threshold, and what a stream's read-ahead windows may hold")
+    checkpoint_minutes: float = Field(10.0, ge=0, description="minutes between checkpoints "
+                                      "within an epoch (0: after every batch); epochs always end "
+                                      "with one")
+    dev_rows: int = Field(100_000, ge=1, description="rows of a streamed validation split held "
+                          "in memory for outer-loop dev batches (DTJS)")
 
 
 class DBMTLConfig(Strict):

@@ -8,9 +8,15 @@ checkpoints, and stops after `patience` epochs without improvement. The loop kno
 nothing of files or MLflow beyond its checkpoint path; callers observe epochs through
 `on_epoch`.
 
-Data: any split with `len`, `labels` [N, …] and `batch(rows)`, whose batches have
-`inputs` (the model's positional arguments), `labels`, `to(device)` and `len` — the
-rankers' Parquet splits, MultiMNIST's image tensors, QM9's molecular graphs.
+Data: any split with `len` and `labels` [N, …] that `features.stream.make_loader` can
+batch (in memory: `batch(rows)`; or streamed from Parquet), whose batches have `inputs`
+(the model's positional arguments), `labels`, `to(device)` and `len` — the rankers'
+Parquet splits, MultiMNIST's image tensors, QM9's molecular graphs.
+
+Checkpoints are written at every epoch's end and, within an epoch, every
+`trainer.checkpoint_minutes`: a mid-epoch checkpoint records the batch to continue from,
+and the loaders serve an epoch's batches from any index on exactly as an uninterrupted
+run would see them, so a run killed in the middle of a 50M-row epoch resumes there.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlrec.features.batches import Batchable, BatchLoader
 from mtlrec.features.errors import DataError
+from mtlrec.features.stream import Loader, StreamSplit, make_loader
 from mtlrec.progress import Progress
 from mtlrec.training import checkpoint
 from mtlrec.training.config import TrainerConfig
@@ -56,8 +62,10 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-class Split(Batchable, Protocol):
-    labels: torch.Tensor  # [N, K, …], what `batch(index).labels` takes rows of
+class Split(Protocol):
+    labels: torch.Tensor  # [N, K, …], the labels of the split's batches in file order
+
+    def __len__(self) -> int: ...
 
 
 @torch.no_grad()
@@ -66,7 +74,7 @@ def predict(model: nn.Module, data: Split, batch_size: int = 8192,
     """Model outputs [N, K, …] in the split's row order."""
     model.eval()
     out = []
-    for batch in BatchLoader(data, batch_size, shuffle=False):
+    for batch in make_loader(data, batch_size, shuffle=False):
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out.append(model(*batch.inputs).float().cpu())
@@ -109,14 +117,20 @@ class Trainer:
         return 1.0
 
     def fit(self, train: Split, valid: Split) -> TrainResult:
-        loader = BatchLoader(train, self.cfg.batch_size, shuffle=True, seed=self.seed)
+        loader = make_loader(train, self.cfg.batch_size, shuffle=True, seed=self.seed)
+        dev = self._dev_split(valid)
         state = self._resume()
         best, best_epoch, stale = state["best"], state["best_epoch"], state["stale"]
         best_weights, history = state["best_weights"], state["history"]
         first = self.cfg.max_epochs if state["done"] else state["epoch"]
         for epoch in range(first, self.cfg.max_epochs):
             loader.set_epoch(epoch)
-            train_loss, speed = self._train_epoch(loader, epoch, valid)
+            progress = state["progress"] if epoch == first else EpochProgress()
+
+            def save_mid_epoch(p: "EpochProgress", epoch: int = epoch) -> None:
+                self._checkpoint(epoch, False, best, best_epoch, stale, best_weights, history, p)
+
+            train_loss, speed = self._train_epoch(loader, epoch, dev, progress, save_mid_epoch)
             for scheduler in self.schedulers:
                 scheduler.step()
             metrics = self.evaluate(valid)
@@ -133,7 +147,8 @@ class Trainer:
             log.info("epoch %d: train loss %.5f, %s %.5f%s", epoch, train_loss, self.score_key,
                      score, " (best)" if stale == 0 else "")
             stop = stale > self.cfg.patience
-            self._checkpoint(epoch + 1, stop, best, best_epoch, stale, best_weights, history)
+            self._checkpoint(epoch + 1, stop, best, best_epoch, stale, best_weights, history,
+                             EpochProgress())
             if self.on_epoch is not None:
                 self.on_epoch(epoch, row)
             if stop:
@@ -144,16 +159,19 @@ class Trainer:
         return TrainResult(best_epoch, self.sign * best, len(history), history,
                            float(np.median(speeds)) if speeds else float("nan"))
 
-    def _train_epoch(self, loader: BatchLoader, epoch: int, valid: Split) -> tuple[float, float]:
+    def _train_epoch(self, loader: Loader, epoch: int, dev: Split, progress: "EpochProgress",
+                     save: Callable[["EpochProgress"], None]) -> tuple[float, float]:
+        """Trains from batch `progress.batch` to the epoch's end; `save` checkpoints the
+        progress every `trainer.checkpoint_minutes`."""
         self.model.train()
-        total, seen = torch.zeros((), device=self.device), 0
-        start = time.perf_counter()
+        total = torch.tensor(progress.loss_sum, device=self.device)
+        seen, start = progress.seen, time.perf_counter()
+        last_saved = time.monotonic()
         last_finite: tuple[int, torch.Tensor] | None = None
-        with Progress(len(loader), "batches", f"epoch {epoch}") as bar:
-            for i, batch in enumerate(loader):
+        with Progress(len(loader), "batches", f"epoch {epoch}", initial=progress.batch) as bar:
+            for i, batch in enumerate(loader.iterate(progress.batch), start=progress.batch):
                 step = epoch * len(loader) + i
-                dev = self.dev_forward(valid, step)
-                losses = self.step.train_batch(self.batch_forward(batch), epoch, dev)
+                losses = self.step.train_batch(self.batch_forward(batch), epoch, self.dev_forward(dev, step))
                 if not bool(torch.isfinite(losses).all()):
                     raise self._diverged(losses, epoch, step, last_finite)
                 last_finite = (step, losses.detach())
@@ -165,11 +183,14 @@ class Trainer:
                 seen += len(batch)
                 status = {}
                 if i % 50 == 0:  # reading the loss synchronises a GPU: not every batch
-                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    rate = (seen - progress.seen) / max(time.perf_counter() - start, 1e-9)
                     status = {"loss": f"{float(total) / (i + 1):.4f}", "samples/s": f"{rate:,.0f}"}
                 bar.update(1, **status)
+                if i + 1 < len(loader) and time.monotonic() - last_saved >= 60 * self.cfg.checkpoint_minutes:
+                    save(EpochProgress(i + 1, float(total), seen))
+                    last_saved = time.monotonic()
         elapsed = time.perf_counter() - start
-        return float(total) / max(len(loader), 1), seen / max(elapsed, 1e-9)
+        return float(total) / max(len(loader), 1), (seen - progress.seen) / max(elapsed, 1e-9)
 
     def _diverged(self, losses: torch.Tensor, epoch: int, step: int,
                   last_finite: tuple[int, torch.Tensor] | None) -> NonFiniteLoss:
@@ -185,6 +206,8 @@ class Trainer:
 
     def batch_forward(self, batch) -> Forward:
         """The model on one batch, as the closure the step calls (once or several times)."""
+        if self.device.type == "cuda" and hasattr(batch, "pin_memory"):
+            batch = batch.pin_memory()  # page-locked: the copy below does not block the host
         batch = batch.to(self.device, non_blocking=True)
         labels = batch.labels[:, self.task_index]
 
@@ -198,6 +221,13 @@ class Trainer:
             return Pass(self.kind.loss(outputs.float(), labels), rep, leaves)
 
         return forward
+
+    def _dev_split(self, valid: Split) -> Split:
+        """Where outer-loop methods draw dev batches: the validation split, or, when it is
+        streamed, a seeded sample of its row groups held in memory (`trainer.dev_rows`)."""
+        if self.step.dev_batch_size is None or not isinstance(valid, StreamSplit):
+            return valid
+        return valid.sample(self.cfg.dev_rows, seed=self.seed)
 
     def dev_forward(self, valid: Split, index: int) -> Forward | None:
         """A dev batch from the validation split for outer-loop methods (DTJS's α): rows
@@ -219,21 +249,24 @@ class Trainer:
         outputs = predict(self.model, data, self.eval_batch_size, self.device, self.autocast)
         return self.kind.metrics(labels, outputs, self.tasks)
 
-    def _checkpoint(self, next_epoch: int, done: bool, best: float, best_epoch: int,
-                    stale: int, best_weights: dict, history: list[dict]) -> None:
+    def _checkpoint(self, epoch: int, done: bool, best: float, best_epoch: int, stale: int,
+                    best_weights: dict, history: list[dict], progress: "EpochProgress") -> None:
+        """`epoch` is the epoch to continue, from batch `progress.batch` of it."""
         if self.checkpoint_path is None:
             return
         checkpoint.save({
-            "epoch": next_epoch, "done": done, "best": best, "best_epoch": best_epoch, "stale": stale,
+            "epoch": epoch, "done": done, "best": best, "best_epoch": best_epoch, "stale": stale,
             "model": self.model.state_dict(), "best_weights": best_weights,
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "step": self.step.state_dict(), "rng": torch.get_rng_state(), "history": history,
+            "progress": progress.__dict__,
         }, self.checkpoint_path)
 
     def _resume(self) -> dict:
         fresh = {"epoch": 0, "done": False, "best": -math.inf, "best_epoch": -1, "stale": 0,
-                 "best_weights": copy.deepcopy(self.model.state_dict()), "history": []}
+                 "best_weights": copy.deepcopy(self.model.state_dict()), "history": [],
+                 "progress": EpochProgress()}
         if self.checkpoint_path is None or not checkpoint.exists(self.checkpoint_path):
             return fresh
         state = checkpoint.load(self.checkpoint_path)
@@ -244,5 +277,16 @@ class Trainer:
             scheduler.load_state_dict(saved)
         self.step.load_state_dict(state["step"])
         torch.set_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d", self.checkpoint_path, state["epoch"])
+        state["progress"] = EpochProgress(**state.get("progress", {}))  # epoch-end checkpoints of 0.x
+        log.info("resumed from %s at epoch %d, batch %d", self.checkpoint_path, state["epoch"],
+                 state["progress"].batch)
         return {k: state[k] for k in fresh}
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: the next batch, and the running loss sum and sample count."""
+
+    batch: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0

@@ -46,6 +46,9 @@ def ingest_pandas(spec: DataSpec, out: Path) -> dict:
         binary[c] = y
     for a, b in spec.checks.implies:
         masks.append((f"{a} = 1 requires {b} = 1", (binary[a] == 1) & (binary[b] == 0)))
+    for f in spec.multi_fields:
+        empty = df[f.name].str.split(f.separator, regex=False).map(lambda v: isinstance(v, list) and "" in v)
+        masks.append((f"{f.name}: empty element in the list", empty.astype(bool)))
     if spec.checks.unique_id:
         masks.append((f"{spec.id}: duplicate id", df.duplicated(spec.id, keep="first")))
     bad = np.zeros(len(df), dtype=bool)
@@ -69,7 +72,17 @@ def ingest_pandas(spec: DataSpec, out: Path) -> dict:
     train = good[split == "train"]
 
     encoded = {}
+    for f in spec.multi_fields:  # lists: the vocabulary counts their first max_len elements
+        lists = good[f.name].str.split(f.separator, regex=False).map(
+            lambda v, n=f.max_len: v[:n] if isinstance(v, list) else None)
+        counts = lists[split == "train"].explode().dropna().value_counts()
+        counts = counts[counts >= f.min_count]
+        order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        mapping = {v: i + FIRST for i, (v, _) in enumerate(order)}
+        encoded[f.name] = lists.map(lambda v, m=mapping: [m.get(e, OOV) for e in v] if v else [MISSING])
     for f in spec.categorical:
+        if f.multi:
+            continue
         col = good[f.name]
         counts = train[f.name].dropna().astype(str).value_counts()
         counts = counts[counts >= f.min_count]
@@ -97,4 +110,8 @@ def ingest_pandas(spec: DataSpec, out: Path) -> dict:
         part.drop(columns=["split", "day"]).to_parquet(folder / "part-0.parquet", index=False)
     return {"rows_read": rows_read, "rows_good": int((~bad).sum()),
             "rows_quarantined": int(bad.sum()),
-            "vocab_sizes": {f.name: int(encoded[f.name].max()) + 1 for f in spec.categorical}}
+            "vocab_sizes": {f.name: _largest(encoded[f.name]) + 1 for f in spec.categorical}}
+
+
+def _largest(ids: pd.Series) -> int:
+    return int(ids.explode().max()) if ids.dtype == object else int(ids.max())

@@ -30,18 +30,19 @@ import numpy as np
 import polars as pl
 import torch
 
-from mtlrec.features.batches import SplitData
 from mtlrec.features.folder import FeaturesFolder
 from mtlrec.features.synth import generate
+from mtlrec.features.transform import ModelInputs
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline.benchmarks.measure import machine, write_report
 from mtlrec.pipeline.config import Config
-from mtlrec.pipeline.export import export_run, load_ranker
+from mtlrec.pipeline.export import export_run, first_rows, load_ranker
 from mtlrec.pipeline.run_folder import RunFolder
 from mtlrec.pipeline.targets import ingest_logs
 from mtlrec.pipeline.train import train_run
 from mtlrec.serving import bundle as bundle_mod
 from mtlrec.serving import rows as rows_mod
+from mtlrec.serving.export import reference_scores
 
 BATCHES = (1, 100, 1000)
 CONCURRENCY = (1, 8, 32)
@@ -57,12 +58,12 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     run, model = _exported_run(job)  # loaded with one onnxruntime thread, serving's setting
     features = FeaturesFolder(Path(job.paths.features)).require(job.data.name)
     ranker = load_ranker(run, features)
-    valid = SplitData(features, "valid")
+    valid = first_rows(features, "valid", max(BATCHES), job.trainer.memory_budget_mb)
     raw_rows = _raw_rows(job, model, REQUEST_ROWS)
     result = {
         "machine": machine(), "overrides": overrides, "model": job.model.model_dump(),
         "request_rows": REQUEST_ROWS,
-        "model_only": _model_only(model, ranker, valid.ids.numpy(), valid.dense.numpy()),
+        "model_only": _model_only(model, ranker, valid),
         "request_path": _request_path(model, raw_rows),
         "http": _http(run.bundle, json.dumps({"rows": raw_rows}).encode(), cfg.bench.serve_requests),
     }
@@ -109,20 +110,18 @@ def _summary(seconds: np.ndarray, rows: int) -> dict:
             "rows_per_s": rows * len(seconds) / float(seconds.sum()), "calls": len(seconds)}
 
 
-def _model_only(model: bundle_mod.Bundle, ranker, ids: np.ndarray, dense: np.ndarray) -> list[dict]:
+def _model_only(model: bundle_mod.Bundle, ranker, inputs: ModelInputs) -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out = []
         for batch in BATCHES:
             repeats = max(30, min(2000, 20_000 // batch))
-            x_ids, x_dense = ids[:batch], dense[:batch]
-            t_ids, t_dense = torch.from_numpy(x_ids), torch.from_numpy(x_dense)
+            x = inputs.head(batch)
 
-            def eager(t_ids=t_ids, t_dense=t_dense):
-                with torch.no_grad():
-                    torch.sigmoid(ranker(t_ids, t_dense))
-            onnx = _summary(_timed(lambda x=x_ids, d=x_dense: model.predict(x, d), repeats), batch)
+            def eager(x=x):
+                reference_scores(ranker, model.transform, x)
+            onnx = _summary(_timed(lambda x=x: model.predict(x), repeats), batch)
             torch_ = _summary(_timed(eager, repeats), batch)
             out.append({"batch": batch, "onnxruntime": onnx, "torch_eager": torch_,
                         "speedup_p50": torch_["p50_ms"] / onnx["p50_ms"]})
@@ -134,13 +133,13 @@ def _model_only(model: bundle_mod.Bundle, ranker, ids: np.ndarray, dense: np.nda
 def _request_path(model: bundle_mod.Bundle, raw_rows: list[dict]) -> dict:
     body = json.dumps({"rows": raw_rows}).encode()
     typed = rows_mod.from_json(raw_rows, model.transform)
-    ids, dense = model.transform.to_numpy(typed)
-    scores = model.predict(ids, dense)
+    inputs = model.transform.to_numpy(typed)
+    scores = model.predict(inputs)
     steps = {
         "json_parse": lambda: json.loads(body),
         "row_checks": lambda: rows_mod.from_json(raw_rows, model.transform),
         "feature_transform": lambda: model.transform.to_numpy(typed),
-        "onnxruntime": lambda: model.predict(ids, dense),
+        "onnxruntime": lambda: model.predict(inputs),
         "response_json": lambda: json.dumps({"scores": [dict(zip(model.tasks, r))
                                                         for r in scores.tolist()]}),
     }

@@ -63,7 +63,7 @@ def run(cfg: Config, overrides: list[str]) -> dict:
 def _samples_per_s(model_cfg: RankerConfig, sizes: dict[str, int], info: FeatureInfo,
                    train: SplitData, valid: SplitData, device: str, seed: int) -> float:
     torch.manual_seed(seed)
-    model = MultiTaskRanker(model_cfg, sizes, len(info.numeric), len(info.tasks))
+    model = MultiTaskRanker(model_cfg, sizes, len(info.numeric), len(info.tasks), info.pooling)
     trainer_cfg = TrainerConfig(max_epochs=2, batch_size=2048, patience=5, device=device)
     step = make_step(MethodConfig(name="ew"), model, trainer_cfg, len(info.tasks), seed)
     trainer = Trainer(model, step, trainer_cfg, info.tasks, list(range(len(info.tasks))), seed)

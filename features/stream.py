@@ -1,0 +1,259 @@
+"""A split of model-ready Parquet streamed in bounded memory, for logs larger than memory.
+
+An epoch is defined without reading any data, from the row groups' sizes alone:
+1. the split's row groups in file order, permuted by a generator seeded by (seed, epoch)
+   when shuffling;
+2. cut, in that order, into windows of at most `window_rows` rows (the shuffle buffer:
+   a window holds row groups drawn from across all files);
+3. each window's rows permuted by a generator seeded by (seed, epoch, window);
+4. the windows concatenated and cut into global batches of world·b rows; rank r of a
+   `Shard` takes rows [r·b, (r+1)·b) of each.
+
+So batch i of epoch e is a pure function of (seed, e, i): a run resumed in the middle of
+an epoch reads only the windows from batch i on and sees exactly the batches an
+uninterrupted run would. With shuffling off the stream is the split in file order, the
+batches `SplitData` + `BatchLoader(shuffle=False)` give, bit for bit.
+
+Memory: background threads (`prefetch` of them) read and decode the next windows while
+the trainer consumes the current one, so at most prefetch + 1 decoded windows and one
+Arrow staging copy are alive: `window_rows` is the budget divided by that many rows'
+bytes. pyarrow decodes outside the GIL, so the reading overlaps the training step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import torch
+
+from mtlrec.features.batches import (Batch, Batchable, BatchLoader, EpochLoader, RowLayout, Rows,
+                                     Shard, SplitData, open_dataset, split_filter)
+from mtlrec.features.folder import FeaturesFolder
+
+log = logging.getLogger(__name__)
+
+DataMode = Literal["auto", "memory", "stream"]
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    fragment: ds.ParquetFileFragment
+    index: int  # the row group's id in its file
+    rows: int
+
+    def read(self, columns: list[str]) -> pa.Table:
+        return self.fragment.subset(row_group_ids=[self.index]).to_table(columns=columns)
+
+
+class StreamSplit:
+    """One split of a features folder, read row group by row group (see module docstring)."""
+
+    def __init__(self, features: FeaturesFolder, split: str, *, budget_bytes: int,
+                 extra_columns: tuple[str, ...] = (), prefetch: int = 2) -> None:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        self.layout = RowLayout.of(features.info())
+        self.keys = self.layout.categorical
+        self.extra_columns, self.prefetch, self.split = tuple(extra_columns), prefetch, split
+        self.groups = [RowGroup(fragment, rg.id, rg.num_rows)
+                       for fragment in open_dataset(features).get_fragments(filter=split_filter(split))
+                       for rg in fragment.row_groups]
+        # prefetch windows in flight + the one being consumed + one Arrow staging copy
+        self.window_rows = max(1, budget_bytes // ((prefetch + 2) * self.layout.row_bytes))
+        largest = max((g.rows for g in self.groups), default=0)
+        if largest > self.window_rows:
+            log.warning("%s split: a row group of %d rows exceeds the stream window of %d rows "
+                        "(trainer.memory_budget_mb is too small for this file's row groups); "
+                        "windows will hold one row group each", split, largest, self.window_rows)
+        self._labels: torch.Tensor | None = None
+        self._extra: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return sum(g.rows for g in self.groups)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """[N, K] in file order, read column by column (what evaluation compares with)."""
+        if self._labels is None:
+            self._labels = self._column_tensors(self.layout.tasks)
+        return self._labels
+
+    @property
+    def extra(self) -> dict[str, np.ndarray]:
+        """The extra columns (e.g. the group column of the test split), in file order."""
+        if self._extra is None:
+            tables = [g.read(list(self.extra_columns)) for g in self.groups]
+            self._extra = {c: (pa.concat_tables(tables).column(c).to_numpy(zero_copy_only=False)
+                               if tables else np.empty(0)) for c in self.extra_columns}
+        return self._extra
+
+    def _column_tensors(self, columns: list[str]) -> torch.Tensor:
+        parts = [RowLayout([], [], columns).rows(g.read(columns)).labels for g in self.groups]
+        return torch.cat(parts) if parts else torch.empty(0, len(columns))
+
+    def sample(self, max_rows: int, seed: int) -> SplitData:
+        """An in-memory split of whole row groups drawn at random (seeded) up to `max_rows`
+        rows: where a method needs random access to this split (DTJS's dev batches)."""
+        order = torch.randperm(len(self.groups), generator=torch.Generator().manual_seed(seed)).tolist()
+        picked, rows = [], 0
+        for i in order:
+            if rows and rows + self.groups[i].rows > max_rows:
+                break
+            picked.append(self.groups[i])
+            rows += self.groups[i].rows
+        return SplitData.from_rows(self.layout, self.layout.rows(_read(picked, self.layout.columns)))
+
+    def windows(self, epoch: int, shuffle: bool, seed: int) -> list[list[RowGroup]]:
+        """Steps 1–2 of the module docstring."""
+        order = (torch.randperm(len(self.groups), generator=_generator(seed, epoch)).tolist()
+                 if shuffle else range(len(self.groups)))
+        out: list[list[RowGroup]] = []
+        rows = 0
+        for i in order:
+            group = self.groups[i]
+            if not out or rows + group.rows > self.window_rows:
+                out.append([])
+                rows = 0
+            out[-1].append(group)
+            rows += group.rows
+        return out
+
+    def loader(self, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
+               shard: Shard = Shard()) -> "StreamLoader":
+        return StreamLoader(self, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, shard=shard)
+
+
+@dataclass
+class _Window:
+    """A decoded window and the order its rows are served in."""
+
+    rows: Rows
+    order: torch.Tensor
+    next: int = 0  # position in `order` of the next row to serve
+
+    @property
+    def left(self) -> int:
+        return len(self.order) - self.next
+
+    def take(self, n: int) -> Rows:
+        index = self.order[self.next:self.next + n]
+        self.next += len(index)
+        return self.rows.index_select(index)
+
+
+class StreamLoader(EpochLoader):
+    """The batches of a `StreamSplit`, with the interface of `BatchLoader`."""
+
+    data: StreamSplit
+
+    def iterate(self, start: int = 0) -> Iterator[Batch]:
+        """The epoch's batches from batch `start` on; only windows from there are read."""
+        b, g = self.batch_size, self.batch_size * self.shard.world
+        steps = len(self)
+        if start >= steps:
+            return
+        windows = self.data.windows(self.epoch, self.shuffle, self.seed)
+        skip = start * g  # rows of the epoch stream before the first batch served
+        first = 0
+        while first < len(windows) and sum(r.rows for r in windows[first]) <= skip:
+            skip -= sum(r.rows for r in windows[first])
+            first += 1
+        with ThreadPoolExecutor(self.data.prefetch, thread_name_prefix="stream") as pool:
+            pending: deque[Future] = deque()
+            upcoming = iter(range(first, len(windows)))
+
+            def submit() -> None:
+                for w in upcoming:
+                    pending.append(pool.submit(self._decode, windows[w], w))
+                    return
+
+            for _ in range(self.data.prefetch):
+                submit()
+            live: deque[_Window] = deque()
+            try:
+                for _ in range(start, steps):
+                    rows = self._next_rows(g, live, pending, submit, skip)
+                    skip = 0
+                    yield self.data.layout.batch(rows[self.shard.rank * b:(self.shard.rank + 1) * b])
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _next_rows(self, n: int, live: deque[_Window], pending: deque[Future], submit,
+                   skip: int) -> Rows:
+        """The next n rows of the stream (fewer at its end), after skipping `skip` rows."""
+        pieces: list[Rows] = []
+        need = n
+        while need > 0:
+            if not live or live[0].left == 0:
+                if live:
+                    live.popleft()
+                if not pending:
+                    break
+                live.append(pending.popleft().result())
+                submit()
+                if skip:
+                    live[0].next, skip = skip, 0
+                continue
+            piece = live[0].take(need)
+            need -= len(piece)
+            pieces.append(piece)
+        return Rows.cat(pieces)
+
+    def _decode(self, window: list[RowGroup], index: int) -> _Window:
+        rows = self.data.layout.rows(_read(window, self.data.layout.columns))
+        n = len(rows)
+        order = (torch.randperm(n, generator=_generator(self.seed, self.epoch, index + 1))
+                 if self.shuffle else torch.arange(n))
+        return _Window(rows, order)
+
+
+def _read(groups: list[RowGroup], columns: list[str]) -> pa.Table:
+    tables = [g.read(columns) for g in groups]
+    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+
+def _generator(seed: int, epoch: int, window: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_003 + window)
+
+
+LogSplit = SplitData | StreamSplit
+
+
+def open_split(features: FeaturesFolder, split: str, *, mode: DataMode, budget_mb: int,
+               extra_columns: tuple[str, ...] = ()) -> LogSplit:
+    """The split in memory, or streamed: `auto` streams when its tensors would not fit
+    `budget_mb` (`trainer.data`, `trainer.memory_budget_mb`)."""
+    if mode == "auto":
+        rows = sum(f.count_rows() for f in open_dataset(features).get_fragments(filter=split_filter(split)))
+        mode = "memory" if rows * RowLayout.of(features.info()).row_bytes <= budget_mb * MB else "stream"
+    if mode == "memory":
+        return SplitData(features, split, extra_columns)
+    return StreamSplit(features, split, budget_bytes=budget_mb * MB, extra_columns=extra_columns)
+
+
+class Loader(Protocol):
+    """What the trainer iterates: an epoch's batches, from any batch index on."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def iterate(self, start: int = 0) -> Iterator[Any]: ...
+
+
+def make_loader(data: Batchable | StreamSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
+                drop_last: bool = False, shard: Shard = Shard()) -> Loader:
+    """The loader of any split: streamed splits stream, every other split is indexed."""
+    if isinstance(data, StreamSplit):
+        return data.loader(batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, shard=shard)
+    return BatchLoader(data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, shard=shard)

@@ -1,0 +1,27 @@
+"""scripts/gpu_bench.sh, the prepared command for a GPU machine, on the CPU fallback:
+it must keep working between the rare sessions that have a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_the_benchmark_and_the_cuda_tests_on_the_cpu(tmp_path):
+    env = os.environ | {"OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "throughput.json").read_text())
+    assert [r["mode"] for r in result["results"]] == ["eager"]
+    assert result["results"][0]["samples_per_s"] > 0 and result["results"][0]["batch"] == 64
+    log = (tmp_path / "cuda_tests.log").read_text()
+    assert "skipped" in log and "failed" not in log and "error" not in log.lower()
