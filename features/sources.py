@@ -69,6 +69,13 @@ class InputFile:
     lines: int | None = None  # a CSV's physical lines, header included (set by `survey`)
     unbalanced: tuple[int, ...] = ()  # lines with an odd number of quote chars (`survey`)
     lists: tuple[tuple[str, str], ...] = ()  # Parquet list columns and the separator joining them
+    uncompressed: int | None = None  # a Parquet file's column data uncompressed, in bytes
+
+    @property
+    def data_bytes(self) -> int:
+        """The size of the file's values as text or uncompressed columns (what parsing them
+        into memory scales with; a compressed Parquet file is much smaller)."""
+        return self.size if self.uncompressed is None else self.uncompressed
 
     @property
     def truncated_line(self) -> int | None:
@@ -231,11 +238,13 @@ def _inspect(path: Path, role: str, index: int, source: Source, expected: list[s
     planned = InputFile(path, role, index, (), stat.st_size, stat.st_mtime_ns)
     if source.format == "parquet":
         try:
-            schema = pq.read_schema(path)
+            meta = pq.read_metadata(path)
+            schema = meta.schema.to_arrow_schema()
         except Exception as exc:  # pyarrow raises several types for a non-Parquet file
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
         _compare(path, schema.names, expected, hint="")
-        return replace(planned, columns=tuple(schema.names),
+        uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        return replace(planned, columns=tuple(schema.names), uncompressed=uncompressed,
                        lists=_list_columns(path, schema, list_separators))
     head = _head(path)
     if b"\x00" in head:

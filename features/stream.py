@@ -162,59 +162,66 @@ class StreamLoader(EpochLoader):
         if start >= steps:
             return
         windows = self.data.windows(self.epoch, self.shuffle, self.seed)
-        skip = start * g  # rows of the epoch stream before the first batch served
-        first = 0
-        while first < len(windows) and sum(r.rows for r in windows[first]) <= skip:
+        skip, first = start * g, 0  # rows of the epoch stream before the first batch served
+        while sum(r.rows for r in windows[first]) <= skip:
             skip -= sum(r.rows for r in windows[first])
             first += 1
-        with ThreadPoolExecutor(self.data.prefetch, thread_name_prefix="stream") as pool:
-            pending: deque[Future] = deque()
-            upcoming = iter(range(first, len(windows)))
+        reader = _WindowReader(self, windows, first, skip)
+        try:
+            for _ in range(start, steps):
+                rows = reader.take(g)
+                yield self.data.layout.batch(rows[self.shard.rank * b:(self.shard.rank + 1) * b])
+        finally:
+            reader.close()
 
-            def submit() -> None:
-                for w in upcoming:
-                    pending.append(pool.submit(self._decode, windows[w], w))
-                    return
-
-            for _ in range(self.data.prefetch):
-                submit()
-            live: deque[_Window] = deque()
-            try:
-                for _ in range(start, steps):
-                    rows = self._next_rows(g, live, pending, submit, skip)
-                    skip = 0
-                    yield self.data.layout.batch(rows[self.shard.rank * b:(self.shard.rank + 1) * b])
-            finally:
-                for future in pending:
-                    future.cancel()
-
-    def _next_rows(self, n: int, live: deque[_Window], pending: deque[Future], submit,
-                   skip: int) -> Rows:
-        """The next n rows of the stream (fewer at its end), after skipping `skip` rows."""
-        pieces: list[Rows] = []
-        need = n
-        while need > 0:
-            if not live or live[0].left == 0:
-                if live:
-                    live.popleft()
-                if not pending:
-                    break
-                live.append(pending.popleft().result())
-                submit()
-                if skip:
-                    live[0].next, skip = skip, 0
-                continue
-            piece = live[0].take(need)
-            need -= len(piece)
-            pieces.append(piece)
-        return Rows.cat(pieces)
-
-    def _decode(self, window: list[RowGroup], index: int) -> _Window:
+    def decode(self, window: list[RowGroup], index: int) -> _Window:
+        """Step 3 of the module docstring (runs on a reader thread)."""
         rows = self.data.layout.rows(_read(window, self.data.layout.columns))
         n = len(rows)
         order = (torch.randperm(n, generator=_generator(self.seed, self.epoch, index + 1))
                  if self.shuffle else torch.arange(n))
         return _Window(rows, order)
+
+
+class _WindowReader:
+    """An epoch's windows from `first` on, decoded `prefetch` windows ahead by threads,
+    served as one stream of rows starting `skip` rows into the first window."""
+
+    def __init__(self, loader: StreamLoader, windows: list[list[RowGroup]], first: int,
+                 skip: int) -> None:
+        self.loader, self.windows, self.skip = loader, windows, skip
+        self.pool = ThreadPoolExecutor(loader.data.prefetch, thread_name_prefix="stream")
+        self.upcoming = iter(range(first, len(windows)))
+        self.pending: deque[Future] = deque()
+        self.current: _Window | None = None
+        for _ in range(loader.data.prefetch):
+            self._submit()
+
+    def _submit(self) -> None:
+        w = next(self.upcoming, None)
+        if w is not None:
+            self.pending.append(self.pool.submit(self.loader.decode, self.windows[w], w))
+
+    def take(self, n: int) -> Rows:
+        """The next n rows (fewer at the end of the epoch)."""
+        pieces: list[Rows] = []
+        while n > 0:
+            if self.current is None or self.current.left == 0:
+                if not self.pending:
+                    break
+                self.current = self.pending.popleft().result()
+                self._submit()
+                self.current.next, self.skip = self.skip, 0
+                continue
+            piece = self.current.take(n)
+            n -= len(piece)
+            pieces.append(piece)
+        return Rows.cat(pieces)
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def _read(groups: list[RowGroup], columns: list[str]) -> pa.Table:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from mtlrec.features.batches import SplitData
 from mtlrec.features.errors import DataError
-from mtlrec.features.ingest import ingest
+from mtlrec.features.ingest import IngestOptions, ingest
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.transform import FeatureTransform
 from mtlrec.features.vocab import FIRST_ID, MISSING_ID
@@ -139,3 +140,21 @@ def test_a_bad_served_list_names_the_row_and_field(ingested, value, message):
     good = {"shop": "s1", "tags": "a", "price": 1.0}
     with pytest.raises(rows.RowError, match=f"row 1, field 'tags': {message}"):
         rows.from_json([good, good | {"tags": value}], transform)
+
+
+def test_staging_follows_the_parsed_size_not_the_compressed_file(tmp_path):
+    """A compressed Parquet file is much smaller than its rows in memory: whether ingest
+    keeps them in memory is decided by its uncompressed columns (twice, as strings)."""
+    frame = pl.concat([_frame().with_columns(pl.col("tags").fill_null("a"))] * 2000)
+    frame.with_columns(pl.col("tags").str.split("|")).write_parquet(tmp_path / "logs.parquet",
+                                                                    compression="zstd")
+    meta = pq.read_metadata(tmp_path / "logs.parquet")
+    columns = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    on_disk = (tmp_path / "logs.parquet").stat().st_size
+    assert on_disk * 4 < columns  # the case this test is about
+    between = (on_disk + columns) / 2**20  # file × 2 fits, columns × 2 does not
+    spec = _spec("parquet", str(tmp_path / "logs.parquet"))
+    staged = ingest(spec, tmp_path / "staged", IngestOptions(in_memory_max_mb=between))
+    held = ingest(spec, tmp_path / "held", IngestOptions(in_memory_max_mb=4 * columns / 2**20))
+    assert staged.manifest["in_memory"] is False and held.manifest["in_memory"] is True
+    assert _all_rows(staged).equals(_all_rows(held))

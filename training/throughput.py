@@ -30,12 +30,17 @@ from torch import nn
 from mtlrec.models.config import model_config
 from mtlrec.models.ranker import MultiTaskRanker
 
-MTRECLIB = {"arch": "mmoe", "n_experts": 8, "expert_hidden": [512, 256], "tower_hidden": [128, 64],
+MTRECLIB = {"n_experts": 8, "expert_hidden": [512, 256], "tower_hidden": [128, 64],
             "embedding_grad": "dense"}
 FIELDS, DENSE, TASKS = 16, 63, 2
 # the synthetic AliExpress cardinalities (features/synth.py), each + the 2 reserved ids
 TABLE_ROWS = (1_000_002, 300_002, 100_002, 30_002, 10_002, 3_002, 1_002, 302, 102, 52, 22, 12, 10, 7, 5, 4)
 MODES = ("eager", "compiled", "cudagraphs")
+
+
+def table_sizes(toy: bool = False) -> dict[str, int]:
+    rows = (1000,) * FIELDS if toy else TABLE_ROWS
+    return {f"categorical_{i + 1}": n for i, n in enumerate(rows)}
 
 
 def device_rows(n: int, sizes: dict[str, int], device: torch.device, seed: int
@@ -49,10 +54,12 @@ def device_rows(n: int, sizes: dict[str, int], device: torch.device, seed: int
 
 
 def measure(mode: str, batch: int, steps: int, device: torch.device, sizes: dict[str, int],
-            bf16: bool = False, seed: int = 0) -> dict:
-    """samples/s of `steps` training steps after warm-up (compilation excluded)."""
+            arch: str = "mmoe", bf16: bool = False, seed: int = 0) -> dict:
+    """samples/s of `steps` training steps of `arch` at MTReclib sizes after warm-up
+    (compilation excluded)."""
     torch.manual_seed(seed)
-    model = MultiTaskRanker(model_config(**MTRECLIB), sizes, DENSE, TASKS).to(device)
+    kw = {k: v for k, v in MTRECLIB.items() if arch == "mmoe" or k != "n_experts"}
+    model = MultiTaskRanker(model_config(arch=arch, **kw), sizes, DENSE, TASKS).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     loss_fn = nn.BCEWithLogitsLoss()
     forward = model if mode == "eager" else torch.compile(
@@ -79,7 +86,7 @@ def measure(mode: str, batch: int, steps: int, device: torch.device, sizes: dict
         loss = step(index)
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"mode": mode, "batch": batch, "steps": steps, "bf16": bf16,
+    return {"arch": arch, "mode": mode, "batch": batch, "steps": steps, "bf16": bf16,
             "samples_per_s": batch * steps / seconds, "ms_per_step": 1e3 * seconds / steps,
             "final_loss": float(loss)}
 
@@ -90,18 +97,19 @@ def _sync(device: torch.device) -> None:
 
 
 def run(device: torch.device, batches: list[int], steps: int, modes: list[str],
-        sizes: dict[str, int]) -> dict:
+        sizes: dict[str, int], archs: tuple[str, ...] = ("mmoe",)) -> dict:
     results = []
-    for mode in modes:
-        if mode == "cudagraphs" and device.type != "cuda":
-            continue
-        for batch in batches:
-            r = measure(mode, batch, steps, device, sizes)
-            print(f"throughput: {device.type} {mode} B={batch}: {r['samples_per_s']:,.0f} samples/s "
-                  f"({r['ms_per_step']:.2f} ms/step)", flush=True)
-            results.append(r)
+    for arch in archs:
+        for mode in modes:
+            if mode == "cudagraphs" and device.type != "cuda":
+                continue
+            for batch in batches:
+                r = measure(mode, batch, steps, device, sizes, arch)
+                print(f"throughput: {device.type} {arch} {mode} B={batch}: {r['samples_per_s']:,.0f} "
+                      f"samples/s ({r['ms_per_step']:.2f} ms/step)", flush=True)
+                results.append(r)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"device": name, "torch": torch.__version__, "model": MTRECLIB,
+    return {"device": name, "torch": torch.__version__, "model": MTRECLIB, "archs": list(archs),
             "table_rows": sum(sizes.values()), "results": results}
 
 
@@ -112,11 +120,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, nargs="+", default=[2048, 16384])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--archs", nargs="+", default=["mmoe"], choices=["hps", "mmoe", "ple"])
     p.add_argument("--toy", action="store_true", help="small tables (the CPU check in CI)")
     a = p.parse_args(argv)
-    rows = (1000,) * FIELDS if a.toy else TABLE_ROWS
-    sizes = {f"categorical_{i + 1}": n for i, n in enumerate(rows)}
-    result = run(torch.device(a.device), a.batch, a.steps, a.modes, sizes)
+    result = run(torch.device(a.device), a.batch, a.steps, a.modes, table_sizes(a.toy), tuple(a.archs))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
     return result

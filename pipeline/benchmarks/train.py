@@ -24,6 +24,7 @@ from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline.benchmarks.measure import machine, write_report
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.targets import ingest_logs
+from mtlrec.training import throughput
 from mtlrec.training.loop import Trainer
 from mtlrec.training.config import MethodConfig, TrainerConfig
 from mtlrec.training.mtl.step import make_step
@@ -41,6 +42,7 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     features = ingest_logs(data_cfg)
     info = features.info()
     full_sizes = {name: card + FIRST_ID for name, card in zip(info.categorical, SynthParams().cardinalities)}
+    full_sizes |= {name: info.table_sizes[name] for name in info.multi}  # tags: as ingested
     train, valid = SplitData(features, "train"), SplitData(features, "valid")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
@@ -53,11 +55,25 @@ def run(cfg: Config, overrides: list[str]) -> dict:
             rows.append({"device": device, "model": arch, "embedding_dim": dim, "embedding": impl,
                          "samples_per_s": speed})
     result = {"machine": machine(), "train_rows": len(train), "batch_size": 2048,
-              "table_rows": full_sizes, "runs": rows,
+              "table_rows": full_sizes, "runs": rows, "modes": _modes(devices),
               "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     js, md = write_report(Path(cfg.paths.reports), "train", result, _markdown(result))
     print(f"bench train: wrote {js} and {md}")
     return result
+
+
+def _modes(devices: list[str]) -> list[dict]:
+    """Eager vs torch.compile (vs CUDA graphs on a GPU) at MTReclib sizes, data on the device
+    (`training.throughput`): MMoE at B = 2048 on the CPU; HPS, MMoE and PLE at B = 2048 and
+    16384 on a GPU."""
+    out = []
+    for device in devices:
+        gpu = device == "cuda"
+        r = throughput.run(torch.device(device), [2048, 16384] if gpu else [2048], 50 if gpu else 10,
+                           list(throughput.MODES), throughput.table_sizes(),
+                           ("hps", "mmoe", "ple") if gpu else ("mmoe",))
+        out += [x | {"device": r["device"]} for x in r["results"]]
+    return out
 
 
 def _samples_per_s(model_cfg: RankerConfig, sizes: dict[str, int], info: FeatureInfo,
@@ -84,4 +100,11 @@ def _markdown(r: dict) -> str:
     for x in r["runs"]:
         lines.append(f"| {x['device']} | {x['model'].upper()} | {x['embedding_dim']} | {x['embedding']} | "
                      f"{x['samples_per_s']:,.0f} |")
+    lines += ["", "## Eager vs compiled (vs CUDA graphs) at MTReclib sizes", "",
+              "MMoE/HPS/PLE with experts [512, 256], towers [128, 64], the 16 synthetic tables, "
+              "Adam, dense table gradients, data held on the device (`training/throughput.py`).", "",
+              "| device | model | mode | batch | samples/s | ms/step |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for x in r.get("modes", []):
+        lines.append(f"| {x['device']} | {x['arch'].upper()} | {x['mode']} | {x['batch']} | "
+                     f"{x['samples_per_s']:,.0f} | {x['ms_per_step']:.1f} |")
     return "\n".join(lines) + "\n"

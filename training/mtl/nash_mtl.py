@@ -12,13 +12,15 @@ as 1/√s when GGᵀ scales by s).
 
 from __future__ import annotations
 
-import cvxpy as cp
 import numpy as np
 import torch
 
 
 def nash_weights(grads: torch.Tensor) -> torch.Tensor:
     """grads [K, D] → α [K] with (GGᵀ)α = 1/α."""
+    # deferred on purpose: only this method needs cvxpy, which the GPU machine lacks
+    import cvxpy as cp
+
     gram = (grads @ grads.t()).double().cpu().numpy()
     scale = float(np.linalg.norm(gram)) or 1.0
     eigval, eigvec = np.linalg.eigh(gram / scale)
