@@ -227,14 +227,14 @@ def _write_quarantine(
         kinds.setdefault(p.kind, []).append(p.condition)
     row = bad.select(
         pl.any_horizontal(conds).sum().alias(kind) for kind, conds in kinds.items()
-    ).collect().row(0, named=True)
+    ).collect(engine="streaming").row(0, named=True)
     return {k: int(v) for k, v in row.items() if v}
 
 
 def _count(files: list[InputFile], good: pl.LazyFrame, bad: pl.LazyFrame, source) -> dict:
     """Rows per file, good + quarantined, checked against an independent count of the file."""
-    n_good = dict(good.group_by(FILE_COL).len().collect().iter_rows())
-    n_bad = dict(bad.group_by(FILE_COL).len().collect().iter_rows())
+    n_good = dict(good.group_by(FILE_COL).len().collect(engine="streaming").iter_rows())
+    n_bad = dict(bad.group_by(FILE_COL).len().collect(engine="streaming").iter_rows())
     out = []
     for f in files:
         independent = count_rows(f, source)
@@ -254,14 +254,14 @@ def _truncated(spec: DataSpec, staged: pl.LazyFrame) -> dict[str, int]:
     if not spec.multi_fields:
         return {}
     row = staged.select((pl.col(f.name).list.len() > f.max_len).sum().alias(f.name)
-                        for f in spec.multi_fields).collect().row(0, named=True)
+                        for f in spec.multi_fields).collect(engine="streaming").row(0, named=True)
     return {k: int(v or 0) for k, v in row.items()}
 
 
 def _split(spec: DataSpec, files: list[InputFile], staged: pl.LazyFrame, counts: dict) -> pl.Expr:
     days: list[str] = []
     if spec.split.method == "day":
-        days = staged.select(pl.col(spec.day).unique()).collect()[spec.day].to_list()
+        days = staged.select(pl.col(spec.day).unique()).collect(engine="streaming")[spec.day].to_list()
     n_train = sum(f["rows"] for f in counts["files"] if f["role"] == "train")
     names = pl.col(FILE_COL).replace_strict([f.index for f in files], [f.path.name for f in files])
     return split_expr(
@@ -273,15 +273,16 @@ def _split(spec: DataSpec, files: list[InputFile], staged: pl.LazyFrame, counts:
 def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> FeatureTransform:
     """Pass 3: vocabularies and numeric statistics from the training split only."""
     train = good.filter(pl.col(SPLIT_COL) == "train")
-    if train.select(pl.len()).collect().item() == 0:
+    if train.select(pl.len()).collect(engine="streaming").item() == 0:
         raise DataError(f"{spec.name}: the training split is empty; check data.split ({spec.split})")
     base = FeatureTransform.load(base_artifacts).vocabularies if base_artifacts else {}
     vocab_fields = [f for f in spec.categorical if f.hash_buckets is None]
+    # the streaming engine throughout: the default one loads whole columns of the staged
+    # rows (the numeric statistics of 40M training rows alone would hold 10 GB)
     counts = pl.collect_all(
-        (train.select(vocab.elements(f).explode()) if f.multi else train.select(f.name))
-        .group_by(f.name).agg(pl.len().alias("count")).rename({f.name: "value"})
-        for f in vocab_fields
-    )
+        [(train.select(vocab.elements(f).explode()) if f.multi else train.select(f.name))
+         .group_by(f.name).agg(pl.len().alias("count")).rename({f.name: "value"})
+         for f in vocab_fields], engine="streaming")
     vocabularies = {f.name: fit_vocabulary(c, f, base.get(f.name)) for f, c in zip(vocab_fields, counts)}
     vocabularies |= {
         f.name: fit_vocabulary(pl.DataFrame(schema={"value": pl.String, "count": pl.Int64}), f)
@@ -289,7 +290,7 @@ def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> Fea
     }
     stats: dict[str, dict] = {}
     if spec.numeric:
-        row = train.select(numeric.stats_exprs(spec.numeric)).collect().row(0, named=True)
+        row = train.select(numeric.stats_exprs(spec.numeric)).collect(engine="streaming").row(0, named=True)
         stats = numeric.collect_stats(row, spec.numeric)
     return FeatureTransform(spec, vocabularies, stats)
 
@@ -307,7 +308,8 @@ def _write_model_ready(
     keys = [SPLIT_COL] + ([spec.day] if spec.day else [])
     good.sink_parquet(pl.PartitionBy(folder, key=keys, include_key=False), mkdir=True,
                       compression=compression, row_group_size=ROW_GROUP_ROWS)
-    written = pl.scan_parquet(folder, hive_partitioning=True).group_by(SPLIT_COL).len().collect()
+    written = (pl.scan_parquet(folder, hive_partitioning=True).group_by(SPLIT_COL).len()
+               .collect(engine="streaming"))
     return {r[SPLIT_COL]: int(r["len"]) for r in written.iter_rows(named=True)}
 
 

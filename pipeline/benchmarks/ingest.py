@@ -31,7 +31,7 @@ def bench_data(cfg: Config) -> tuple[DataSpec, Path]:
     b = cfg.bench
     params = cfg.synth.model_copy(update={"days": b.days, "rows_per_day": -(-b.rows // b.days),
                                           "format": "csv", "corrupt_fraction": CORRUPT_FRACTION})
-    landing = Path(cfg.paths.work_dir) / "bench" / f"landing-{params.rows_per_day}x{b.days}"
+    landing = Path(cfg.paths.work_dir) / "bench" / f"landing-{params.rows_per_day}x{b.days}-tags{params.tags}"
     marker = landing / "COMPLETE"
     if not marker.exists():
         shutil.rmtree(landing, ignore_errors=True)
@@ -40,7 +40,10 @@ def bench_data(cfg: Config) -> tuple[DataSpec, Path]:
         files.write_text(marker, params.model_dump_json())
     source = cfg.data.source.model_copy(update={"train": str(landing / "day=*.csv"), "test": None,
                                                 "format": "csv"})
-    return cfg.data.model_copy(update={"source": source}), landing
+    spec = cfg.data.model_copy(update={"source": source})
+    if not params.tags:  # `synth.tags=0`: logs without the multi-valued field (earlier reports)
+        spec = spec.model_copy(update={"categorical": [f for f in spec.categorical if not f.multi]})
+    return spec, landing
 
 
 def run(cfg: Config, overrides: list[str]) -> dict:
@@ -65,6 +68,7 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     reader = run_worker(__name__, ["reader", str(spec_path), str(work / "mtlrec"),
                                    str(cfg.bench.reader_batch_size)])
     result = {"machine": machine(), "overrides": overrides, "rows": results["mtlrec"]["rows_read"],
+              "multi_valued_fields": [f.name for f in spec.multi_fields],
               "input_mb": input_bytes / 2**20, "implementations": results, "batch_reader": reader}
     if "pandas" in results:
         m, p = results["mtlrec"], results["pandas"]
@@ -82,7 +86,8 @@ def _markdown(r: dict) -> str:
     lines = [
         "# Ingestion benchmark (`mtlrec bench ingest`)", "",
         f"{r['rows']:,} synthetic AliExpress-schema rows ({r['input_mb']:.0f} MB of CSV, "
-        f"{100 * CORRUPT_FRACTION:.1f}% with a defect) → validated, quarantined, fitted, "
+        f"{100 * CORRUPT_FRACTION:.1f}% with a defect; multi-valued fields: "
+        f"{r.get('multi_valued_fields') or 'none'}) → validated, quarantined, fitted, "
         "model-ready Parquet partitioned by split/day. Each implementation in its own process.",
         "", f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}, {r['machine']['time']}.",
         "", "| implementation | seconds | rows/s | peak RSS (MB) | good | quarantined |",
