@@ -167,8 +167,8 @@ class RowLayout:
         n_rows = table.num_rows
         return Rows(torch.from_numpy(np.concatenate(ids, axis=1) if ids else np.empty((n_rows, 0), np.int64)),
                     torch.from_numpy(np.stack(lengths, axis=1) if lengths else np.empty((n_rows, 0), np.int64)),
-                    torch.from_numpy(_matrix(table, self.numeric, np.float32)),
-                    torch.from_numpy(_matrix(table, self.tasks, np.float32)))
+                    torch.from_numpy(matrix(table, self.numeric, np.float32)),
+                    torch.from_numpy(matrix(table, self.tasks, np.float32)))
 
     def batch(self, rows: Rows) -> Batch:
         multi = bool(self.max_len)
@@ -301,7 +301,8 @@ class BatchLoader(EpochLoader):
             yield self.data.batch(order[first:min(first + b, (i + 1) * g)])
 
 
-def _matrix(table: pa.Table, names: list[str], dtype: type) -> np.ndarray:
+def matrix(table: pa.Table, names: list[str], dtype: type) -> np.ndarray:
+    """The named columns as one row-major [N, len(names)] array."""
     out = np.empty((table.num_rows, len(names)), dtype=dtype)
     for j, name in enumerate(names):
         out[:, j] = table.column(name).to_numpy()

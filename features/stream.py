@@ -26,6 +26,7 @@ import logging
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -35,7 +36,7 @@ import pyarrow.dataset as ds
 import torch
 
 from mtlrec.features.batches import (Batch, Batchable, BatchLoader, EpochLoader, RowLayout, Rows,
-                                     Shard, SplitData, open_dataset, split_filter)
+                                     Shard, SplitData, matrix, open_dataset, split_filter)
 from mtlrec.features.folder import FeaturesFolder
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ class StreamSplit:
         self.layout = RowLayout.of(features.info())
         self.keys = self.layout.categorical
         self.extra_columns, self.prefetch, self.split = tuple(extra_columns), prefetch, split
+        self._dataset = open_dataset(features)
         self.groups = [RowGroup(fragment, rg.id, rg.num_rows)
-                       for fragment in open_dataset(features).get_fragments(filter=split_filter(split))
+                       for fragment in self._dataset.get_fragments(filter=split_filter(split))
                        for rg in fragment.row_groups]
         # prefetch windows in flight + the one being consumed + one Arrow staging copy
         self.window_rows = max(1, budget_bytes // ((prefetch + 2) * self.layout.row_bytes))
@@ -74,31 +76,23 @@ class StreamSplit:
             log.warning("%s split: a row group of %d rows exceeds the stream window of %d rows "
                         "(trainer.memory_budget_mb is too small for this file's row groups); "
                         "windows will hold one row group each", split, largest, self.window_rows)
-        self._labels: torch.Tensor | None = None
-        self._extra: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return sum(g.rows for g in self.groups)
 
-    @property
+    @cached_property
     def labels(self) -> torch.Tensor:
-        """[N, K] in file order, read column by column (what evaluation compares with)."""
-        if self._labels is None:
-            self._labels = self._column_tensors(self.layout.tasks)
-        return self._labels
+        """[N, K] in file order, only these columns read (what evaluation compares with)."""
+        return torch.from_numpy(matrix(self._columns(self.layout.tasks), self.layout.tasks, np.float32))
 
-    @property
+    @cached_property
     def extra(self) -> dict[str, np.ndarray]:
         """The extra columns (e.g. the group column of the test split), in file order."""
-        if self._extra is None:
-            tables = [g.read(list(self.extra_columns)) for g in self.groups]
-            self._extra = {c: (pa.concat_tables(tables).column(c).to_numpy(zero_copy_only=False)
-                               if tables else np.empty(0)) for c in self.extra_columns}
-        return self._extra
+        table = self._columns(list(self.extra_columns))
+        return {c: table.column(c).to_numpy(zero_copy_only=False) for c in self.extra_columns}
 
-    def _column_tensors(self, columns: list[str]) -> torch.Tensor:
-        parts = [RowLayout([], [], columns).rows(g.read(columns)).labels for g in self.groups]
-        return torch.cat(parts) if parts else torch.empty(0, len(columns))
+    def _columns(self, columns: list[str]) -> pa.Table:
+        return self._dataset.to_table(columns=columns, filter=split_filter(self.split))
 
     def sample(self, max_rows: int, seed: int) -> SplitData:
         """An in-memory split of whole row groups drawn at random (seeded) up to `max_rows`
@@ -240,12 +234,12 @@ def open_split(features: FeaturesFolder, split: str, *, mode: DataMode, budget_m
                extra_columns: tuple[str, ...] = ()) -> LogSplit:
     """The split in memory, or streamed: `auto` streams when its tensors would not fit
     `budget_mb` (`trainer.data`, `trainer.memory_budget_mb`)."""
-    if mode == "auto":
-        rows = sum(f.count_rows() for f in open_dataset(features).get_fragments(filter=split_filter(split)))
-        mode = "memory" if rows * RowLayout.of(features.info()).row_bytes <= budget_mb * MB else "stream"
     if mode == "memory":
         return SplitData(features, split, extra_columns)
-    return StreamSplit(features, split, budget_bytes=budget_mb * MB, extra_columns=extra_columns)
+    stream = StreamSplit(features, split, budget_bytes=budget_mb * MB, extra_columns=extra_columns)
+    if mode == "auto" and len(stream) * stream.layout.row_bytes <= budget_mb * MB:
+        return SplitData(features, split, extra_columns)
+    return stream
 
 
 class Loader(Protocol):

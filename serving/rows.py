@@ -99,13 +99,10 @@ def _elements(value: object, field: CategoricalField, row: int) -> list[str] | N
             raise RowError(row, field.name, f"empty element in the list {_shown(value)} "
                            f"(separator {field.separator!r})")
         return parts
-    bad = next((v for v in value if type(v) not in (str, int)), _NONE)
-    if bad is not _NONE:
-        raise RowError(row, field.name, f"list elements must be strings or integers, got {_kind(bad)}")
+    bad = [v for v in value if type(v) not in (str, int)]
+    if bad:
+        raise RowError(row, field.name, f"list elements must be strings or integers, got {_kind(bad[0])}")
     return [str(v) for v in value]
-
-
-_NONE = object()
 
 
 def _column(values: list, name: str, dtype: pl.DataType) -> pl.Series:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import time
@@ -20,7 +19,7 @@ from mtlrec import files
 from mtlrec.features.folder import FeaturesFolder
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.synth import generate
-from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
+from mtlrec.pipeline.benchmarks.measure import machine, peak_rss_mb, run_worker, write_report
 from mtlrec.pipeline.config import Config, ConfigError
 
 CORRUPT_FRACTION = 0.001
@@ -118,9 +117,6 @@ def _warm_page_cache(folder: Path) -> None:
                 pass
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
 
 def _worker(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser()
@@ -148,7 +144,7 @@ def _worker(argv: list[str]) -> dict:
     else:
         res = ingest_pandas(spec, out)
     res["seconds"] = time.perf_counter() - t0
-    res["peak_rss_mb"] = _peak_rss_mb()
+    res["peak_rss_mb"] = peak_rss_mb()
     return res
 
 
@@ -165,7 +161,7 @@ def _bench_reader(out: Path, batch_size: int) -> dict:
         n += batch.sparse.stride()  # building the KJT is part of what the trainer gets
     secs = time.perf_counter() - t1
     return {"rows": len(data), "load_seconds": load, "batch_size": batch_size,
-            "samples_per_s": n / secs, "peak_rss_mb": _peak_rss_mb()}
+            "samples_per_s": n / secs, "peak_rss_mb": peak_rss_mb()}
 
 
 if __name__ == "__main__":

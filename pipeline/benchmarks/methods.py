@@ -25,7 +25,7 @@ from mtlrec.features.batches import BatchLoader, SplitData
 from mtlrec.features.folder import FeaturesFolder
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline.benchmarks.census import SETTING
-from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
+from mtlrec.pipeline.benchmarks.measure import machine, peak_rss_mb, run_worker, write_report
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.targets import build_ranker, ingest_logs
 from mtlrec.training.loop import Trainer, seed_everything
@@ -100,7 +100,7 @@ def _worker(warmup: int, steps: int, overrides: list[str]) -> dict:
         step.train_batch(forward, 0, dev)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     return {"median_step_ms": 1000 * float(np.median(times)), "p90_step_ms": 1000 * float(np.percentile(times, 90)),
             "peak_rss_mb": peak, "peak_added_mb": max(peak - rss_before, 0.0)}
 

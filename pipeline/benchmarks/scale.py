@@ -18,7 +18,6 @@ the ingest. Writes reports/scale.json and reports/scale.md.
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from mtlrec import files
 from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
+from mtlrec.pipeline.benchmarks.measure import machine, peak_rss_mb, run_worker, write_report
 from mtlrec.pipeline.config import Config, ConfigError
 
 GB = 1 << 30
@@ -103,9 +102,6 @@ def _ram_bytes() -> int:
         return int(next(line for line in fh if line.startswith("MemTotal")).split()[1]) * 1024
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
 
 def _worker(argv: list[str]) -> dict:
     step, job = argv[0], json.loads(argv[1])
@@ -133,7 +129,7 @@ def _worker(argv: list[str]) -> dict:
                 "stage_seconds": manifest["seconds"], "lists_truncated": manifest["lists_truncated"],
                 "row_bytes": RowLayout.of(features.info()).row_bytes,
                 "landing_gb": _size_gb(landing), "features_gb": _size_gb(Path(cfg.paths.features)),
-                "peak_rss_mb": _peak_rss_mb()}
+                "peak_rss_mb": peak_rss_mb()}
     t0 = time.perf_counter()
     r = train_and_evaluate(job)
     metrics = r["metrics"]
@@ -141,7 +137,7 @@ def _worker(argv: list[str]) -> dict:
             "train_s": r["train_s"], "samples_per_s": r["samples_per_s"],
             "test_auc": {t: m["auc"] for t, m in metrics["tasks"].items()},
             "mean_auc": metrics["mean_auc"], "total_s": time.perf_counter() - t0,
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _size_gb(folder: Path) -> float:
