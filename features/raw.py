@@ -1,21 +1,27 @@
-"""Validated raw rows of a few files, in memory: the checks of ingest without its fitting.
+"""Validated raw rows of a few files: the checks of ingest without its fitting.
 
-For inputs of bounded size that are validated but not turned into a training set: one
-day partition entering the retrain store, a holdout day scored by two bundles for the
-promotion gate, new logs scored by a served model. The same `validate` expressions as
-ingest decide which rows are good, so the good rows here are exactly the rows ingest
-would keep; bad rows come back with their reasons (never silently dropped).
+For inputs that are validated but not turned into a training set: one day partition
+entering the retrain store, a holdout day scored by two bundles for the promotion gate,
+new logs scored by a served model. A day of production logs is tens of millions of
+rows, so the good rows are written to a Parquet file on the streaming engine and read
+back a chunk at a time (`RawRows.typed_chunks`): memory is bounded by the chunk and the
+bad rows, not by the input. The same `validate` expressions as ingest decide which rows
+are good, so the good rows here are exactly the rows ingest would keep; bad rows come
+back with their reasons (never silently dropped).
 """
 
 from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
+from mtlrec import files as files_mod
 from mtlrec.features import validate
 from mtlrec.features.sources import (
     FILE_COL,
@@ -33,36 +39,51 @@ _DAY = re.compile(r"day=(\d{4}-\d{2}-\d{2})")
 
 @dataclass(frozen=True)
 class RawRows:
-    good: pl.DataFrame  # the good rows' original values (strings), the spec's columns
+    good_file: Path  # Parquet: the good rows' original values (strings), the spec's columns
+    rows_good: int
     quarantine: pl.DataFrame  # source_file, line, reason + the original values
     files: list[str]
 
-    def typed(self, spec: DataSpec) -> pl.DataFrame:
-        """The good rows typed as ingest types them (categorical strings, numeric floats,
-        labels 0/1, id/group/day): what `FeatureTransform` and the metrics read."""
-        return validate.with_parsed_numbers(self.good.lazy(), spec).select(
-            validate.typed_columns(spec)).collect()
+    def good(self) -> pl.LazyFrame:
+        return pl.scan_parquet(self.good_file)
+
+    def typed_chunks(self, spec: DataSpec, chunk_rows: int) -> Iterator[pl.DataFrame]:
+        """The good rows, `chunk_rows` at a time, typed as ingest types them (categorical
+        strings, numeric floats, labels 0/1, id/group/day): what `FeatureTransform` and the
+        metrics read."""
+        for batch in pq.ParquetFile(self.good_file).iter_batches(batch_size=chunk_rows):
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            yield validate.with_parsed_numbers(frame.lazy(), spec).select(
+                validate.typed_columns(spec)).collect()
 
 
-def read(spec: DataSpec, pattern: str) -> RawRows:
-    """Read and validate every file matching `pattern` with the spec's source options."""
+def read(spec: DataSpec, pattern: str, good_file: Path) -> RawRows:
+    """Read and validate every file matching `pattern` with the spec's source options; the
+    good rows go to `good_file` (written atomically), the bad ones stay in memory."""
     source = spec.source.model_copy(update={"train": pattern, "valid": None, "test": None})
-    files = survey(open_inputs(source, spec.expected_columns, spec.list_separators), source)
-    return collect_inputs(files, source, lambda lossy: _validated(spec, source, files, lossy))
+    inputs = survey(open_inputs(source, spec.expected_columns, spec.list_separators), source)
+    with files_mod.atomic_file(Path(good_file)) as tmp:
+        quarantine = collect_inputs(inputs, source, lambda lossy: _validated(spec, source, inputs, lossy, tmp))
+        rows_good = pq.ParquetFile(tmp).metadata.num_rows
+    return RawRows(Path(good_file), rows_good, quarantine, [str(f.path) for f in inputs])
 
 
-def _validated(spec: DataSpec, source: Source, files: list[InputFile], lossy: bool) -> RawRows:
-    """Every row of `files`, split into good rows and quarantined rows with reasons."""
+def _validated(spec: DataSpec, source: Source, files: list[InputFile], lossy: bool,
+               good_file: Path) -> pl.DataFrame:
+    """One streaming pass over `files`: the good rows into `good_file`; returns the
+    quarantined rows with their reasons."""
     checks = validate.problems(spec, files, check_utf8=lossy)
     frame = validate.flag_bad_rows(
-        pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed"), spec, checks
-    ).collect()
+        pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed"), spec, checks)
     paths = pl.col(FILE_COL).replace_strict([f.index for f in files], [str(f.path) for f in files])
     quarantine = frame.filter(pl.col(validate.BAD_COL)).select(
         paths.alias("source_file"), pl.col(LINE_COL).alias("line"),
         validate.reason(checks).alias("reason"), *spec.expected_columns)
-    good = frame.filter(~pl.col(validate.BAD_COL)).select(spec.expected_columns)
-    return RawRows(good, quarantine, [str(f.path) for f in files])
+    good = frame.filter(~pl.col(validate.BAD_COL)).select(spec.expected_columns).sink_parquet(
+        good_file, lazy=True)
+    bad, _ = pl.collect_all([quarantine, good], engine="streaming")
+    return bad
 
 
 def day_partitions(pattern: str) -> dict[str, str]:

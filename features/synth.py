@@ -17,6 +17,8 @@ conversion = click AND buy, so the second task is CTCVR.
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
@@ -30,8 +32,11 @@ from pydantic import Field, field_validator
 from mtlrec import files
 from mtlrec.configbase import Strict
 
+log = logging.getLogger(__name__)
+
 N_CATEGORICAL = 16
 N_NUMERIC = 63
+_MARKERS = ".synth"  # per day file, the parameters it was written from (hidden from day=* globs)
 DEFAULT_CARDINALITIES = (
     1_000_000, 300_000, 100_000, 30_000, 10_000, 3_000, 1_000, 300,
     100, 50, 20, 10, 8, 5, 3, 2,
@@ -194,33 +199,68 @@ def _corrupt(frame: pl.DataFrame, rng: np.random.Generator, fraction: float) -> 
 def generate(p: SynthParams, out_dir: Path, progress=None) -> list[Path]:
     """Write one file per day (`day=YYYY-MM-DD.csv` or `.parquet`) into out_dir.
 
-    Deterministic for a given SynthParams. Existing day files are rewritten; files of
+    Deterministic for a given SynthParams. A day file written earlier from the same
+    parameters is kept as it is (50M rows take minutes to write, and an unchanged file
+    also lets ingest reuse its output); any other existing day file is rewritten; files of
     other days are left alone (a landing folder may already hold earlier days).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     truth = GroundTruth(p)
     start = date.fromisoformat(p.start_day)
+    # what a day's file depends on: every parameter except how many days there are (and
+    # except where the config puts the files: `synth.out_dir` extends these parameters)
+    made_from = p.model_dump_json(include=set(SynthParams.model_fields) - {"days"})
     paths = []
     for d in range(p.days):
         day = (start + timedelta(days=d)).isoformat()
-        rng = np.random.default_rng([p.seed, d])
         path = out_dir / f"day={day}.{p.format}"
-        done, writer = 0, None
-        with files.atomic_file(path) as tmp, open(tmp, "wb") as fh:
-            while done < p.rows_per_day:  # chunk by chunk: memory stays bounded at any size
-                n = min(p.chunk_rows, p.rows_per_day - done)
-                chunk = _frame(truth, rng, n, d * p.rows_per_day + done, day, p)
-                if p.format == "csv":
-                    chunk.write_csv(fh, include_header=done == 0, float_precision=6)
-                else:
-                    table = chunk.to_arrow()
-                    writer = writer or pq.ParquetWriter(fh, table.schema)
-                    writer.write_table(table)
-                done += n
-                if progress is not None:
-                    progress(n)
-            if writer is not None:
-                writer.close()
         paths.append(path)
+        marker = out_dir / _MARKERS / f"{path.name}.json"
+        if _unchanged(path, marker, made_from):
+            log.info("synth: %s is already written from these parameters", path)
+            if progress is not None:
+                progress(p.rows_per_day)
+            continue
+        marker.unlink(missing_ok=True)
+        _write_day(p, truth, d, day, path, progress)
+        files.write_json(marker, {"params": made_from, **_stamp(path)})
     return paths
+
+
+def _stamp(path: Path) -> dict:
+    """What tells a file apart from an edited copy of it, without reading it."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _unchanged(path: Path, marker: Path, made_from: str) -> bool:
+    """`path` was written from `made_from` and not touched since."""
+    if not (path.exists() and marker.exists()):
+        return False
+    try:
+        written = json.loads(marker.read_text())
+    except ValueError:
+        return False
+    return written == {"params": made_from, **_stamp(path)}
+
+
+def _write_day(p: SynthParams, truth: GroundTruth, d: int, day: str, path: Path, progress) -> None:
+    """Day `d` of the logs into `path`, atomically."""
+    rng = np.random.default_rng([p.seed, d])
+    done, writer = 0, None
+    with files.atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        while done < p.rows_per_day:  # chunk by chunk: memory stays bounded at any size
+            n = min(p.chunk_rows, p.rows_per_day - done)
+            chunk = _frame(truth, rng, n, d * p.rows_per_day + done, day, p)
+            if p.format == "csv":
+                chunk.write_csv(fh, include_header=done == 0, float_precision=6)
+            else:
+                table = chunk.to_arrow()
+                writer = writer or pq.ParquetWriter(fh, table.schema)
+                writer.write_table(table)
+            done += n
+            if progress is not None:
+                progress(n)
+        if writer is not None:
+            writer.close()

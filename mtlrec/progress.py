@@ -2,12 +2,14 @@
 
 On a terminal (stderr is a TTY) tqdm draws a bar. In a log file, a pipe or CI a bar is
 carriage-return noise, so progress is one log line every `every_s` seconds instead (none
-for work that ends sooner; the work's own summary line says it finished).
+for work that ends sooner; the work's own summary line says it finished), with the
+process's peak resident memory so far.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 import time
 
@@ -41,7 +43,8 @@ class Progress:
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self._last = now
-            log.info("%s", self.line())
+            # the peak so far: in a long run's log it shows where memory grew
+            log.info("%s; peak RSS %.2f GB", self.line(), _peak_rss_gb())
 
     def line(self) -> str:
         """`epoch 3: 1,200 / 5,000 batches (24%), loss 0.1234`."""
@@ -60,3 +63,7 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB

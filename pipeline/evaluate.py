@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -99,28 +100,34 @@ def _stl_metric(stl: RunFolder, run: RunFolder, metric: str) -> dict[str, float]
     return {t: m[metric] for t, m in metrics["tasks"].items()}
 
 
-def served_metrics(model: Bundle, rows: raw.RawRows) -> dict:
-    """Metrics of a bundle on validated raw rows, scored through its transform + onnxruntime."""
+def served_metrics(model: Bundle, rows: raw.RawRows, chunk_rows: int = 65_536) -> dict:
+    """Metrics of a bundle on validated raw rows, scored through its transform + onnxruntime
+    `chunk_rows` rows at a time (what is held is the scores and labels, not the rows)."""
     spec = model.transform.spec
-    typed = rows.typed(spec)
-    if typed.is_empty():
+    if rows.rows_good == 0:
         raise DataError(f"no good rows to score in {rows.files} ({rows.quarantine.height} quarantined)")
-    scores, oov = model.score(typed)
-    p = np.clip(scores.astype(np.float64), _P_CLIP, 1 - _P_CLIP)
-    labels = typed.select(spec.task_names).to_numpy()
-    return {"rows": typed.height, "rows_quarantined": rows.quarantine.height, "files": rows.files,
+    scores, labels, oov = [], [], np.zeros(len(model.transform.categorical_names), dtype=np.int64)
+    for typed in rows.typed_chunks(spec, chunk_rows):
+        s, counts = model.score(typed)
+        scores.append(s)
+        labels.append(typed.select(spec.task_names).to_numpy())
+        oov += counts
+    p = np.clip(np.concatenate(scores).astype(np.float64), _P_CLIP, 1 - _P_CLIP)
+    return {"rows": rows.rows_good, "rows_quarantined": rows.quarantine.height, "files": rows.files,
             "oov_values": dict(zip(model.transform.categorical_names, oov.tolist())),
-            "tasks": task_metrics(labels, np.log(p) - np.log1p(-p), spec.task_names)}
+            "tasks": task_metrics(np.concatenate(labels), np.log(p) - np.log1p(-p), spec.task_names)}
 
 
 def evaluate_served(cfg: Config) -> tuple[dict, Path]:
     """AUC/logloss of the served model (`serve.model`) on new raw logs (`evaluate.logs`),
     written to `<work_dir>/evaluations/<model>-v<version>.json`; returns (metrics, that file)."""
     version, model = load_served(cfg)
-    metrics = served_metrics(model, raw.read(model.transform.spec, cfg.evaluate.logs)) | {
-        "model": cfg.serve.model, "version": version}
     # a registry version is a number; a bundle folder's "version" is its resolved path
     label = f"{cfg.serve.model.removeprefix('models:/')}-v{version if version.isdigit() else Path(version).name}"
     out = Path(cfg.paths.work_dir) / "evaluations" / (_UNSAFE.sub("_", label) + ".json")
+    Path(cfg.paths.work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cfg.paths.work_dir) as tmp:  # on the data's disk, not /tmp
+        rows = raw.read(model.transform.spec, cfg.evaluate.logs, Path(tmp) / "good.parquet")
+        metrics = served_metrics(model, rows) | {"model": cfg.serve.model, "version": version}
     files.write_json(out, metrics)
     return metrics, out

@@ -8,6 +8,7 @@ one registered version (found by run id), alias moves are idempotent.
 from __future__ import annotations
 
 import logging
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -103,15 +104,16 @@ def publish(cfg: Config, run: RunFolder, holdout: str) -> dict:
     champion_version = str(champion.version) if champion else None
     if champion_version == version:
         return {"version": version, "action": "already champion", "gate": None}
-    rows = raw.read(cfg.data, holdout)
-    candidate = served_metrics(exported, rows)
-    holdout_info = {"files": rows.files, "rows": candidate["rows"]}
-    if champion_version is None:
-        result = registry.GateResult(True, {}, [])
-    else:
-        _, incumbent_bundle = registry.load_served(cfg, f"models:/{name}/{champion_version}")
-        incumbent = served_metrics(incumbent_bundle, rows)
-        result = registry.compare(candidate["tasks"], incumbent["tasks"], cfg.gate)
+    with tempfile.TemporaryDirectory(dir=run.path) as tmp:  # the holdout's good rows
+        rows = raw.read(cfg.data, holdout, Path(tmp) / "holdout.parquet")
+        candidate = served_metrics(exported, rows)
+        holdout_info = {"files": rows.files, "rows": candidate["rows"]}
+        if champion_version is None:
+            result = registry.GateResult(True, {}, [])
+        else:
+            _, incumbent_bundle = registry.load_served(cfg, f"models:/{name}/{champion_version}")
+            incumbent = served_metrics(incumbent_bundle, rows)
+            result = registry.compare(candidate["tasks"], incumbent["tasks"], cfg.gate)
     if result.passed:
         registry.make_champion(c, name, version)
         action = "champion"

@@ -155,20 +155,21 @@ def _store_day(cfg: Config, folder: Path, day: str, pattern: str, accept: bool) 
     more bad rows than data.checks.max_reject_ratio (and is not being accepted). Returns
     the day's manifest record."""
     store = folder / "store"
-    rows = raw.read(cfg.data, pattern)
+    good = store / f"day={day}.parquet"
+    rows = raw.read(cfg.data, pattern, good)
     quarantine = store / f"day={day}.quarantine.parquet"
     _write_parquet(rows.quarantine, quarantine)
-    total = rows.good.height + rows.quarantine.height
-    record = {"files": rows.files, "rows_good": rows.good.height,
+    total = rows.rows_good + rows.quarantine.height
+    record = {"files": rows.files, "rows_good": rows.rows_good,
               "rows_quarantined": rows.quarantine.height, "quarantine": str(quarantine)}
     ratio = cfg.data.checks.max_reject_ratio
     if rows.quarantine.height > ratio * total and not accept:
+        good.unlink()  # a rejected day's rows stay out of the store
         reason = (f"{rows.quarantine.height:,} of {total:,} rows rejected "
                   f"({rows.quarantine.height / max(total, 1):.1%} > data.checks.max_reject_ratio {ratio:.1%})")
         log.warning("retrain: day %s rejected: %s", day, reason)
         return {"status": REJECTED, "reason": reason} | record
-    _write_parquet(rows.good, store / f"day={day}.parquet")
-    log.info("retrain: took in day %s (%d good, %d quarantined)", day, rows.good.height,
+    log.info("retrain: took in day %s (%d good, %d quarantined)", day, rows.rows_good,
              rows.quarantine.height)
     if accept:
         return {"status": ACCEPTED, "reason": "retrain.accept_day: its bad rows stay quarantined"} | record

@@ -183,3 +183,30 @@ def test_gate_promote_rollback_and_served_evaluation(work, capsys):
                                                             abs=1e-12)
     assert main(["evaluate", *args, f"model=models:/{NAME}@nope", f"logs={day}"]) == 2
     assert "Registered model alias nope not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_served_metrics_stream_the_rows_in_chunks(work, tmp_path):
+    """Scores and labels of every chunk line up: any chunk size gives the metrics of one
+    chunk holding every row; a bad row is quarantined, not scored."""
+    from mtlrec.features import raw
+    from mtlrec.pipeline import config as config_mod
+    from mtlrec.pipeline.evaluate import served_metrics
+
+    day = work / "landing" / "synth" / "day=2026-11-04.csv"
+    logs = tmp_path / "day=2026-11-04.csv"
+    lines = day.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[0], cells[20] = "bad-row", "not-a-number"  # a new search_id, numerical_4 unparseable
+    logs.write_text("\n".join([*lines, ",".join(cells)]) + "\n")
+    spec = config_mod.load([f"paths.work_dir={work}", *GOOD]).data
+    rows = raw.read(spec, str(logs), tmp_path / "good.parquet")
+    assert (rows.rows_good, rows.quarantine.height) == (5000, 1)
+    assert "numerical_4: unparseable number" in rows.quarantine["reason"][0]
+    model = bundle.load(_run_dir(work) / "bundle")
+    whole = served_metrics(model, rows, chunk_rows=10**6)
+    for chunk in (333, 4096):
+        chunked = served_metrics(model, rows, chunk_rows=chunk)
+        assert chunked["rows"] == 5000 and chunked["oov_values"] == whole["oov_values"]
+        for task, m in whole["tasks"].items():
+            assert chunked["tasks"][task] == pytest.approx(m, rel=1e-12)

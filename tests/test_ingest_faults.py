@@ -1,4 +1,4 @@
-"""Hostile input files at ingest and at the in-memory reader (`features.raw.read`): old-Mac
+"""Hostile input files at ingest and at the raw-rows reader (`features.raw.read`): old-Mac
 line endings, a byte-order mark, a stray quote, a file that disappears mid-run, binary
 and unreadable files. Each is either read correctly, with every row accounted for
 (rows read = good + quarantined), or a one-line DataError naming the file."""
@@ -43,7 +43,7 @@ def test_cr_only_and_crlf_files_read_like_lf(tmp_path):
         m, q = _ingest(tmp_path, path, out=name)
         seen[name] = (m["rows_read"], m["rows_quarantined"], q["line"].to_list(),
                       q["reason"].to_list())
-        good = raw.read(small_spec(str(path)), str(path)).good
+        good = raw.read(small_spec(str(path)), str(path), tmp_path / f"{name}.parquet").good().collect()
         assert good.height == 30 and good["conversion"].str.contains("\r").sum() == 0
     expected = (31, 1, [32], ["num_x: unparseable number 'abc'"])
     assert seen["cr"] == seen["crlf"] == seen["lf"] == expected
@@ -71,7 +71,8 @@ def test_utf8_bom_is_stripped_with_and_without_header(tmp_path):
     source = {"train": str(headerless), "has_header": False, "columns": HEADER}
     m, _ = _ingest(tmp_path, headerless, out="out2", source=source)
     assert (m["rows_read"], m["rows_good"]) == (20, 20)
-    good = raw.read(small_spec(str(headerless), source=source), str(headerless)).good
+    good = raw.read(small_spec(str(headerless), source=source), str(headerless),
+                    tmp_path / "good.parquet").good().collect()
     assert good["sid"][0] == "0"
 
 
@@ -92,10 +93,11 @@ def test_one_unterminated_quote_quarantines_only_its_line(tmp_path, at):
     assert q["reason"][0].startswith("unterminated quote")
     assert q.row(0)[3:] == ("500", '"a1', "b1", "1", "2", "0", "0")  # split without quoting
 
-    rows_read = raw.read(small_spec(str(path)), str(path))
-    assert rows_read.good.height == 20 and rows_read.quarantine["line"].to_list() == [at + 2]
-    assert "a,3" in rows_read.good["cat_a"].to_list()
-    assert sorted(rows_read.good["sid"].cast(int).to_list()) == list(range(20))
+    rows_read = raw.read(small_spec(str(path)), str(path), tmp_path / "good.parquet")
+    good = rows_read.good().collect()
+    assert good.height == rows_read.rows_good == 20 and rows_read.quarantine["line"].to_list() == [at + 2]
+    assert "a,3" in good["cat_a"].to_list()
+    assert sorted(good["sid"].cast(int).to_list()) == list(range(20))
 
 
 def test_many_unbalanced_quotes_suggest_the_quote_setting(tmp_path):
@@ -168,7 +170,7 @@ def test_a_file_removed_during_the_read_is_a_data_error_naming_it(tmp_path, monk
 
     monkeypatch.setattr(raw, "scan", scan_then_remove)
     with pytest.raises(DataError, match=REMOVED):
-        raw.read(small_spec("unused"), str(tmp_path / "*.csv"))
+        raw.read(small_spec("unused"), str(tmp_path / "*.csv"), tmp_path / "good.parquet")
 
 
 # ------------------------------------------------------------------ not CSV at all

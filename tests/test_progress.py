@@ -12,9 +12,11 @@ def test_off_a_terminal_progress_is_a_log_line_every_few_seconds_and_no_bar(capl
         with Progress(200, "batches", "epoch 3", every_s=0.0, terminal=False) as bar:
             bar.update(50, loss="0.6931")
             bar.update(50)
-    assert [r.getMessage() for r in caplog.records] == [
+    lines = [r.getMessage().split("; peak RSS ") for r in caplog.records]
+    assert [line for line, _ in lines] == [
         "epoch 3: 50 / 200 batches (25%), loss 0.6931",
         "epoch 3: 100 / 200 batches (50%), loss 0.6931"]  # the last status stays shown
+    assert all(0 < float(rss.removesuffix(" GB")) < 1024 for _, rss in lines)
     assert capsys.readouterr().err == ""  # no carriage-return bar in a file or a pipe
 
 

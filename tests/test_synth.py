@@ -86,3 +86,17 @@ def test_bad_parameters_are_rejected():
         SynthParams(conflict_rho=2.0)
     with pytest.raises(ValueError, match="16 cardinalities"):
         SynthParams(cardinalities=(10, 10))
+
+
+def test_a_day_written_from_the_same_parameters_is_kept_and_any_other_is_rewritten(tmp_path):
+    p = SynthParams(days=2, rows_per_day=300, cardinalities=SMALL["cardinalities"])
+    first = generate(p, tmp_path)
+    stamps = [f.stat().st_mtime_ns for f in first]
+    more = generate(SynthParams(**{**p.__dict__, "days": 3}), tmp_path)  # one more day
+    assert [f.stat().st_mtime_ns for f in more[:2]] == stamps  # kept, not rewritten
+    edited = first[0].read_bytes()
+    first[0].write_bytes(edited[:-50])  # someone edited a day file: it is written anew
+    generate(p, tmp_path)
+    assert first[0].read_bytes() == edited
+    generate(SynthParams(**{**p.__dict__, "seed": 7}), tmp_path)  # other parameters: rewritten
+    assert first[0].read_bytes() != edited and first[1].stat().st_mtime_ns != stamps[1]

@@ -31,12 +31,8 @@ def bench_data(cfg: Config) -> tuple[DataSpec, Path]:
     params = cfg.synth.model_copy(update={"days": b.days, "rows_per_day": -(-b.rows // b.days),
                                           "format": "csv", "corrupt_fraction": CORRUPT_FRACTION})
     landing = Path(cfg.paths.work_dir) / "bench" / f"landing-{params.rows_per_day}x{b.days}-tags{params.tags}"
-    marker = landing / "COMPLETE"
-    if not marker.exists():
-        shutil.rmtree(landing, ignore_errors=True)
-        print(f"bench ingest: generating {b.rows:,} rows into {landing}", file=sys.stderr)
-        generate(params, landing)
-        files.write_text(marker, params.model_dump_json())
+    print(f"bench ingest: {b.rows:,} rows in {landing}", file=sys.stderr)
+    generate(params, landing)  # keeps the day files already written from these parameters
     source = cfg.data.source.model_copy(update={"train": str(landing / "day=*.csv"), "test": None,
                                                 "format": "csv"})
     spec = cfg.data.model_copy(update={"source": source})

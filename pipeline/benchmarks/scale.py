@@ -115,10 +115,7 @@ def _worker(argv: list[str]) -> dict:
     if step == "ingest":
         landing = Path(cfg.synth.out_dir)
         t0 = time.perf_counter()
-        if not (landing / "COMPLETE").exists():
-            shutil.rmtree(landing, ignore_errors=True)
-            generate(cfg.synth, landing)
-            files.write_text(landing / "COMPLETE", cfg.synth.model_dump_json())
+        generate(cfg.synth, landing)  # keeps the day files already written from these parameters
         synth_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         features = ingest_logs(cfg)
