@@ -195,7 +195,7 @@ def _stage_once(
     frames = [scan(f, spec.source, lossy).with_columns(pl.lit(f.role).alias(ROLE_COL))
               for f in files]
     lf = validate.flag_bad_rows(
-        pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL), spec, checks)
+        pl.concat(frames, how="vertical_relaxed").with_row_index(SEQ_COL), spec, checks, files, work)
     good = lf.filter(~pl.col(validate.BAD_COL)).select(
         *validate.typed_columns(spec), FILE_COL, LINE_COL, SEQ_COL, ROLE_COL
     )

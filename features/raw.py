@@ -75,7 +75,8 @@ def _validated(spec: DataSpec, source: Source, files: list[InputFile], lossy: bo
     quarantined rows with their reasons."""
     checks = validate.problems(spec, files, check_utf8=lossy)
     frame = validate.flag_bad_rows(
-        pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed"), spec, checks)
+        pl.concat([scan(f, source, lossy) for f in files], how="vertical_relaxed"), spec, checks,
+        files, good_file.parent)
     paths = pl.col(FILE_COL).replace_strict([f.index for f in files], [str(f.path) for f in files])
     quarantine = frame.filter(pl.col(validate.BAD_COL)).select(
         paths.alias("source_file"), pl.col(LINE_COL).alias("line"),

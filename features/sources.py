@@ -70,12 +70,19 @@ class InputFile:
     unbalanced: tuple[int, ...] = ()  # lines with an odd number of quote chars (`survey`)
     lists: tuple[tuple[str, str], ...] = ()  # Parquet list columns and the separator joining them
     uncompressed: int | None = None  # a Parquet file's column data uncompressed, in bytes
+    parquet_rows: int | None = None  # a Parquet file's rows (its metadata)
 
     @property
     def data_bytes(self) -> int:
         """The size of the file's values as text or uncompressed columns (what parsing them
         into memory scales with; a compressed Parquet file is much smaller)."""
         return self.size if self.uncompressed is None else self.uncompressed
+
+    @property
+    def max_rows(self) -> int:
+        """At most this many data rows (a CSV's physical lines bound its rows); 0 when not
+        known yet (a CSV before `survey`)."""
+        return self.parquet_rows if self.parquet_rows is not None else (self.lines or 0)
 
     @property
     def truncated_line(self) -> int | None:
@@ -245,7 +252,7 @@ def _inspect(path: Path, role: str, index: int, source: Source, expected: list[s
         _compare(path, schema.names, expected, hint="")
         uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         return replace(planned, columns=tuple(schema.names), uncompressed=uncompressed,
-                       lists=_list_columns(path, schema, list_separators))
+                       parquet_rows=meta.num_rows, lists=_list_columns(path, schema, list_separators))
     head = _head(path)
     if b"\x00" in head:
         raise DataError(f"{path}: not a text file: it holds NUL bytes (binary, compressed other "

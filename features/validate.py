@@ -9,8 +9,10 @@ dropped by a null in a filter.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
@@ -260,13 +262,44 @@ def bad_flag(spec: DataSpec, checks: list[Problem]) -> pl.Expr:
 BAD_COL = "__bad"
 
 
-def flag_bad_rows(lf: pl.LazyFrame, spec: DataSpec, checks: list[Problem]) -> pl.LazyFrame:
+# `is_first_distinct` over one id column holds about 42 bytes a row (2.1 GB for 50M ids,
+# measured); inputs whose ids would take more than ID_CHECK_MAX_BYTES are checked in that
+# many hash buckets of their ids, one bucket at a time.
+ID_BYTES_PER_ROW = 42
+ID_CHECK_MAX_BYTES = 512 * 2**20
+
+
+def flag_bad_rows(lf: pl.LazyFrame, spec: DataSpec, checks: list[Problem], files: list[InputFile],
+                  scratch: Path) -> pl.LazyFrame:
     """The scanned rows with their numbers parsed and `BAD_COL` set (the duplicate-id
-    check, when configured, first sees every input row): how ingest and the in-memory
-    reader (features/raw.py) both decide which rows are good."""
+    check, when configured, first sees every input row): how ingest and the raw-rows
+    reader (features/raw.py) both decide which rows are good. `scratch`: a folder for the
+    ids of inputs too large to check in one piece."""
     if spec.checks.unique_id:
-        lf = lf.with_columns((~pl.col(spec.id).is_first_distinct()).alias(DUP_COL))
+        lf = lf.with_columns(_repeated_id(lf, spec.id, files, scratch).alias(DUP_COL))
     return with_parsed_numbers(lf, spec).with_columns(bad_flag(spec, checks).alias(BAD_COL))
+
+
+def _repeated_id(lf: pl.LazyFrame, id_col: str, files: list[InputFile], scratch: Path) -> pl.Expr:
+    """True on each row whose id appeared on an earlier row, in input order.
+
+    Rows sharing an id share a hash bucket, and filtering keeps their order, so checking
+    bucket by bucket finds exactly the rows a check of all ids at once finds. The ids are
+    first copied to `scratch` (one pass over the inputs, however many buckets follow).
+    """
+    first = pl.col(id_col).is_first_distinct()
+    buckets = -(-sum(f.max_rows for f in files) * ID_BYTES_PER_ROW // ID_CHECK_MAX_BYTES)
+    if buckets <= 1:
+        return ~first
+    row = pl.col(FILE_COL).cast(pl.Int64) * 2**40 + pl.col(LINE_COL)  # a line number < 2^40
+    bucket = pl.col(id_col).hash(seed=0) % buckets
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        ids_file = Path(tmp) / "ids.parquet"
+        lf.select(row.alias("row"), pl.col(id_col)).sink_parquet(ids_file)
+        ids = pl.scan_parquet(ids_file)
+        repeated = pl.concat([ids.filter(bucket == b).filter(~first).select("row")
+                              .collect(engine="streaming") for b in range(buckets)])["row"]
+    return row.is_in(repeated.implode())
 
 
 def reason(checks: list[Problem]) -> pl.Expr:

@@ -147,6 +147,8 @@ class BenchConfig(Strict):
                                   description="bench scale: synthetic log sizes (rows)")
     scale_days: int = Field(10, ge=3, description="bench scale: days the rows are spread over")
     scale_memory: bool = Field(True, description="bench scale: also train in memory where it fits")
+    scale_run: bool = Field(True, description="bench scale: the largest size's logs also go through "
+                            "a whole `mtlrec run` (its wall time and peak RSS)")
 
 
 def _data_kind(value: Any) -> str:

@@ -228,9 +228,17 @@ class RunFolder:
     def gate_report(self) -> Path:
         return self.gate / "gate.md"
 
+    @property
+    def _gate_file(self) -> Path:
+        return self.gate / "gate.json"
+
     def save_gate(self, summary: dict, markdown: str) -> None:
-        files.write_json(self.gate / "gate.json", summary)
+        files.write_json(self._gate_file, summary)
         files.write_text(self.gate_report, markdown)
+
+    def gate_summary(self) -> dict | None:
+        """What the last export did (version, action, gate verdict), if it ran."""
+        return json.loads(self._gate_file.read_text()) if self._gate_file.exists() else None
 
     # ------------------------------------------------------------------ benchmarks
 

@@ -7,10 +7,12 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from helpers import HEADER, good_rows, read_quarantine, small_spec, write_csv
+from mtlrec.features import raw, validate
 from mtlrec.features.errors import DataError
 from mtlrec.features.ingest import ingest
 
@@ -141,6 +143,43 @@ def test_duplicate_ids_keep_the_first(tmp_path):
     assert q.height == 2
     assert set(q["line"].to_list()) == {52, 53}  # the original id 7 (line 9) stays good
     assert all("sid: duplicate id '7'" in r for r in q["reason"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_ids_checked_in_hash_buckets_find_exactly_the_repeats_of_a_whole_check(tmp_path, monkeypatch, fmt):
+    """Inputs too large to check their ids in one piece are checked bucket by bucket: the
+    same rows are quarantined, across files and in input order (the first stays good)."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):  # ids drawn with repeats, within and across files
+        rows = good_rows(200, start=1000 * k)
+        for r in rows:
+            r[0] = str(rng.integers(0, 400))
+        rows[5][0] = ""  # a missing id is not a repeat
+        rows[9][0] = ""
+        path = write_csv(folder / f"part-{k}.csv", rows)
+        if fmt == "parquet":
+            pl.read_csv(path, infer_schema=False).write_parquet(folder / f"part-{k}.parquet")
+            path.unlink()
+    spec = small_spec(str(folder / f"part-*.{fmt}"), source={"train": str(folder / f"part-*.{fmt}"),
+                                                             "format": fmt},
+                      checks={"unique_id": True, "max_reject_ratio": 1.0})
+    whole = raw.read(spec, spec.source.train, tmp_path / "whole.parquet").quarantine
+    monkeypatch.setattr(validate, "ID_CHECK_MAX_BYTES", 600 * validate.ID_BYTES_PER_ROW // 7)  # 7 buckets
+    scratch_folders = []
+    made = validate.tempfile.TemporaryDirectory
+    monkeypatch.setattr(validate.tempfile, "TemporaryDirectory",
+                        lambda **kw: scratch_folders.append(kw) or made(**kw))
+    bucketed = raw.read(spec, spec.source.train, tmp_path / "bucketed.parquet").quarantine
+    assert len(scratch_folders) == 1  # the bucketed check ran
+    assert bucketed.equals(whole)
+    dups = whole.filter(pl.col("reason").str.contains("duplicate id"))
+    all_ids = pl.concat([pl.read_csv(f, infer_schema=False) if fmt == "csv" else pl.read_parquet(f)
+                         for f in sorted(folder.iterdir())])["sid"]
+    repeats = all_ids.is_not_null() & ~all_ids.is_first_distinct()
+    assert dups.height == int(repeats.sum()) > 100
+    assert not list(tmp_path.glob("**/ids.parquet"))  # the ids' copy is gone
 
 
 def test_too_many_fields_and_blank_line(tmp_path):

@@ -25,6 +25,27 @@ def test_bench_ingest_compares_like_with_like(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_scale_runs_its_steps_once_and_the_whole_run_on_the_largest_logs(tmp_path, capsys):
+    args = ["bench", "scale", "bench.scale_rows=[3000,6000]", "bench.scale_days=3",
+            f"paths.work_dir={tmp_path}", f"paths.reports={tmp_path / 'reports'}",
+            "model.n_experts=2", "model.expert_hidden=[16]", "model.tower_hidden=[8]"]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "reports" / "scale.json").read_text())
+    small, large = result["sizes"]
+    assert [small["ingest"]["rows_read"], large["ingest"]["rows_read"]] == [3000, 6000]
+    for size in (small, large):
+        assert size["stream"]["data"] == "stream" and size["memory"]["data"] == "memory"
+    assert "run" not in small
+    run = large["run"]  # synth and ingest reused; trained, evaluated, exported, gated, registered
+    assert run["action"] == "champion" and run["holdout_rows"] > 1900 and run["peak_rss_mb"] > 0
+    assert run["command"].startswith("mtlrec run ") and "synth.rows_per_day=2000" in run["command"]
+    assert "A whole `mtlrec run` of the 6,000-row logs" in (tmp_path / "reports" / "scale.md").read_text()
+    capsys.readouterr()
+    assert main(args) == 0  # stopped or not, a second bench reuses every finished step
+    assert capsys.readouterr().err.count("bench scale: reusing") == 7
+
+
+@pytest.mark.slow
 def test_bench_methods_measures_every_case_against_ew(tmp_path):
     from mtlrec.pipeline import config
     from mtlrec.pipeline.benchmarks import methods
