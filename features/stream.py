@@ -4,7 +4,8 @@ An epoch is defined without reading any data, from the row groups' sizes alone:
 1. the split's row groups in file order, permuted by a generator seeded by (seed, epoch)
    when shuffling;
 2. cut, in that order, into windows of at most `window_rows` rows (the shuffle buffer:
-   a window holds row groups drawn from across all files);
+   a window holds row groups drawn from across all files; without shuffling no buffer
+   is needed, and windows hold at most SEQUENTIAL_WINDOW_ROWS);
 3. each window's rows permuted by a generator seeded by (seed, epoch, window);
 4. the windows concatenated and cut into global batches of world·b rows; rank r of a
    `Shard` takes rows [r·b, (r+1)·b) of each.
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DataMode = Literal["auto", "memory", "stream"]
 MB = 1 << 20
+SEQUENTIAL_WINDOW_ROWS = 65_536  # a window's rows when not shuffling (ingest's row group)
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,14 @@ class StreamSplit:
         """Steps 1–2 of the module docstring."""
         order = (torch.randperm(len(self.groups), generator=_generator(seed, epoch)).tolist()
                  if shuffle else range(len(self.groups)))
+        # only shuffling needs a shuffle buffer: reading in order (evaluation, predict) holds
+        # small windows, whatever the split's size
+        limit = self.window_rows if shuffle else min(self.window_rows, SEQUENTIAL_WINDOW_ROWS)
         out: list[list[RowGroup]] = []
         rows = 0
         for i in order:
             group = self.groups[i]
-            if not out or rows + group.rows > self.window_rows:
+            if not out or rows + group.rows > limit:
                 out.append([])
                 rows = 0
             out[-1].append(group)

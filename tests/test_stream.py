@@ -12,6 +12,7 @@ import torch
 
 from mtlrec.features.batches import BatchLoader, Shard, SplitData
 from mtlrec.features.folder import FeatureInfo, FeaturesFolder
+from mtlrec.features import stream as stream_mod
 from mtlrec.features.stream import StreamSplit, make_loader, open_split
 
 FILES, GROUPS, GROUP_ROWS = 3, 5, 97  # ≥ 3 files × ≥ 4 row groups, sizes prime to the batch
@@ -58,6 +59,15 @@ def test_the_stream_reads_every_file_and_row_group(features):
     stream = _stream(features)
     assert len(stream.groups) == FILES * GROUPS and len(stream) == FILES * GROUPS * GROUP_ROWS
     assert 1 < len(stream.windows(0, shuffle=True, seed=0)) < len(stream.groups)
+
+
+def test_only_a_shuffled_read_holds_budget_sized_windows(features, monkeypatch):
+    monkeypatch.setattr(stream_mod, "SEQUENTIAL_WINDOW_ROWS", 2 * GROUP_ROWS)
+    stream = _stream(features, window_groups=100)  # a budget larger than the split
+    assert len(stream.windows(0, shuffle=True, seed=0)) == 1
+    in_order = stream.windows(0, shuffle=False, seed=0)  # evaluation: two row groups a window
+    assert [len(w) for w in in_order] == [2] * (FILES * GROUPS // 2) + [1] * (FILES * GROUPS % 2)
+    assert [g for w in in_order for g in w] == stream.groups
 
 
 @pytest.mark.parametrize("batch_size", [64, 100, 1000])

@@ -46,9 +46,11 @@ def ingest_pandas(spec: DataSpec, out: Path) -> dict:
         binary[c] = y
     for a, b in spec.checks.implies:
         masks.append((f"{a} = 1 requires {b} = 1", (binary[a] == 1) & (binary[b] == 0)))
-    for f in spec.multi_fields:
-        empty = df[f.name].str.split(f.separator, regex=False).map(lambda v: isinstance(v, list) and "" in v)
-        masks.append((f"{f.name}: empty element in the list", empty.astype(bool)))
+    for f in spec.multi_fields:  # an empty element: a separator first, last or twice in a row
+        text, sep = df[f.name], f.separator
+        empty = (text.str.startswith(sep) | text.str.endswith(sep)
+                 | text.str.contains(sep + sep, regex=False))
+        masks.append((f"{f.name}: empty element in the list", empty.fillna(False).astype(bool)))
     if spec.checks.unique_id:
         masks.append((f"{spec.id}: duplicate id", df.duplicated(spec.id, keep="first")))
     bad = np.zeros(len(df), dtype=bool)
@@ -79,6 +81,8 @@ def ingest_pandas(spec: DataSpec, out: Path) -> dict:
         counts = counts[counts >= f.min_count]
         order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         mapping = {v: i + FIRST for i, (v, _) in enumerate(order)}
+        # per row in Python: pandas has no vectorised list → ids (a groupby(level=0).agg(list)
+        # over the exploded ids measured 29 s slower here)
         encoded[f.name] = lists.map(lambda v, m=mapping: [m.get(e, OOV) for e in v] if v else [MISSING])
     for f in spec.categorical:
         if f.multi:

@@ -208,6 +208,8 @@ def _markdown(r: dict) -> str:
              f"{100 * CORRUPT_FRACTION:.1f}% defective rows); MMoE (conf/model/mmoe.yaml), EW, "
              "one epoch, batch 2048, seed 2026; each step in its own process.", "",
              f"Machine: {m['cpus']} CPUs, {m['platform']}, torch {m['torch']}, {m['time']}.", "",
+             "`synth s` is a few seconds where the day files had been written before from the same "
+             "parameters and were kept.", "",
              "| rows | synth s | ingest s | ingest rows/s | ingest peak RSS MB | data | train samples/s "
              "| train peak RSS MB | test mean AUC |",
              "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
