@@ -44,9 +44,6 @@ class RawRows:
     quarantine: pl.DataFrame  # source_file, line, reason + the original values
     files: list[str]
 
-    def good(self) -> pl.LazyFrame:
-        return pl.scan_parquet(self.good_file)
-
     def typed_chunks(self, spec: DataSpec, chunk_rows: int) -> Iterator[pl.DataFrame]:
         """The good rows, `chunk_rows` at a time, typed as ingest types them (categorical
         strings, numeric floats, labels 0/1, id/group/day): what `FeatureTransform` and the

@@ -44,7 +44,7 @@ class Progress:
         if now - self._last >= self.every_s:
             self._last = now
             # the peak so far: in a long run's log it shows where memory grew
-            log.info("%s; peak RSS %.2f GB", self.line(), _peak_rss_gb())
+            log.info("%s; peak RSS %.2f GB", self.line(), peak_rss_mb() / 1024)
 
     def line(self) -> str:
         """`epoch 3: 1,200 / 5,000 batches (24%), loss 0.1234`."""
@@ -65,5 +65,6 @@ class Progress:
         self.close()
 
 
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (progress lines and benchmark workers)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

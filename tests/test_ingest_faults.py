@@ -43,7 +43,7 @@ def test_cr_only_and_crlf_files_read_like_lf(tmp_path):
         m, q = _ingest(tmp_path, path, out=name)
         seen[name] = (m["rows_read"], m["rows_quarantined"], q["line"].to_list(),
                       q["reason"].to_list())
-        good = raw.read(small_spec(str(path)), str(path), tmp_path / f"{name}.parquet").good().collect()
+        good = pl.read_parquet(raw.read(small_spec(str(path)), str(path), tmp_path / f"{name}.parquet").good_file)
         assert good.height == 30 and good["conversion"].str.contains("\r").sum() == 0
     expected = (31, 1, [32], ["num_x: unparseable number 'abc'"])
     assert seen["cr"] == seen["crlf"] == seen["lf"] == expected
@@ -71,8 +71,8 @@ def test_utf8_bom_is_stripped_with_and_without_header(tmp_path):
     source = {"train": str(headerless), "has_header": False, "columns": HEADER}
     m, _ = _ingest(tmp_path, headerless, out="out2", source=source)
     assert (m["rows_read"], m["rows_good"]) == (20, 20)
-    good = raw.read(small_spec(str(headerless), source=source), str(headerless),
-                    tmp_path / "good.parquet").good().collect()
+    good = pl.read_parquet(raw.read(small_spec(str(headerless), source=source), str(headerless),
+                                    tmp_path / "good.parquet").good_file)
     assert good["sid"][0] == "0"
 
 
@@ -94,7 +94,7 @@ def test_one_unterminated_quote_quarantines_only_its_line(tmp_path, at):
     assert q.row(0)[3:] == ("500", '"a1', "b1", "1", "2", "0", "0")  # split without quoting
 
     rows_read = raw.read(small_spec(str(path)), str(path), tmp_path / "good.parquet")
-    good = rows_read.good().collect()
+    good = pl.read_parquet(rows_read.good_file)
     assert good.height == rows_read.rows_good == 20 and rows_read.quarantine["line"].to_list() == [at + 2]
     assert "a,3" in good["cat_a"].to_list()
     assert sorted(good["sid"].cast(int).to_list()) == list(range(20))

@@ -19,7 +19,8 @@ from mtlrec import files
 from mtlrec.features.folder import FeaturesFolder
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.synth import generate
-from mtlrec.pipeline.benchmarks.measure import machine, peak_rss_mb, run_worker, write_report
+from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
+from mtlrec.progress import peak_rss_mb
 from mtlrec.pipeline.config import Config, ConfigError
 
 CORRUPT_FRACTION = 0.001

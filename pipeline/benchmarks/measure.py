@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -51,11 +50,6 @@ def train_and_evaluate(overrides: list[str], reuse: bool = False) -> dict:
     history = run.history()
     return {"metrics": metrics, "train_s": train_s, "epochs": {g: len(h) for g, h in history.items()},
             "samples_per_s": float(np.median([h["samples_per_s"] for rows in history.values() for h in rows]))}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (what each benchmark worker reports)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def machine() -> dict:

@@ -25,7 +25,8 @@ from mtlrec.features.batches import BatchLoader, SplitData
 from mtlrec.features.folder import FeaturesFolder
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline.benchmarks.census import SETTING
-from mtlrec.pipeline.benchmarks.measure import machine, peak_rss_mb, run_worker, write_report
+from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
+from mtlrec.progress import peak_rss_mb
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.targets import build_ranker, ingest_logs
 from mtlrec.training.loop import Trainer, seed_everything

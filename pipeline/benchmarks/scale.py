@@ -27,7 +27,8 @@ from pathlib import Path
 
 from mtlrec import files
 from mtlrec.pipeline import config as config_mod
-from mtlrec.pipeline.benchmarks.measure import machine, peak_rss_mb, run_worker, write_report
+from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
+from mtlrec.progress import peak_rss_mb
 from mtlrec.pipeline.config import Config, ConfigError
 
 GB = 1 << 30
