@@ -129,7 +129,11 @@ def _affinity(path: Path, tasks: list[str], records: list[dict]) -> None:
     a = np.array(records[-1]["affinity"])
     limit = max(np.abs(a).max(), 1e-12)
     _heatmap(axes[0], a, tasks, f"affinity source→target (step {records[-1]['step']})", -limit, limit)
-    axes[1].step([r["step"] for r in records], [len(r["groups"]) for r in records], where="post")
+    # every regrouping (`group_changes`, recorded between samples) and the samples
+    counts = {r["step"]: len(r["groups"]) for r in records}
+    counts |= {c["step"]: len(c["groups"]) for r in records for c in r.get("group_changes", [])}
+    points = sorted(counts.items())
+    axes[1].step([s for s, _ in points], [n for _, n in points], where="post")
     axes[1].set(title="number of task groups", xlabel="step")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -139,12 +143,15 @@ def _affinity(path: Path, tasks: list[str], records: list[dict]) -> None:
 def _dtjs(path: Path, tasks: list[str], records: list[dict]) -> None:
     steps = [r["step"] for r in records]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    # α after every outer update where recorded (`dtjs_alpha_updates`), else at the samples
+    updates = [u for r in records for u in r.get("dtjs_alpha_updates", [])] or records
+    alpha_steps = [u["step"] for u in updates]
     for k, name in enumerate(tasks):
         axes[0].plot(steps, [r["dtjs_phi"][k] for r in records], label=name)
-        axes[1].plot(steps, [r["dtjs_alpha"][0][k] for r in records], label=f"a ({name})")
-        axes[1].plot(steps, [r["dtjs_alpha"][1][k] for r in records], "--", label=f"b ({name})")
+        axes[1].plot(alpha_steps, [u["dtjs_alpha"][0][k] for u in updates], label=f"a ({name})")
+        axes[1].plot(alpha_steps, [u["dtjs_alpha"][1][k] for u in updates], "--", label=f"b ({name})")
     axes[0].set(title="inter-task weight φ", xlabel="step")
-    axes[1].set(title="learnt α", xlabel="step")
+    axes[1].set(title=f"learnt α ({len(updates)} updates)", xlabel="step")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlrec.training.mtl.dbmtl import DBMTLState, dbmtl
+from mtlrec.training.config import MethodConfig
+from mtlrec.training.mtl.dbmtl import DBMTL, dbmtl
 from mtlrec.training.mtl.gradients import per_task_gradients, write_gradient
 from mtlrec.training.mtl.mocograd import mocograd
+from mtlrec.training.mtl.parts import Context
 from mtlrec.training.mtl.pcgrad import pcgrad
 
 
@@ -22,13 +24,31 @@ def test_pcgrad_projects_conflicting_pairs_by_hand():
 
 def test_dbmtl_gives_every_task_the_largest_norm():
     grads = torch.tensor([[3.0, 4.0], [0.0, 0.5]])  # norms 5 and 0.5
-    state = DBMTLState()
-    out = dbmtl(grads, state, beta=0.0).sum(0)  # β = 0: the EMA is the current gradient
-    assert torch.allclose(out, 5 * (torch.tensor([0.6, 0.8]) + torch.tensor([0.0, 1.0])), atol=1e-6)
-    second = dbmtl(grads, state, beta=0.5, sigma=1.0).sum(0)  # β_2 = 0.5 / 2 = 0.25
-    assert state.step == 2
-    assert torch.allclose(state.ema, grads)  # 0.25·g + 0.75·g
-    assert torch.allclose(second, out, atol=1e-6)
+    out, ema = dbmtl(grads, torch.zeros(2, 2), torch.zeros(2))  # β = 0: the EMA is the gradient
+    assert torch.allclose(out.sum(0), 5 * (torch.tensor([0.6, 0.8]) + torch.tensor([0.0, 1.0])), atol=1e-6)
+    assert torch.equal(ema, grads)
+
+
+def test_dbmtl_replays_its_ema_with_a_decaying_beta_per_task():
+    """β_t = 0.9/√t by default, t counting each task's own updates: a reference written
+    here, fed different gradients every step (equal ones would hide β_t)."""
+    gen = torch.Generator().manual_seed(3)
+    method = DBMTL()  # the defaults: β = 0.9, σ = 0.5
+    state, ema, t = method.init_state([0, 1, 2], gen), torch.zeros(3, 4), torch.zeros(3)
+    for step, group in enumerate([[0, 1, 2], [1, 2], [0, 1, 2], [2], [0, 2]], start=1):
+        grads = torch.randn(len(group), 4, generator=gen) * torch.tensor([[1.0], [3.0], [0.2]])[:len(group)]
+        out = method.apply(grads, torch.ones(len(group)), state, group,
+                           Context(torch.Generator(), step, 0, 1e-3))
+        state = out.state
+        t[group] += 1
+        beta_t = 0.9 / t[group].sqrt()
+        ema[group] = beta_t[:, None] * ema[group] + (1 - beta_t[:, None]) * grads
+        norms = ema[group].norm(dim=1)
+        assert torch.allclose(out.rows, norms.max() * ema[group] / (norms[:, None] + 1e-8), atol=1e-6)
+    constant = DBMTL(sigma=0.0)  # β_t = β: the reference library's default
+    assert constant.apply(grads, torch.ones(2), constant.init_state([0, 1, 2], gen), group,
+                          Context(torch.Generator(), 1, 0, 1e-3)).state[0]["updates"] == 1
+    assert MethodConfig(name="dbmtl", loss="log", aggregate="dbmtl").dbmtl.sigma == 0.5
 
 
 def test_mocograd_calibrates_with_the_previous_momentum():

@@ -13,12 +13,13 @@ from scipy.special import lambertw
 from mtlrec.training.mtl.adatask import AdaTask
 from mtlrec.training.mtl.aligned_mtl import aligned_mtl
 from mtlrec.training.mtl.dtjs import hypergradient, inter_task_stats, phi
-from mtlrec.training.mtl.dwa import EpochLosses, dwa_weights
-from mtlrec.training.mtl.famo import famo_logit_gradient, famo_loss
+from mtlrec.training.mtl.dwa import DWA
+from mtlrec.training.mtl.famo import famo_logit_gradient, famo_weights
 from mtlrec.training.mtl.graddrop import graddrop
 from mtlrec.training.mtl.gradnorm import gradnorm_weight_gradient, renormalise
 from mtlrec.training.mtl.grouping import credit, regroup
 from mtlrec.training.mtl.nash_mtl import nash_weights
+from mtlrec.training.mtl.parts import Context
 from mtlrec.training.mtl.superloss import lambert_w0, superloss, superloss_sigma, update_threshold
 from mtlrec.training.mtl.uw import uw_loss
 
@@ -73,23 +74,26 @@ def test_uw_weighs_by_learnt_inverse_variance():
 
 
 def test_dwa_uses_the_last_two_epoch_loss_ratios():
-    history = EpochLosses()
-    history.add(torch.tensor([1.0, 1.0]), 0)
-    assert torch.equal(dwa_weights(history, 2), torch.ones(2))
-    history.add(torch.tensor([3.0, 1.0]), 0)  # epoch 0 mean: [2, 1]
-    history.add(torch.tensor([1.0, 1.0]), 1)  # epoch 1 mean: [1, 1]
-    history.add(torch.tensor([5.0, 5.0]), 2)  # starts epoch 2: 0 and 1 are finished
-    r = torch.tensor([1 / 2, 1 / 1])
-    expected = 2 * torch.softmax(r / 2.0, 0)
-    assert torch.allclose(dwa_weights(history, 2, 2.0), expected)
-    assert dwa_weights(history, 2)[1] > 1  # the task whose loss did not fall gets more
+    dwa, ctx = DWA(2.0), lambda epoch: Context(torch.Generator(), 1, epoch, 1e-3)
+    state = dwa.init_state([0, 1], torch.Generator())
+    for losses, epoch in [([1.0, 1.0], 0), ([3.0, 1.0], 0), ([1.0, 1.0], 1)]:  # means [2, 1], [1, 1]
+        w, state = dwa.weights(torch.tensor(losses), state, [0, 1], ctx(epoch))
+        assert torch.equal(w, torch.ones(2))  # fewer than two finished epochs
+    w, state = dwa.weights(torch.tensor([5.0, 5.0]), state, [0, 1], ctx(2))  # epochs 0, 1 finished
+    expected = 2 * torch.softmax(torch.tensor([1 / 2, 1 / 1]) / 2.0, 0)
+    assert torch.allclose(w, expected)
+    assert w[1] > 1  # the task whose loss did not fall gets more
+    alone, _ = dwa.weights(torch.tensor([5.0]), state, [1], ctx(2))  # a group of task 1 only
+    assert torch.allclose(alone, expected[1:])  # still the softmax over every task
 
 
 def test_famo_gradient_is_a_loss_scaled_combination_and_logits_move_to_the_laggard():
     losses = torch.tensor([0.5, 2.0], requires_grad=True)
     logits = torch.zeros(2)
-    famo_loss(losses, logits).backward()
-    c = 1 / (0.5 / 0.5 + 0.5 / 2.0)
+    z, L = torch.softmax(logits, 0), losses.detach()
+    c = 1 / (z / L).sum()
+    (c * z * torch.log(losses)).sum().backward()  # FAMO's objective with c, z constants
+    assert torch.allclose(famo_weights(losses, logits), losses.grad)
     assert torch.allclose(losses.grad, torch.tensor([c * 0.5 / 0.5, c * 0.5 / 2.0]))
     before, after = torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.9])  # task 1 improved less
     grad = famo_logit_gradient(logits, before, after)
@@ -265,3 +269,18 @@ def test_regrouping_clusters_tasks_that_help_each_other():
     assert sorted(regroup(help_pairs, [[0], [1], [2], [3]])) == [[0, 1], [2, 3]]
     previous = [[0], [1], [2]]
     assert regroup(torch.eye(3), previous) == previous  # no preference: keep
+
+
+def test_two_tasks_merge_above_the_preference_and_split_below_it():
+    """The 2×2 case is no special case: the normalised, symmetrised similarity s above the
+    preference merges the tasks, below it splits them. Preference 0 (the paper's rule):
+    any mutual help merges; "median" (the released code): only s > 1 does."""
+    alone = [[0], [1]]
+    helps_little = torch.tensor([[0.05, 0.01], [0.02, 0.05]])  # s = 0.3
+    assert regroup(helps_little, alone) == [[0, 1]]
+    assert regroup(helps_little, alone, "median") == alone
+    assert regroup(torch.tensor([[0.05, 0.06], [0.07, 0.05]]), alone, "median") == [[0, 1]]  # s = 1.3
+    assert regroup(torch.tensor([[0.05, 0.04], [0.03, 0.05]]), [[0, 1]], "median") == alone  # s = 0.7
+    conflict = torch.tensor([[0.05, -0.01], [-0.02, 0.05]])
+    assert regroup(conflict, [[0, 1]]) == alone and regroup(conflict, [[0, 1]], "median") == alone
+    assert regroup(torch.zeros(2, 2), [[0, 1]]) == [[0, 1]]  # nothing learnt yet: keep

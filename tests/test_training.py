@@ -130,10 +130,10 @@ def _crash_at(trainer: Trainer, batch: int) -> Trainer:
     """The trainer, killed when it starts its `batch`-th training batch of the run."""
     real, calls = trainer.step.train_batch, itertools.count()
 
-    def train_batch(*args):
+    def train_batch(*args, **kwargs):
         if next(calls) == batch:
             raise KeyboardInterrupt(f"killed at batch {batch}")
-        return real(*args)
+        return real(*args, **kwargs)
 
     trainer.step.train_batch = train_batch
     return trainer

@@ -31,7 +31,8 @@ class TrainerConfig(Strict):
 
 class DBMTLConfig(Strict):
     beta: float = Field(0.9, gt=0, lt=1, description="EMA factor β of the task gradients")
-    sigma: float = Field(0.0, ge=0, description="β_t = β / t^σ (0: constant)")
+    sigma: float = Field(0.5, ge=0, description="β_t = β / t^σ (0: constant); 0.5 is the "
+                         "paper's best (Table 8), constant β its worst")
 
 
 class MoCoGradConfig(Strict):
@@ -53,9 +54,12 @@ class SuperLossConfig(Strict):
 
 
 class DTJSConfig(Strict):
-    every: int = Field(100, ge=1, description="steps between α updates (bi-level outer loop)")
+    every: int | None = Field(None, ge=1, description="steps between α updates (bi-level outer "
+                              "loop); None: about updates_per_epoch times an epoch")
+    updates_per_epoch: int = Field(15, ge=1, description="α updates an epoch when `every` is None "
+                                   "(the authors' script)")
     terms: int = Field(3, ge=0, description="Neumann-series terms J (0: first order)")
-    alpha_lr: float = Field(1e-3, gt=0)
+    alpha_lr: float = Field(0.01, gt=0, description="Adam lr of α (1e-3 barely moves it in a run)")
     clip: float = Field(10.0, gt=0, description="max norm of the α hypergradient")
     dev_batch_size: int | None = Field(None, ge=1, description="dev batch size drawn from the "
                                        "validation split (None: trainer.batch_size)")
@@ -78,7 +82,12 @@ class DWAConfig(Strict):
 class GroupedConfig(Strict):
     beta: float = Field(1e-3, gt=0, le=1, description="EMA factor of the affinity (1e-4 with many tasks)")
     warmup_steps: int = Field(100, ge=0, description="steps with every task alone before regrouping")
-    regroup_every: int = Field(100, ge=1)
+    regroup_every: int = Field(1, ge=1, description="steps between regroupings after the "
+                               "warm-up (the released code: every step)")
+    preference: float | Literal["median"] = Field(
+        0.0, description="affinity propagation's preference on the normalised affinity: 0 groups "
+        "tasks with positive affinity (the paper's rule); median (the released code) merges two "
+        "tasks only when each helps the other more than itself")
     initial: list[list[int]] | None = Field(None, description="starting groups (default: every "
                                             "task alone)")
 
@@ -92,13 +101,14 @@ class MethodConfig(Strict):
 
     name: str
     loss: Literal["identity", "log", "superloss"] = "identity"
-    weighting: Literal["fixed", "rlw", "gls", "uw", "dwa", "famo"] = Field(
-        "fixed", description="how the task losses combine into one: fixed task_weights, RLW, "
-        "GLS (geometric mean), UW (learnt uncertainty), DWA (loss-ratio softmax), FAMO")
-    aggregate: Literal["sum", "pcgrad", "dbmtl", "mocograd", "mgda", "cagrad", "imtl_g",
-                       "gradvac", "graddrop", "nash_mtl", "aligned_mtl", "gradnorm",
-                       "dtjs"] = Field("sum", description="map of the per-task gradients "
-                                       "G [K, D] on the shared part to its update")
+    weighting: str = Field(
+        "fixed", description="how the task losses combine into one: fixed task_weights, rlw, "
+        "gls (geometric mean), uw (learnt uncertainty), dwa (loss-ratio softmax), famo "
+        "(training/mtl/registry.py)")
+    aggregate: str = Field("sum", description="map of the per-task gradients G [K, D] on the "
+                           "shared part to its update: sum, pcgrad, dbmtl, mocograd, mgda, "
+                           "cagrad, imtl_g, gradvac, graddrop, nash_mtl, aligned_mtl, gradnorm, "
+                           "dtjs, or one registered (training/mtl/registry.py)")
     optimizer: Literal["adam", "rmsprop", "adagrad", "adatask_adam", "adatask_rmsprop",
                        "adatask_adagrad"] = "adam"
     schedule: Literal["joint", "grouped"] = Field(
@@ -142,7 +152,8 @@ class MethodConfig(Strict):
 
 
 def _incompatibilities(m: MethodConfig) -> list[str]:
-    """Combinations that cannot work, each with the reason."""
+    """Combinations that cannot work, each with the reason (those that depend on what a
+    named part is are checked when the step is built: `training.mtl.registry.problems`)."""
     out = []
     if m.single_task and (m.aggregate != "sum" or m.loss != "identity" or m.weighting != "fixed"
                             or m.schedule != "joint" or m.outer != "none"):
@@ -158,17 +169,14 @@ def _incompatibilities(m: MethodConfig) -> list[str]:
     if m.adatask and m.grad_on == "representation":
         out.append(f"optimizer={m.optimizer} keeps per-task moments of the shared parameters; "
                    "grad_on=representation gives per-task gradients on activations instead")
-    if m.aggregate in ("dbmtl", "mocograd") and m.grad_on == "representation":
-        out.append(f"aggregate={m.aggregate} averages task gradients across batches; gradients on "
-                   "the representation belong to each batch's own samples: use grad_on=shared")
     if m.outer == "dtjs" and m.aggregate != "dtjs":
         out.append("outer=dtjs learns the α of DTJS's φ weights: it needs aggregate=dtjs")
     if m.outer == "dtjs" and m.grad_on == "representation":
         out.append("outer=dtjs needs the hypergradient through the whole model: use "
                    "grad_on=shared")
-    if m.schedule == "grouped" and (m.weighting == "famo" or m.outer != "none"):
-        out.append("schedule=grouped makes several updates per batch; FAMO's weight update and "
-                   "DTJS's α update are defined for one joint update")
+    if m.schedule == "grouped" and m.outer != "none":
+        out.append("schedule=grouped makes several updates per batch; DTJS's α update is "
+                   "defined for one joint update")
     if m.weighting == "famo" and m.loss != "identity":
         out.append("weighting=famo already balances log L_k; use loss=identity")
     return out

@@ -171,7 +171,8 @@ class Trainer:
         with Progress(len(loader), "batches", f"epoch {epoch}", initial=progress.batch) as bar:
             for i, batch in enumerate(loader.iterate(progress.batch), start=progress.batch):
                 step = epoch * len(loader) + i
-                losses = self.step.train_batch(self.batch_forward(batch), epoch, self.dev_forward(dev, step))
+                losses = self.step.train_batch(self.batch_forward(batch), epoch, self.dev_forward(dev, step),
+                                               epoch_batches=len(loader))
                 if not bool(torch.isfinite(losses).all()):
                     raise self._diverged(losses, epoch, step, last_finite)
                 last_finite = (step, losses.detach())

@@ -38,8 +38,10 @@ class MultiTaskStep(Protocol):
     def dev_batch_size(self) -> int | None:
         """Batch size of the dev batches an outer loop needs (None: it needs none)."""
 
-    def train_batch(self, forward: Forward, epoch: int = 0, dev: Forward | None = None
-                    ) -> torch.Tensor: ...
+    def train_batch(self, forward: Forward, epoch: int = 0, dev: Forward | None = None,
+                    epoch_batches: int | None = None) -> torch.Tensor:
+        """One batch (`epoch_batches`: the epoch's length, for cadences set per epoch);
+        returns the batch's mean task losses [K] before any update."""
 
     def state_dict(self) -> dict[str, Any]: ...
 

@@ -7,8 +7,20 @@ log space: exp(mean_k log L_k).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from mtlrec.training.mtl.parts import Context, TaskState, Weighting
 
 
 def gls(losses: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.log(losses.clamp_min(1e-12)).mean())
+
+
+class GLS(Weighting):
+    def weights(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int],
+                ctx: Context) -> tuple[torch.Tensor, TaskState]:
+        """∂GLS/∂L_k = GLS / (k·L_k)."""
+        losses = losses.detach().cpu().clamp_min(1e-12)
+        return gls(losses) / (len(task_ids) * losses), state

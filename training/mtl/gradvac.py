@@ -9,7 +9,11 @@ PCGrad is the special case of a constant target 0 applied only when φ < 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from mtlrec.training.mtl.parts import Aggregated, Aggregator, Context, TaskState
 
 
 def gradvac(grads: torch.Tensor, targets: torch.Tensor, beta: float = 0.01,
@@ -29,3 +33,25 @@ def gradvac(grads: torch.Tensor, targets: torch.Tensor, beta: float = 0.01,
                 out[i] = out[i] + out[i].norm() * (target * root_phi - phi * root_t) / (norms[j] * root_t) * grads[j]
             targets[i, j] = (1 - beta) * target + beta * phi
     return out, targets
+
+
+class GradVac(Aggregator):
+    """State: task i's cosine targets towards every task j, indexed by j's id."""
+
+    def __init__(self, beta: float = 0.01) -> None:
+        self.beta = beta
+
+    def init_state(self, tasks: Sequence[int], generator: torch.Generator) -> TaskState:
+        return {t: {"targets": torch.zeros(max(tasks) + 1)} for t in tasks}
+
+    def apply(self, grads: torch.Tensor, losses: torch.Tensor, state: TaskState,
+              task_ids: Sequence[int], ctx: Context) -> Aggregated:
+        ids = list(task_ids)
+        targets = torch.stack([state[t]["targets"][ids] for t in ids]).to(grads)
+        rows, targets = gradvac(grads, targets, self.beta, ctx.generator)
+        new = dict(state)
+        for i, t in enumerate(ids):
+            row = state[t]["targets"].clone()
+            row[ids] = targets[i].cpu().to(row.dtype)
+            new[t] = {"targets": row}
+        return Aggregated(rows, torch.ones(len(ids)), new)

@@ -12,7 +12,11 @@ m_k from the optimizer's single Adam moment), each task keeps its own momentum b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from mtlrec.training.mtl.parts import Aggregated, Aggregator, Context, TaskState
 
 
 def mocograd(grads: torch.Tensor, momentum: torch.Tensor, lam: float = 0.1, beta1: float = 0.9,
@@ -28,3 +32,18 @@ def mocograd(grads: torch.Tensor, momentum: torch.Tensor, lam: float = 0.1, beta
             if calibrated[i] @ grads[j] < 0:
                 calibrated[i] += lam * grad_norms[j] / mom_norms[j] * momentum[j]
     return calibrated, beta1 * momentum + (1.0 - beta1) * grads
+
+
+class MoCoGrad(Aggregator):
+    spans_batches = True
+
+    def __init__(self, lam: float = 0.1, beta1: float = 0.9) -> None:
+        self.lam, self.beta1 = lam, beta1
+
+    def apply(self, grads: torch.Tensor, losses: torch.Tensor, state: TaskState,
+              task_ids: Sequence[int], ctx: Context) -> Aggregated:
+        momentum = torch.stack([state[t]["momentum"] if t in state else torch.zeros_like(grads[0])
+                                for t in task_ids])
+        rows, momentum = mocograd(grads, momentum, self.lam, self.beta1, ctx.generator)
+        new = dict(state) | {t: {"momentum": momentum[i]} for i, t in enumerate(task_ids)}
+        return Aggregated(rows, torch.ones(len(task_ids)), new)

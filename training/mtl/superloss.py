@@ -13,8 +13,12 @@ not through scipy.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+
+from mtlrec.training.mtl.parts import TaskState, Transform
 
 BRANCH_POINT = -1.0 / math.e
 
@@ -60,3 +64,23 @@ def update_threshold(tau: torch.Tensor | None, losses: torch.Tensor, momentum: f
     """τ ← first batch mean, then 0.9 τ + 0.1 mean(l) (per task)."""
     mean = losses.detach().mean(dim=0)
     return mean if tau is None else momentum * tau + (1.0 - momentum) * mean
+
+
+class SuperLoss(Transform):
+    """State: each task's threshold τ. A task learns τ only from the batches it is
+    updated on; a task not yet seen uses this batch's mean without keeping it."""
+
+    def __init__(self, lam: float = 1.0, momentum: float = 0.9) -> None:
+        self.lam, self.momentum = lam, momentum
+
+    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool
+              ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
+        mean = losses.detach().mean(dim=0)
+        if train:
+            state = dict(state) | {t: {"tau": update_threshold(state[t]["tau"] if t in state else None,
+                                                              losses[:, t:t + 1], self.momentum)[0]}
+                                   for t in task_ids}
+        tau = torch.stack([state[t]["tau"].to(mean) if t in state else mean[t]
+                           for t in range(losses.shape[1])])
+        task, sigma = superloss(losses, tau, torch.full_like(tau, self.lam))
+        return task, state, {"superloss_sigma": sigma}
