@@ -21,7 +21,7 @@ from mtlrec.training.mtl.grouping import credit, regroup
 from mtlrec.training.mtl.nash_mtl import nash_weights
 from mtlrec.training.mtl.parts import Context
 from mtlrec.training.mtl.superloss import lambert_w0, superloss, superloss_sigma, update_threshold
-from mtlrec.training.mtl.uw import uw_loss
+from mtlrec.training.mtl.uw import UW
 
 F64 = torch.float64
 
@@ -64,13 +64,20 @@ def test_superloss_value_has_no_gradient_through_sigma_and_threshold_is_an_ema()
 
 
 # ---------------------------------------------------------------- loss weightings
-def test_uw_weighs_by_learnt_inverse_variance():
-    losses = torch.tensor([1.0, 4.0])
-    log_var = torch.tensor([0.0, math.log(4.0)], requires_grad=True)
-    value = uw_loss(losses, log_var)
-    assert value.item() == pytest.approx(0.5 * 1 + 0 + 0.5 * 1 + 0.5 * math.log(4))
-    value.backward()  # ∂/∂s = −½ e^{−s} L + ½: zero when e^s = L
-    assert torch.allclose(log_var.grad, torch.zeros(2), atol=1e-6)
+def test_uw_weights_and_log_variance_steps_are_the_gradients_of_its_objective():
+    """L = Σ ½e^{−s}L_k + ½s_k (Kendall et al., Eq. 7): the weights are ∂L/∂L_k, and s
+    takes torch Adam's step along ∂L/∂s (zero where e^s = L_k: task 1 stays put)."""
+    losses = torch.tensor([3.0, 1.0])
+    s = torch.zeros(2, requires_grad=True)
+    (0.5 * torch.exp(-s) * losses + 0.5 * s).sum().backward()
+    reference = torch.optim.Adam([s], lr=0.1)
+    uw = UW()
+    w, state = uw.weights(losses, uw.init_state([0, 1], torch.Generator()), [0, 1],
+                          Context(torch.Generator(), 1, 0, 0.1))
+    assert torch.allclose(w, torch.full((2,), 0.5))  # ∂L/∂L_k = ½e^{−s}
+    reference.step()
+    assert torch.allclose(torch.stack([state[t]["value"] for t in (0, 1)]), s.detach())
+    assert state[0]["value"] > 0 and state[1]["value"] == 0  # the larger loss weighs less next
 
 
 def test_dwa_uses_the_last_two_epoch_loss_ratios():

@@ -172,3 +172,25 @@ def test_validation_names_impossible_combinations(census):
         make_step(preset("ew", aggregate="pcgard"), model, TrainerConfig(), 2, 0)
     with pytest.raises(ValueError, match="weighting=uw defines"):
         preset("uw", aggregate="pcgrad")
+
+
+def test_dtjs_alpha_updates_15_times_an_epoch_at_the_scheduled_learning_rate(census, monkeypatch):
+    """The outer loop's cadence comes from the epoch's length, and the hypergradient's
+    η is the learning rate the schedule set for this epoch (cosine: halved in epoch 1 of 2)."""
+    from mtlrec.training.mtl import dtjs
+
+    seen: list[float] = []
+    real = dtjs.hypergradient
+
+    def recording(*args):
+        seen.append(args[4])  # lr
+        return real(*args)
+
+    monkeypatch.setattr(dtjs, "hypergradient", recording)
+    info, train, valid = census
+    model = small_model(info)
+    cfg = TrainerConfig(max_epochs=2, batch_size=128, lr=3e-3, lr_schedule="cosine", device="cpu")
+    method = preset("dtjs", diagnostics_every=0, dtjs={"terms": 0, "dev_batch_size": 64})
+    trainer = Trainer(model, make_step(method, model, cfg, 2, 0), cfg, info.tasks, [0, 1], seed=0)
+    trainer.fit(train.head(60 * 128), valid.head(2000))  # 60 batches an epoch: every 4th
+    assert seen == pytest.approx([3e-3] * 15 + [1.5e-3] * 15)

@@ -17,11 +17,6 @@ from mtlrec.training.mtl import learned
 from mtlrec.training.mtl.parts import Context, TaskState, Weighting
 
 
-def uw_loss(losses: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """losses [K], log_var s [K] (learnable) → the scalar to minimise."""
-    return (0.5 * torch.exp(-log_var) * losses + 0.5 * log_var).sum()
-
-
 class UW(Weighting):
     def init_state(self, tasks: Sequence[int], generator: torch.Generator) -> TaskState:
         return learned.init(torch.zeros(len(tasks)), tasks)
