@@ -58,7 +58,9 @@ STAGES = {
 }
 # Commands the CLI answers itself.
 BUILTINS = {"config": "print the resolved configuration",
-            "bench": "benchmarks: `mtlrec bench " + "|".join(BENCHES) + "`"}
+            "bench": "benchmarks: `mtlrec bench " + "|".join(BENCHES) + "`",
+            "sweep": "a config grid chosen on validation, the winner tested at several seeds: "
+                     "`mtlrec sweep <conf/sweep name|file.yaml> [overrides]`"}
 # Short forms of config keys, per stage (`mtlrec score input=a.parquet` = `score.input=…`).
 SHORT_KEYS = {
     "evaluate": {"logs": "evaluate.logs"},
@@ -151,6 +153,12 @@ def _run(stage_name: str, overrides: list[str]) -> None:
         module = importlib.import_module(f"mtlrec.pipeline.benchmarks.{BENCHES[target]}")
         # a benchmark's own setting first, so overrides of its data keys validate
         module.run(config_mod.load([*getattr(module, "SETTING", []), *rest]), rest)
+        return
+    if stage_name == "sweep":
+        if not overrides or "=" in overrides[0]:
+            raise config_mod.ConfigError("mtlrec sweep needs a sweep: a name under conf/sweep/ "
+                                         "or a .yaml file, then any overrides")
+        importlib.import_module("mtlrec.pipeline.sweep").run(overrides[0], overrides[1:])
         return
     cfg = config_mod.load(overrides)
     if stage_name == "config":

@@ -63,10 +63,12 @@ def activate(work_dir: str | Path) -> str:
 @contextmanager
 def run(work_dir: str | Path, experiment: str, run_name: str, run_id: str | None = None
         ) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, with run_id, continue) an MLflow run."""
+    """Start (or, with run_id, continue) an MLflow run; nested under the active one if any
+    (a sweep's runs under the sweep's)."""
     activate(work_dir)
     exp = experiment_id(experiment, work_dir)
-    with mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=run_name) as active:
+    with mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=run_name,
+                          nested=mlflow.active_run() is not None) as active:
         yield active
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from helpers import free_port
 from mtlrec.pipeline.cli import main
@@ -152,3 +153,34 @@ def test_tracking_against_a_real_mlflow_server(work, tmp_path, monkeypatch):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_sweep_chooses_on_validation_nests_its_runs_and_resumes(work, tmp_path):
+    """Two learning rates, one of which cannot learn in two epochs: the sweep picks the
+    other on validation, trains it at the final seeds and tests it; every run is nested
+    under the sweep's MLflow run; run again, it retrains nothing."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny", "description": "two learning rates",
+                                    "grid": {"trainer.lr": [1e-7, 0.01]}, "seeds": [0],
+                                    "final_seeds": [0, 1]}))
+    reports = tmp_path / "reports"
+    args = ["sweep", str(spec), *_args(work), f"paths.reports={reports}"]
+    assert main(args) == 0
+    result = json.loads((reports / "sweep-tiny.json").read_text())
+    valid = {g["point"]["trainer.lr"]: g["valid_score"] for g in result["grid"]}
+    assert valid[0.01] > valid[1e-7] and result["best"]["point"] == {"trainer.lr": 0.01}
+    assert [f["seed"] for f in result["finals"]] == [0, 1]
+    assert all(0.55 < f["test"]["mean_auc"] <= 1 for f in result["finals"])
+    assert "| 0.01 |" in (reports / "sweep-tiny.md").read_text()
+
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("synth").experiment_id
+
+    def children() -> list:
+        return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+
+    assert len(children()) == 3  # both points at seed 0 (the winner's is reused), the winner at seed 1
+    assert main(args) == 0  # again: every run is finished with the same configuration
+    again = json.loads((reports / "sweep-tiny.json").read_text())
+    assert again["parent_run_id"] == result["parent_run_id"] and len(children()) == 3
+    assert again["grid"] == result["grid"]

@@ -71,11 +71,14 @@ class SharedBottomRegressor(nn.Module):
         return list(self.bottom.parameters())
 
 
-def train_one(method: MethodConfig, seed: int, epochs: int = EPOCHS, n_train: int = N_TRAIN) -> dict:
+def train_one(method: MethodConfig, seed: int, epochs: int = EPOCHS, n_train: int = N_TRAIN,
+              lr: float = LR) -> dict:
+    """One model trained with a cosine learning-rate decay over `epochs`."""
     x, y, x_test, y_test = make_data(seed, n_train)
     torch.manual_seed(seed)
     model = SharedBottomRegressor()
-    step = make_step(method, model, TrainerConfig(lr=LR), 2, seed)
+    step = make_step(method, model, TrainerConfig(lr=lr), 2, seed)
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, epochs) for o in step.optimizers.all]
     if step.optimizers.adatask is not None:
         step.optimizers.adatask.dominance_beta = 0.99
     dominance = DominanceProbe(model) if step.optimizers.adatask is None else None
@@ -91,6 +94,8 @@ def train_one(method: MethodConfig, seed: int, epochs: int = EPOCHS, n_train: in
                 dominance.observe(xb, yb, step.optimizers.plain)
             step_index += 1
             step.train_batch(forward)
+        for scheduler in schedulers:
+            scheduler.step()
     with torch.no_grad():
         err = model(x_test) - y_test
     rmse = err.pow(2).mean(dim=(0, 2)).sqrt() / y_test.std(dim=(0, 2))
