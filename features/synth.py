@@ -13,6 +13,14 @@ correlation `conflict_rho` to the CTR effects: 1 makes the tasks agree, 0 indepe
 −1 pull in opposite directions (a knob for studying gradient conflict). Intercepts are
 calibrated so the click rate and the conversion rate among clicks hit their targets;
 conversion = click AND buy, so the second task is CTCVR.
+
+That AND ties the tasks together: with ρ = −1 a value that raises the click logit by a
+lowers the CTCVR log-rate by only ≈ a·(1 − ρ)·… — still aligned. For studying real
+conflict, `conflict_labels` also writes `buy` (the purchase label itself, drawn whether
+or not the row was clicked), and `like` / `share`, two more labels whose effects are
+0.8 × the click's / the buy's plus 0.6 × their own: the tasks {click, like} and
+{buy, share} agree within and conflict across when ρ < 0. Their effects come from a
+generator of their own, so switching them on changes none of the other columns.
 """
 
 from __future__ import annotations
@@ -63,6 +71,9 @@ class SynthParams(Strict):
     chunk_rows: int = Field(250_000, ge=1, description="rows generated at a time (bounds memory)")
     corrupt_fraction: float = Field(0.0, ge=0, lt=1, description="rows given one realistic "
                                     "defect (tests quarantine at scale)")
+    conflict_labels: bool = Field(False, description="also write buy (without the click), like "
+                                  "and share: labels that conflict for ρ < 0 (module docstring)")
+    like_rate: float = Field(0.1, gt=0, lt=1, description="target rate of like and of share")
     tags: int = Field(5_000, ge=0, description="distinct tags of the multi-valued `tags` column "
                       "(0: no such column)")
     max_tags: int = Field(8, ge=1, description="tags per row are uniform on 0..max_tags")
@@ -104,26 +115,41 @@ class GroundTruth:
         self.country_ctr = 0.3 * rng.standard_normal(len(p.countries))
         self.country_cvr = 0.3 * rng.standard_normal(len(p.countries))
         self.country_p = rng.dirichlet(np.full(len(p.countries), 4.0))
+        self.follower: dict[str, tuple] = {}  # like / share: (leader's effects, own, rate)
+        if p.conflict_labels:
+            own = np.random.default_rng(p.seed + 2)
+            for name, leader in (("like", "ctr"), ("share", "cvr")):
+                self.follower[name] = (leader, [own.standard_normal(card).astype(np.float32) * scale
+                                                for card in p.cardinalities],
+                                       own.standard_normal(N_NUMERIC) * num_scale,
+                                       own.standard_normal(max(p.tags, 1)).astype(np.float32) * scale)
         self.b_ctr = self.b_cvr = 0.0
+        self.b_follower = {name: 0.0 for name in self.follower}
         probe = self.draw(np.random.default_rng(p.seed + 1), 200_000, p)
         self.b_ctr = _calibrate(probe["ctr_logit"], p.ctr)
         self.b_cvr = _calibrate(probe["cvr_logit"], p.cvr)
+        self.b_follower = {name: _calibrate(probe[f"{name}_logit"], p.like_rate) for name in self.follower}
 
     def draw(self, rng: np.random.Generator, n: int, p: SynthParams) -> dict[str, np.ndarray]:
         cats = np.empty((n, N_CATEGORICAL), dtype=np.int64)
         ctr_logit = np.full(n, self.b_ctr)
         cvr_logit = np.full(n, self.b_cvr)
+        own = {name: np.full(n, self.b_follower[name]) for name in self.follower}  # own effects
         for j in range(N_CATEGORICAL):
             rank = np.searchsorted(self.cdf[j], rng.random(n), side="right")
             rank = np.minimum(rank, len(self.cdf[j]) - 1)
             cats[:, j] = self.value_of_rank[j][rank]
             ctr_logit += self.ctr_eff[j][rank]
             cvr_logit += self.cvr_eff[j][rank]
+            for name, (_, effects, _, _) in self.follower.items():
+                own[name] += effects[j][rank]
         nonzero = rng.random((n, N_NUMERIC)) >= self.p_zero
         nums = np.where(nonzero, rng.beta(2.0, 5.0, (n, N_NUMERIC)), 0.0).round(6)
         centred = nums - (1.0 - self.p_zero) * (2.0 / 7.0)  # subtract E[x]
         ctr_logit += centred @ self.w_ctr
         cvr_logit += centred @ self.w_cvr
+        for name, (_, _, w, _) in self.follower.items():
+            own[name] += centred @ w
         country = rng.choice(len(p.countries), size=n, p=self.country_p)
         ctr_logit += self.country_ctr[country]
         cvr_logit += self.country_cvr[country]
@@ -136,8 +162,13 @@ class GroundTruth:
             per_row = np.maximum(lengths, 1)
             ctr_logit += np.bincount(rows, self.tag_ctr[tags], n) / per_row
             cvr_logit += np.bincount(rows, self.tag_cvr[tags], n) / per_row
+            for name, (_, _, _, tag_effects) in self.follower.items():
+                own[name] += np.bincount(rows, tag_effects[tags], n) / per_row
             out |= {"tags": tags, "tag_lengths": lengths}
-        return out | {"ctr_logit": ctr_logit, "cvr_logit": cvr_logit}
+        leaders = {"ctr": ctr_logit - self.b_ctr, "cvr": cvr_logit - self.b_cvr}
+        follow = {f"{name}_logit": 0.8 * leaders[leader] + 0.6 * (own[name] - self.b_follower[name])
+                  + self.b_follower[name] for name, (leader, *_) in self.follower.items()}
+        return out | {"ctr_logit": ctr_logit, "cvr_logit": cvr_logit} | follow
 
 
 def _calibrate(logit: np.ndarray, target: float) -> float:
@@ -160,6 +191,11 @@ def _frame(truth: GroundTruth, rng: np.random.Generator, n: int, first_id: int, 
     cols: dict[str, object] = {"search_id": np.arange(first_id, first_id + n, dtype=np.int64)}
     cols |= {f"categorical_{j + 1}": d["cats"][:, j] for j in range(N_CATEGORICAL)}
     cols |= {f"numerical_{k + 1}": d["nums"][:, k] for k in range(N_NUMERIC)}
+    if p.conflict_labels:  # from a generator of their own: every other column stays as it was
+        own = np.random.default_rng([p.seed, 7, first_id])
+        cols |= {"buy": buy.astype(np.int8)}
+        cols |= {name: (own.random(n) < 1.0 / (1.0 + np.exp(-d[f"{name}_logit"]))).astype(np.int8)
+                 for name in ("like", "share")}
     cols |= {
         "click": click.astype(np.int8),
         "conversion": (click & buy).astype(np.int8),

@@ -22,7 +22,7 @@ from mtlrec.pipeline import config as config_mod
 # `mtlrec bench <name>` → module under pipeline/benchmarks/ (each has run(cfg, overrides))
 BENCHES = {"ingest": "ingest", "census": "census", "census_methods": "census_methods",
            "methods": "methods", "adatask": "adatask_synthetic", "train": "train", "serve": "serve",
-           "multimnist": "multimnist", "qm9": "qm9", "scale": "scale"}
+           "multimnist": "multimnist", "qm9": "qm9", "scale": "scale", "conflict": "conflict"}
 
 
 @dataclass(frozen=True)

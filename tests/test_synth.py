@@ -100,3 +100,22 @@ def test_a_day_written_from_the_same_parameters_is_kept_and_any_other_is_rewritt
     assert first[0].read_bytes() == edited
     generate(SynthParams(**{**p.__dict__, "seed": 7}), tmp_path)  # other parameters: rewritten
     assert first[0].read_bytes() != edited and first[1].stat().st_mtime_ns != stamps[1]
+
+
+def test_conflict_labels_oppose_the_click_and_leave_every_other_column_as_it_was(tmp_path):
+    """buy (drawn without the click) follows the CVR effects, so at ρ = −0.9 its logit
+    opposes the click's; like follows the click, share the buy; the other columns are
+    exactly those written without the extra labels."""
+    common = dict(days=1, rows_per_day=40_000, chunk_rows=15_000, conflict_rho=-0.9, format="parquet", tags=50,
+                  cardinalities=SMALL["cardinalities"])
+    generate(SynthParams(**common), tmp_path / "plain")
+    p = SynthParams(**common, conflict_labels=True)
+    generate(p, tmp_path / "conflict")
+    plain = pl.read_parquet(tmp_path / "plain" / "day=2026-11-01.parquet")
+    extra = pl.read_parquet(tmp_path / "conflict" / "day=2026-11-01.parquet")
+    assert extra.select(plain.columns).equals(plain)
+    assert extra["buy"].mean() == pytest.approx(p.cvr, rel=0.15)
+    assert extra["like"].mean() == pytest.approx(p.like_rate, rel=0.15)
+    d = GroundTruth(p).draw(np.random.default_rng(0), 50_000, p)
+    corr = np.corrcoef([d["ctr_logit"], d["cvr_logit"], d["like_logit"], d["share_logit"]])
+    assert corr[0, 1] < -0.8 and corr[0, 2] > 0.7 and corr[1, 3] > 0.7 and corr[2, 3] < -0.5

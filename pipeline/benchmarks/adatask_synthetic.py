@@ -4,14 +4,22 @@ Table 2 — does AdaTask rescue the dominated task?
 Eq. 1: y^k(x) = W₁^k x + W₂^k x² + W₃ x³ + ε with x ∈ R²⁵⁰, y^k ∈ R¹⁰⁰; W₁^A, W₂^A ~ N(1, 1),
 W₁^B, W₂^B, W₃ ~ N(10, 10), ε ~ N(0, 0.1): task B's targets are ~10× larger, so its
 squared-error gradients dominate the shared accumulators of RMSProp. Model: a 4-layer
-fully connected shared bottom with ELU and a linear head per task; RMSProp, batch 256.
-The paper does not give x's distribution, layer widths, data size or schedule; ours
-(stated in the report): x ~ U(−1, 1) (with x ~ N(0, 1) the cubic term's tails left both
-methods at normalised RMSE ≈ 0.9 in a trial), N(μ, s) read as mean μ and standard
-deviation s, widths 256, 10,000 train / 2,000 test samples, 100 epochs, lr 3e-3. Metric: task-
-normalised RMSE = RMSE_k / std(y^k) on the test set. Task dominance: the share of shared
-parameters whose rAU(i, B) > 0.6 (dominated by B), in [0.4, 0.6] (balanced), < 0.4 (A).
-Writes reports/adatask_synthetic.json and .md.
+fully connected shared bottom with ELU and a linear head per task; RMSProp, batch 256,
+the learning rate decayed by a cosine over the epochs.
+The paper does not give x's distribution, layer widths, data size, target scaling or
+schedule; ours (stated in the report): x ~ U(−1, 1), N(μ, s) read as mean μ and standard
+deviation s, widths 256, 10,000 train / 2,000 test samples. The targets are centred on
+each output's training mean and divided by ONE number, the training targets' standard
+deviation over both tasks: B stays 10× larger than A (the dominance under study), but
+the network's outputs need not reach magnitudes of ~10³, which adaptive optimizers, whose
+steps are about lr per step, cannot (raw targets left EW at normalised RMSE 0.65–0.72
+however long it trained, worse than a linear fit). Metric: task-normalised RMSE =
+RMSE_k / RMS deviation of y^k from its per-output training mean (1: no better than the
+mean). The reference point is a least-squares fit of y on (x, 1) on the same data: EW must
+beat 0.9× its normalised RMSE on every seed for the table to compare trained models.
+Task dominance, the paper's thresholds: rAU(i, B) ∈ (0.8, 1] dominated by B, [0, 0.2)
+by A, between balanced. A control, EW at twice the learning rate, tells AdaTask's gain
+apart from a larger step. Writes reports/adatask_synthetic.json and .md.
 """
 
 from __future__ import annotations
@@ -32,13 +40,18 @@ from mtlrec.training.step import Pass
 PAPER = {"ew": (0.2172, 0.0113), "adatask": (0.0704, 0.0417)}
 METHODS = {"ew": MethodConfig(name="ew", optimizer="rmsprop", diagnostics_every=0),
            "adatask": MethodConfig(name="adatask", optimizer="adatask_rmsprop", diagnostics_every=0)}
+# (label, method, learning-rate factor) of the table's rows
+ROWS = [("EW (RMSProp)", "ew", 1.0), ("EW, 2× lr (control)", "ew", 2.0),
+        ("AdaTask (RMSProp)", "adatask", 1.0)]
+DOMINANT, GOAL = 0.8, 0.9  # rAU threshold of the paper; EW must reach GOAL × least squares
 X_LOW, X_HIGH = -1.0, 1.0  # x ~ U(X_LOW, X_HIGH)
-DIM_X, DIM_Y, WIDTH, N_TRAIN, N_TEST, EPOCHS, BATCH, LR = 250, 100, 256, 10_000, 2_000, 100, 256, 3e-3
+DIM_X, DIM_Y, WIDTH, N_TRAIN, N_TEST, EPOCHS, BATCH, LR = 250, 100, 256, 10_000, 2_000, 300, 256, 1e-3
 
 
 def make_data(seed: int, n_train: int = N_TRAIN
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. 1 with fixed matrices per seed → (x_train, y_train [N, 2, 100], x_test, y_test)."""
+    """Eq. 1 with fixed matrices per seed → (x_train, y_train [N, 2, 100], x_test, y_test),
+    the targets centred per output and scaled by one number (module docstring)."""
     g = torch.Generator().manual_seed(seed)
     def normal(mean, std, *shape):
         return mean + std * torch.randn(*shape, generator=g)
@@ -48,7 +61,24 @@ def make_data(seed: int, n_train: int = N_TRAIN
     x = X_LOW + (X_HIGH - X_LOW) * torch.rand(n_train + N_TEST, DIM_X, generator=g)
     y = torch.stack([x @ w1[k] + x**2 @ w2[k] + x**3 @ w3 + normal(0, 0.1, len(x), DIM_Y)
                      for k in ("A", "B")], dim=1)
+    mean = y[:n_train].mean(dim=0, keepdim=True)
+    y = (y - mean) / (y[:n_train] - mean).std()
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def normalised_rmse(predicted: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per task [2]: RMSE / RMS of the (centred) targets."""
+    return (predicted - y).pow(2).mean(dim=(0, 2)).sqrt() / y.pow(2).mean(dim=(0, 2)).sqrt()
+
+
+def least_squares(seed: int, n_train: int = N_TRAIN) -> dict:
+    """The linear reference: y ≈ [x, 1] β fitted on the training set, scored on test."""
+    x, y, x_test, y_test = make_data(seed, n_train)
+    design = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    beta = torch.linalg.lstsq(design, y.flatten(1).double()).solution
+    predicted = (torch.cat([x_test, torch.ones(len(x_test), 1)], dim=1).double() @ beta)
+    rmse = normalised_rmse(predicted.float().view_as(y_test), y_test)
+    return {"seed": seed, "rmse_a": float(rmse[0]), "rmse_b": float(rmse[1])}
 
 
 class SharedBottomRegressor(nn.Module):
@@ -97,13 +127,12 @@ def train_one(method: MethodConfig, seed: int, epochs: int = EPOCHS, n_train: in
         for scheduler in schedulers:
             scheduler.step()
     with torch.no_grad():
-        err = model(x_test) - y_test
-    rmse = err.pow(2).mean(dim=(0, 2)).sqrt() / y_test.std(dim=(0, 2))
+        rmse = normalised_rmse(model(x_test), y_test)
     rau_b = (step.optimizers.adatask.task_dominance()[1] if dominance is None else dominance.rau_b())
-    return {"method": method.name, "seed": seed, "rmse_a": float(rmse[0]), "rmse_b": float(rmse[1]),
-            "dominated_by_b": float((rau_b > 0.6).float().mean()),
-            "balanced": float(((rau_b >= 0.4) & (rau_b <= 0.6)).float().mean()),
-            "dominated_by_a": float((rau_b < 0.4).float().mean())}
+    return {"method": method.name, "lr": lr, "seed": seed, "rmse_a": float(rmse[0]), "rmse_b": float(rmse[1]),
+            "dominated_by_b": float((rau_b > DOMINANT).float().mean()),
+            "balanced": float(((rau_b >= 1 - DOMINANT) & (rau_b <= DOMINANT)).float().mean()),
+            "dominated_by_a": float((rau_b < 1 - DOMINANT).float().mean())}
 
 
 class DominanceProbe:
@@ -134,40 +163,70 @@ class DominanceProbe:
 
 
 def run(cfg: Config, overrides: list[str]) -> dict:
+    seeds = list(range(cfg.bench.seeds))
+    baseline = [least_squares(seed) for seed in seeds]
     rows = []
-    for seed in range(cfg.bench.seeds):
-        for name, method in METHODS.items():
-            print(f"bench adatask: seed {seed}, {name}", file=sys.stderr)
-            rows.append(train_one(method, seed))
-    summary = {}
-    for name in METHODS:
-        sel = [r for r in rows if r["method"] == name]
-        summary[name] = {k: (float(np.mean([r[k] for r in sel])), float(np.std([r[k] for r in sel])))
-                         for k in ("rmse_a", "rmse_b", "dominated_by_b", "balanced", "dominated_by_a")}
-    result = {"machine": machine(), "overrides": overrides, "runs": rows, "summary": summary, "paper": PAPER,
-              "setting": {"x": f"U({X_LOW:g},{X_HIGH:g})", "width": WIDTH, "train": N_TRAIN, "test": N_TEST,
-                          "epochs": EPOCHS, "batch": BATCH, "lr": LR, "optimizer": "RMSProp"}}
+    for seed in seeds:
+        for label, name, factor in ROWS:
+            print(f"bench adatask: seed {seed}, {label}", file=sys.stderr)
+            rows.append({"label": label, **train_one(METHODS[name], seed, lr=LR * factor)})
+    result = {"machine": machine(), "overrides": overrides, "runs": rows, "least_squares": baseline,
+              "summary": _summary(rows, baseline), "paper": PAPER,
+              "setting": {"x": f"U({X_LOW:g},{X_HIGH:g})", "width": WIDTH, "train": N_TRAIN,
+                          "test": N_TEST, "epochs": EPOCHS, "batch": BATCH, "lr": LR,
+                          "schedule": "cosine", "optimizer": "RMSProp", "seeds": seeds}}
     js, md = write_report(Path(cfg.paths.reports), "adatask_synthetic", result, _markdown(result))
     print(f"bench adatask: wrote {js} and {md}")
     return result
 
 
+def _summary(rows: list[dict], baseline: list[dict]) -> dict:
+    """Per row: mean ± std of each value, the paired-by-seed difference of the mean RMSE to
+    EW's, and whether EW beat GOAL × least squares on every seed."""
+    def mean_std(values):
+        return float(np.mean(values)), float(np.std(values))
+
+    ew = {r["seed"]: (r["rmse_a"] + r["rmse_b"]) / 2 for r in rows if r["label"] == ROWS[0][0]}
+    out = {}
+    for label, _, _ in ROWS:
+        sel = [r for r in rows if r["label"] == label]
+        out[label] = {k: mean_std([r[k] for r in sel]) for k in
+                      ("rmse_a", "rmse_b", "dominated_by_b", "balanced", "dominated_by_a")}
+        out[label]["mean_minus_ew"] = mean_std([(r["rmse_a"] + r["rmse_b"]) / 2 - ew[r["seed"]] for r in sel])
+    out["least squares"] = {k: mean_std([b[k] for b in baseline]) for k in ("rmse_a", "rmse_b")}
+    by_seed = {b["seed"]: b for b in baseline}
+    out["ew_beats_goal_on_every_seed"] = all(
+        r[k] <= GOAL * by_seed[r["seed"]][k] for r in rows if r["label"] == ROWS[0][0] for k in ("rmse_a", "rmse_b"))
+    return out
+
+
 def _markdown(r: dict) -> str:
-    s, p = r["summary"], r["paper"]
-    seeds = sorted({row["seed"] for row in r["runs"]})
+    s, p, setting = r["summary"], r["paper"], r["setting"]
     lines = ["# AdaTask Table 2: synthetic regression (`mtlrec bench adatask`)", "",
-             f"Task-normalised test RMSE (RMSE / std of the targets), mean ± std over seeds {seeds}; "
-             "task A is dominated, task B dominant. Setting: " +
-             ", ".join(f"{k} {v}" for k, v in r["setting"].items()) + ".", "",
-             "| method | task A | task B | mean | paper A | paper B | params dominated by B | balanced |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, label in (("ew", "EW (RMSProp)"), ("adatask", "AdaTask (RMSProp)")):
-        v = s[name]
+             f"Task-normalised test RMSE (RMSE / RMS deviation from the per-output mean), mean ± std "
+             f"over seeds {setting['seeds']}; task A is dominated, task B dominant. Setting: " +
+             ", ".join(f"{k} {v}" for k, v in setting.items() if k != "seeds") +
+             "; targets centred per output and scaled by one common number (B stays 10× A).", "",
+             "| method | task A | task B | mean | mean − EW (paired by seed) | paper A | paper B "
+             "| params dominated by B | balanced |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, name, factor in ROWS:
+        v = s[label]
         mean = (v["rmse_a"][0] + v["rmse_b"][0]) / 2
+        diff = "–" if label == ROWS[0][0] else f"{v['mean_minus_ew'][0]:+.4f} ± {v['mean_minus_ew'][1]:.4f}"
+        paper = p[name] if factor == 1.0 else ("–", "–")
         lines.append(f"| {label} | {v['rmse_a'][0]:.4f} ± {v['rmse_a'][1]:.4f} | "
-                     f"{v['rmse_b'][0]:.4f} ± {v['rmse_b'][1]:.4f} | {mean:.4f} | {p[name][0]} | "
-                     f"{p[name][1]} | {v['dominated_by_b'][0]:.1%} | {v['balanced'][0]:.1%} |")
-    lines += ["", "Dominance: share of shared parameters with rAU(i, B) > 0.6, and in [0.4, 0.6] "
-              "(AdaTask Sec. 3; EW's rAU from its shared RMSProp accumulator).",
+                     f"{v['rmse_b'][0]:.4f} ± {v['rmse_b'][1]:.4f} | {mean:.4f} | {diff} | {paper[0]} | "
+                     f"{paper[1]} | {v['dominated_by_b'][0]:.1%} | {v['balanced'][0]:.1%} |")
+    ls = s["least squares"]
+    lines.append(f"| least squares on (x, 1) | {ls['rmse_a'][0]:.4f} ± {ls['rmse_a'][1]:.4f} | "
+                 f"{ls['rmse_b'][0]:.4f} ± {ls['rmse_b'][1]:.4f} | "
+                 f"{(ls['rmse_a'][0] + ls['rmse_b'][0]) / 2:.4f} | | | | | |")
+    goal = "met" if s["ew_beats_goal_on_every_seed"] else "NOT met"
+    lines += ["", f"Goal: EW below {GOAL}× the least-squares RMSE of each task on every seed: {goal}.",
+              f"Dominance (AdaTask Sec. 3): share of shared parameters with rAU(i, B) > {DOMINANT} "
+              f"(dominated by B), and in [{1 - DOMINANT:.1f}, {DOMINANT}] (balanced); EW's rAU from its "
+              "shared RMSProp accumulator. The paper's RMSEs are on its unstated scaling and schedule: "
+              "compare the ordering, not the values.",
               f"Machine: {r['machine']['cpus']} CPUs, torch {r['machine']['torch']}, {r['machine']['time']}.", ""]
     return "\n".join(lines)
