@@ -31,7 +31,8 @@ from mtlrec.pipeline.targets import ingest_logs
 RHOS = (0.0, -0.5, -0.9)
 SCHEDULE = ["synth.days=4", "synth.rows_per_day=50000", "model=mmoe",
             "trainer.batch_size=1024", "trainer.lr=0.001", "trainer.max_epochs=8", "trainer.patience=2",
-            "method.diagnostics_every=20"]
+            "method.diagnostics_every=20",
+            "evaluate.stl_run=${paths.work_dir}/runs/${data.name}/${model.arch}-stl-seed${seed}"]
 METHODS = [("STL", ["method=stl"]), ("EW", ["method=ew"]), ("AdaTask", ["method=adatask"]),
            ("DB-MTL", ["method=dbmtl"]), ("MoCoGrad", ["method=mocograd"]), ("DTJS", ["method=dtjs"]),
            ("Grouped updates", ["method=grouped"]), ("PCGrad", ["method=pcgrad"]),

@@ -30,6 +30,7 @@ class PaperTable:
     mean: tuple[str, str, float]  # the mean-over-tasks column: (metrics key, label, scale)
     paper: str  # Markdown: the papers' rows and what differs
     seeds: int | None = None  # default number of seeds (bench.seeds on the command line wins)
+    one_seed: tuple[str, ...] = ()  # methods run at the first seed only (costly baselines)
 
 
 def run_table(table: PaperTable, cfg: Config, overrides: list[str]) -> dict:
@@ -40,6 +41,8 @@ def run_table(table: PaperTable, cfg: Config, overrides: list[str]) -> dict:
     rows = []
     for seed in range(seeds):
         for label, parts in table.methods:
+            if seed > 0 and label in table.one_seed:
+                continue
             print(f"bench {table.name}: seed {seed}, {label}", file=sys.stderr)
             rows.append({"method": label, "seed": seed, **_measure([*base, *parts, f"seed={seed}"])})
     result = {"machine": machine(), "setting": base, "seeds": seeds, "runs": rows,
