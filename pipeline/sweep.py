@@ -156,9 +156,17 @@ def _best_valid(run: RunFolder) -> tuple[str, float]:
     return key, sum(bests) / len(bests)
 
 
+def _test_metrics(test: dict) -> dict[str, float]:
+    """One final run's test metrics: the mean over tasks and each task's selection metric
+    (`income.auc`), not counts such as `rows`."""
+    metric = test["metric"]
+    out = {k: v for k, v in test.items() if k.startswith("mean_") and isinstance(v, (int, float))}
+    return out | {f"{task}.{metric}": values[metric] for task, values in test["tasks"].items()}
+
+
 def _test_means(finals: list[dict]) -> dict[str, float]:
-    keys = [k for k, v in finals[0]["test"].items() if isinstance(v, (int, float))]
-    return {f"test_{k}": sum(f["test"][k] for f in finals) / len(finals) for k in keys}
+    per_run = [_test_metrics(f["test"]) for f in finals]
+    return {f"test_{k}": sum(m[k] for m in per_run) / len(per_run) for k in per_run[0]}
 
 
 def _markdown(r: dict) -> str:
@@ -176,7 +184,7 @@ def _markdown(r: dict) -> str:
     lines += ["", f"Winner on test, seeds {spec['final_seeds']}:", ""]
     tests = _test_means(r["finals"])
     for key, mean in tests.items():
-        values = [f["test"][key.removeprefix("test_")] for f in r["finals"]]
+        values = [_test_metrics(f["test"])[key.removeprefix("test_")] for f in r["finals"]]
         spread = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
         lines.append(f"- {key.removeprefix('test_')}: {mean:.4f} ± {spread:.4f} (per seed: "
                      + ", ".join(f"{v:.4f}" for v in values) + ")")
