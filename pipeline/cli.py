@@ -22,7 +22,8 @@ from mtlrec.pipeline import config as config_mod
 # `mtlrec bench <name>` → module under pipeline/benchmarks/ (each has run(cfg, overrides))
 BENCHES = {"ingest": "ingest", "census": "census", "census_methods": "census_methods",
            "methods": "methods", "adatask": "adatask_synthetic", "train": "train", "serve": "serve",
-           "multimnist": "multimnist", "qm9": "qm9", "scale": "scale", "conflict": "conflict"}
+           "multimnist": "multimnist", "qm9": "qm9", "qm9_steps": "qm9_steps", "scale": "scale",
+           "conflict": "conflict", "dtjs_alpha": "dtjs_alpha"}
 
 
 @dataclass(frozen=True)

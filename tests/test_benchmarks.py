@@ -103,3 +103,37 @@ def test_bench_qm9_table_has_every_method_with_delta_m_against_its_stl(tmp_path,
     assert capsys.readouterr().err.count("bench: reusing the finished run") == len(labels)
     again = json.loads((tmp_path / "reports" / "qm9.json").read_text())
     assert again["runs"] == result["runs"]
+
+
+def test_paired_differences_to_ew_call_only_consistent_gains_beyond_noise():
+    from mtlrec.pipeline.benchmarks import paired
+
+    def rows(method, values):
+        return [{"method": method, "seed": s, "d": v} for s, v in enumerate(values)]
+
+    table = (rows("EW", [1.0, 5.0, -2.0]) + rows("steady", [2.0, 6.1, -1.0])
+             + rows("noisy", [2.0, 4.0, -1.5]) + rows("one seed", [9.0]) + rows("STL", [None, None, None]))
+    out = paired.to_baseline(table, "d")
+    assert set(out) == {"steady", "noisy", "one seed"}  # EW itself and metric-less rows have none
+    assert out["steady"]["diffs"] == pytest.approx([1.0, 1.1, 1.0])  # paired by seed, not by mean
+    assert out["steady"]["mean"] == pytest.approx(31 / 30) and out["steady"]["beyond_noise"]
+    assert out["noisy"]["diffs"] == pytest.approx([1.0, -1.0, 0.5]) and not out["noisy"]["beyond_noise"]
+    assert out["one seed"]["diffs"] == [8.0] and not out["one seed"]["beyond_noise"]
+    assert paired.cell(out["steady"]).endswith("(3 seeds) ✓") and paired.cell(out["one seed"]) == "+8.00 (1 seed)"
+    assert paired.to_baseline(rows("PCGrad", [1.0]), "d") == {}
+
+
+@pytest.mark.slow
+def test_bench_qm9_steps_sets_each_case_against_ew_and_the_bound(tmp_path):
+    from mtlrec.pipeline import config
+    from mtlrec.pipeline.benchmarks import qm9_steps
+
+    shared_file("qm9/qm9.parquet")
+    paths = [f"paths.work_dir={tmp_path}", f"paths.reports={tmp_path / 'reports'}"]
+    overrides = [*paths, "data.rows.train=64", "data.rows.valid=16", "trainer.batch_size=16"]
+    cases = [qm9_steps.CASES[0], ("pcgrad", qm9_steps.SHARED, ["method=pcgrad"]),
+             ("pcgrad", qm9_steps.REP, ["method=pcgrad", "grad_on=representation"])]
+    result = qm9_steps.run(config.load(paths), overrides, warmup=1, steps=2, cases=cases)
+    assert [r["time_ratio"] for r in result["runs"]][0] == 1.0 and result["bound"] == pytest.approx(23 / 3)
+    table = (tmp_path / "reports" / "qm9_steps.md").read_text()
+    assert "of the estimate 7.67 |" in table and "| pcgrad | representation |" in table and "goal ≤ 3:" in table

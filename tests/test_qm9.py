@@ -229,3 +229,33 @@ def test_mpnn_overfits_a_few_molecules(data):
         opt.step()
     end = loss().item()
     assert end < 0.5 * start, (start, end)
+
+
+@pytest.mark.parametrize("grad_on, encoder_backwards", [("representation", 1), ("shared", 11)])
+def test_per_task_gradients_on_the_representation_take_one_encoder_backward(data, grad_on, encoder_backwards):
+    """The K = 11 fast path (issue 14): with grad_on=representation the 11 per-task
+    gradients go through the linear heads only and the encoder runs backward once; on the
+    shared parameters each task needs its own pass through the encoder. Counted on the
+    encoder's first parameter, whose gradient every encoder backward computes."""
+    from mtlrec.training.config import MethodConfig, TrainerConfig
+    from mtlrec.training.mtl.step import make_step
+    from mtlrec.training.step import Pass
+
+    torch.manual_seed(0)
+    model = MPNN(len(NODE_FEATURES), len(EDGE_FEATURES), hidden=16)
+    batch = _batch(data, 8, cutoff=3.0)
+    step = make_step(MethodConfig(name="pcgrad", aggregate="pcgrad", grad_on=grad_on, diagnostics_every=0),
+                     model, TrainerConfig(), 11, 0)
+    first = next(model.encoder.parameters())
+    backwards = []
+    first.register_hook(lambda g: backwards.append(1))
+
+    def forward(split: bool) -> Pass:
+        if not split:
+            return Pass((model(batch) - batch.y) ** 2)
+        rep = model.encode(batch)
+        leaves = [t.detach().requires_grad_() for t in rep]
+        return Pass((model.decode(leaves) - batch.y) ** 2, rep, leaves)
+
+    step.train_batch(forward)
+    assert len(backwards) == encoder_backwards

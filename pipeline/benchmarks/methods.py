@@ -12,6 +12,7 @@ the shared representation instead of the parameters. Writes reports/methods.json
 
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import sys
@@ -21,14 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlrec.features.batches import BatchLoader, SplitData
-from mtlrec.features.folder import FeaturesFolder
+from mtlrec.features.stream import make_loader
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline.benchmarks.census import SETTING
 from mtlrec.pipeline.benchmarks.measure import machine, run_worker, write_report
 from mtlrec.progress import peak_rss_mb
 from mtlrec.pipeline.config import Config
-from mtlrec.pipeline.targets import build_ranker, ingest_logs
+from mtlrec.pipeline.targets import ingest_logs, load_target
 from mtlrec.training.loop import Trainer, seed_everything
 from mtlrec.training.mtl.step import make_step
 
@@ -64,41 +64,48 @@ def run(cfg: Config, overrides: list[str], warmup: int = 5, steps: int = 40,
     base = [*SETTING, *MODEL, f"paths.work_dir={Path(cfg.paths.work_dir) / 'bench' / 'census'}",
             "method.diagnostics_every=0", *overrides]
     ingest_logs(config_mod.load(base))
+    result = {"machine": machine(), "setting": [*base], "warmup": warmup, "steps": steps,
+              "runs": measure_cases(base, cases, warmup, steps), "goals": GOALS}
+    js, md = write_report(Path(cfg.paths.reports), "methods", result, _markdown(result))
+    print(f"bench methods: wrote {js} and {md}")
+    return result
+
+
+def measure_cases(base: list[str], cases: list[tuple[str, str, list[str]]], warmup: int,
+                  steps: int) -> list[dict]:
+    """Each case's step time and added memory in a fresh process, with its ratios to the
+    first case's (the EW baseline, measured in the same run)."""
     rows = []
     for label, level, parts in cases:
-        print(f"bench methods: {label}", file=sys.stderr)
+        print(f"bench: step cost of {label}", file=sys.stderr)
         measured = run_worker(__name__, [str(warmup), str(steps), *base, *parts])
         rows.append({"method": label, "level": level, **measured})
     ew = rows[0]
     for r in rows:
         r["time_ratio"] = r["median_step_ms"] / ew["median_step_ms"]
         r["memory_ratio"] = r["peak_added_mb"] / max(ew["peak_added_mb"], 1e-9)
-    result = {"machine": machine(), "setting": [*base], "warmup": warmup, "steps": steps,
-              "runs": rows, "goals": GOALS}
-    js, md = write_report(Path(cfg.paths.reports), "methods", result, _markdown(result))
-    print(f"bench methods: wrote {js} and {md}")
-    return result
+    return rows
 
 
 def _worker(warmup: int, steps: int, overrides: list[str]) -> dict:
-    """In a fresh process: build the model and step, time `train_batch` on fixed batches."""
+    """In a fresh process: build the data set's model and step, time `train_batch` on the
+    split's first batches (fixed order). Any data kind: `mtlrec bench qm9_steps` uses it too."""
     cfg = config_mod.load(overrides)
     torch.set_num_threads(cfg.trainer.threads or torch.get_num_threads())
-    features = FeaturesFolder(Path(cfg.paths.features)).require(cfg.data.name)
-    info = features.info()
-    train, valid = SplitData(features, "train"), SplitData(features, "valid")
+    target = load_target(cfg)
+    valid, n = target.split("valid"), len(target.tasks)
     seed_everything(cfg.seed)
-    model = build_ranker(cfg.model, info, len(info.tasks))
-    step = make_step(cfg.method, model, cfg.trainer, len(info.tasks), cfg.seed)
-    trainer = Trainer(model, step, cfg.trainer, info.tasks, list(range(len(info.tasks))), cfg.seed)
-    batches = list(BatchLoader(train.head(cfg.trainer.batch_size * (warmup + steps)),
-                               cfg.trainer.batch_size, shuffle=False))
+    model = target.model(cfg.model, n)
+    step = make_step(cfg.method, model, cfg.trainer, n, cfg.seed)
+    trainer = Trainer(model, step, cfg.trainer, target.tasks, list(range(n)), cfg.seed, kind=target.kind)
+    loader = make_loader(target.split("train"), cfg.trainer.batch_size, shuffle=False)
+    batches = list(itertools.islice(loader.iterate(0), warmup + steps))
     times = []
     rss_before = _rss_mb()
     for i, batch in enumerate(batches):
         forward, dev = trainer.batch_forward(batch), trainer.dev_forward(valid, i)
         start = time.perf_counter()
-        step.train_batch(forward, 0, dev)
+        step.train_batch(forward, 0, dev, epoch_batches=len(loader))
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak = peak_rss_mb()
