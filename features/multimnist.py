@@ -1,21 +1,21 @@
 """MultiMNIST: two overlapping MNIST digits per image; task 0 = left digit, task 1 = right.
 
 The benchmark of Sener & Koltun (2018), "Multi-Task Learning as Multi-Objective
-Optimization" (NeurIPS), after the MultiMNIST of Sabour et al. (2017). Construction:
+Optimization" (NeurIPS), after the MultiMNIST of Sabour et al. (2017). Each MNIST image
+of a split is the *left* digit of one example; its partner, the *right* digit, is drawn
+from the same split by a seeded permutation (every image is used once as left and once
+as right digit, and no pair mixes train and validation). Both 28×28 digits go on a
+36×36 canvas, the left one up-left of the right one; where they overlap a pixel is the
+max of the two; the canvas is resized to 28×28. Two layouts (`layout`):
 
-- each MNIST image of a split is the *left* digit of one example; its partner, the
-  *right* digit, is drawn from the same split by a seeded permutation (every image is
-  used once as left and once as right digit, and no pair mixes train and validation);
-- both 28×28 digits go on a 36×36 canvas (28 + 2·4: room for a ±4 pixel shift from the
-  centre). The left digit is shifted up-left and the right digit down-right, each by an
-  independent random 1..4 pixels along each axis (at least 1, so "left" and "right" are
-  always well defined: the left digit's top-left corner is strictly up-left of the right
-  one's). Their relative offset is 2..8 pixels per axis, around the fixed 6 pixels of
-  Sener & Koltun's loader. Where the digits overlap, a pixel is the max of the two;
-- the canvas is resized to 28×28 by area averaging (each output pixel is the mean of the
-  36/28 × 36/28 source area it covers). Sener & Koltun resized with nearest-neighbour
-  interpolation, which silently drops 8 of the 36 rows and columns and with them parts
-  of thin strokes; area averaging keeps every stroke and the image's mean intensity.
+- `sener_koltun` (default): exactly the authors' loader, which the papers' MultiMNIST
+  numbers come from: the left digit at the canvas's corner (0, 0), the right one at
+  (6, 6), resized by nearest neighbour (PIL's NEAREST: output pixel i reads source pixel
+  ⌊(i + ½)·36/28⌋, so 8 of the 36 rows and columns are dropped);
+- `shifted`: each digit moved from the centre by an independent random 1..4 pixels per
+  axis (relative offset 2..8 instead of the fixed 6), resized by area averaging (each
+  output pixel the mean of the 36/28 × 36/28 source area it covers), which keeps every
+  stroke; a harder, more varied variant.
 
 Splits: train and validation come from MNIST train (validation: `n_valid` images
 carved out by a seeded permutation), test from MNIST t10k. Arrays are plain numpy
@@ -43,7 +43,11 @@ MAX_SHIFT = 4  #: largest shift of a digit from the canvas centre, pixels per ax
 CANVAS = DIGIT + 2 * MAX_SHIFT  #: 36
 SPLITS = ("train", "valid", "test")
 TASKS = ("left", "right")
-_CACHE_VERSION = 1  # bump when the construction changes, so old caches are not reused
+_CACHE_VERSION = 2  # bump when the construction changes, so old caches are not reused
+# (left up, left left, right down, right right) from the centred position: left at (0, 0),
+# right at (6, 6) of the canvas, as in Sener & Koltun's loader
+SENER_KOLTUN_SHIFTS = (MAX_SHIFT, MAX_SHIFT, 2, 2)
+LAYOUTS = ("sener_koltun", "shifted")
 _CHUNK = 8192  # examples composed at once (bounds the float32 canvas memory)
 
 
@@ -165,9 +169,28 @@ def resize(canvases: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def compose(left: np.ndarray, right: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Digits [N, 28, 28] → MultiMNIST images uint8 [N, 28, 28] (overlay, then resize)."""
-    return resize(overlay(left, right, shifts))
+_NEAREST = ((np.arange(DIGIT) + 0.5) * CANVAS / DIGIT).astype(np.int64)
+
+
+def resize_nearest(canvases: np.ndarray) -> np.ndarray:
+    """Canvases [N, 36, 36] → [N, 28, 28] by nearest neighbour, as PIL's NEAREST does."""
+    return canvases[:, _NEAREST][:, :, _NEAREST]
+
+
+def compose(left: np.ndarray, right: np.ndarray, shifts: np.ndarray, layout: str = "sener_koltun"
+            ) -> np.ndarray:
+    """Digits [N, 28, 28] → MultiMNIST images uint8 [N, 28, 28] (overlay, then the
+    layout's resize)."""
+    canvases = overlay(left, right, shifts)
+    return resize_nearest(canvases) if layout == "sener_koltun" else resize(canvases)
+
+
+def _shifts(rng: np.random.Generator, n: int, layout: str) -> np.ndarray:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "sener_koltun":
+        return np.tile(np.array(SENER_KOLTUN_SHIFTS, dtype=np.int64), (n, 1))
+    return rng.integers(1, MAX_SHIFT + 1, size=(n, 4), dtype=np.int64)
 
 
 def split_pools(n_train_images: int, n_valid: int, seed: int) -> dict[str, np.ndarray]:
@@ -184,23 +207,23 @@ def _seeds(seed: int) -> list[np.random.SeedSequence]:
 
 
 def _build_split(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
-                 seed: np.random.SeedSequence, limit: int | None) -> MultiMnistSplit:
+                 seed: np.random.SeedSequence, limit: int | None, layout: str) -> MultiMnistSplit:
     # Draw for the whole pool, then cut: a subset is exactly a prefix of the full split.
     rng = np.random.default_rng(seed)
     partner = rng.permutation(len(pool))
-    shifts = rng.integers(1, MAX_SHIFT + 1, size=(len(pool), 4), dtype=np.int64)
+    shifts = _shifts(rng, len(pool), layout)
     n = len(pool) if limit is None else min(limit, len(pool))
     sources = np.stack([pool[:n], pool[partner[:n]]], axis=1).astype(np.int64)
     shifts = shifts[:n]
     out = np.empty((n, 1, DIGIT, DIGIT), dtype=np.uint8)
     for a in range(0, n, _CHUNK):
         b = min(a + _CHUNK, n)
-        out[a:b, 0] = compose(images[sources[a:b, 0]], images[sources[a:b, 1]], shifts[a:b])
+        out[a:b, 0] = compose(images[sources[a:b, 0]], images[sources[a:b, 1]], shifts[a:b], layout)
     return MultiMnistSplit(out, labels[sources], sources, shifts)
 
 
 def build_multimnist(mnist_dir: Path, *, seed: int = 0, n_valid: int = 10_000,
-                     limit: int | None = None) -> dict[str, MultiMnistSplit]:
+                     limit: int | None = None, layout: str = "sener_koltun") -> dict[str, MultiMnistSplit]:
     """Build the three splits (uint8 images) from the MNIST idx files in `mnist_dir`.
 
     limit: keep only the first `limit` examples per split (identical to the first rows
@@ -213,7 +236,7 @@ def build_multimnist(mnist_dir: Path, *, seed: int = 0, n_valid: int = 10_000,
     seeds = _seeds(seed)[1:]
     source = {"train": (train_images, train_labels), "valid": (train_images, train_labels),
               "test": (test_images, test_labels)}
-    return {name: _build_split(*source[name], pools[name], split_seed, limit)
+    return {name: _build_split(*source[name], pools[name], split_seed, limit, layout)
             for name, split_seed in zip(SPLITS, seeds)}
 
 
@@ -221,14 +244,14 @@ def build_multimnist(mnist_dir: Path, *, seed: int = 0, n_valid: int = 10_000,
 
 
 def cache_folder(cache_dir: Path, mnist_dir: Path, seed: int, n_valid: int,
-                  limit: int | None) -> Path:
-    """One folder per (construction version, source bytes, seed, n_valid, limit)."""
+                  limit: int | None, layout: str = "sener_koltun") -> Path:
+    """One folder per (construction version, layout, source bytes, seed, n_valid, limit)."""
     digest = hashlib.sha256()
     for part in ("train", "t10k"):
         for kind in ("images-idx3", "labels-idx1"):
             digest.update(_mnist_file(mnist_dir, f"{part}-{kind}-ubyte").read_bytes())
     size = "all" if limit is None else str(limit)
-    return Path(cache_dir) / (f"multimnist-v{_CACHE_VERSION}-{digest.hexdigest()[:12]}"
+    return Path(cache_dir) / (f"multimnist-v{_CACHE_VERSION}-{layout}-{digest.hexdigest()[:12]}"
                               f"-seed{seed}-valid{n_valid}-n{size}")
 
 
@@ -250,25 +273,26 @@ def _load(path: Path) -> MultiMnistSplit:
 
 def load_multimnist(mnist_dir: Path, *, seed: int = 0, n_valid: int = 10_000,
                     limit: int | None = None, cache_dir: Path | None = None,
-                    as_float: bool = False) -> dict[str, MultiMnistSplit]:
+                    as_float: bool = False, layout: str = "sener_koltun") -> dict[str, MultiMnistSplit]:
     """The MultiMNIST splits {"train", "valid", "test"}, built or read from the cache.
 
     mnist_dir: folder with the four MNIST idx(.gz) files (e.g. ../shared/data/mnist).
     limit: first `limit` examples per split (a prefix of the full split).
     cache_dir: a git-ignored folder (e.g. <repo>/data_cache); the splits are stored
       there as .npz (no pickles) under a name holding the construction version, a hash
-      of the MNIST files, seed, n_valid and limit, and reused on the next call.
+      of the MNIST files, layout, seed, n_valid and limit, and reused on the next call.
     as_float: images as float32 in [0, 1] instead of uint8.
+    layout: "sener_koltun" or "shifted" (module docstring).
     """
     if cache_dir is None:
-        splits = build_multimnist(mnist_dir, seed=seed, n_valid=n_valid, limit=limit)
+        splits = build_multimnist(mnist_dir, seed=seed, n_valid=n_valid, limit=limit, layout=layout)
     else:
-        folder = cache_folder(cache_dir, Path(mnist_dir), seed, n_valid, limit)
+        folder = cache_folder(cache_dir, Path(mnist_dir), seed, n_valid, limit, layout)
         paths = {name: folder / f"{name}.npz" for name in SPLITS}
         if all(p.exists() for p in paths.values()):
             splits = {name: _load(p) for name, p in paths.items()}
         else:
-            splits = build_multimnist(mnist_dir, seed=seed, n_valid=n_valid, limit=limit)
+            splits = build_multimnist(mnist_dir, seed=seed, n_valid=n_valid, limit=limit, layout=layout)
             folder.mkdir(parents=True, exist_ok=True)
             for name, split in splits.items():
                 _save(paths[name], split)

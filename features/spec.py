@@ -275,6 +275,9 @@ class MultiMnistSpec(Strict):
     mnist_dir: FilePath
     construction_seed: int = Field(0, description="seed of the pairs and shifts (the same for every run)")
     n_valid: int = Field(10_000, ge=1, description="MNIST train images held out for validation")
+    layout: Literal["sener_koltun", "shifted"] = Field(
+        "sener_koltun", description="the authors' fixed offset and nearest resize, or random "
+        "shifts and area resize (features.multimnist)")
     cache_dir: FilePath | None = Field(None, description="where the built splits are kept (.npz)")
     rows: BenchmarkRows = BenchmarkRows()
 

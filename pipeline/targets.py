@@ -92,14 +92,16 @@ def _multimnist(cfg: Config) -> Target:
     spec: MultiMnistSpec = cfg.data  # type: ignore[assignment]
     mnist = Path(spec.mnist_dir)
     splits = load_multimnist(mnist, seed=spec.construction_seed, n_valid=spec.n_valid,
-                             cache_dir=Path(spec.cache_dir) if spec.cache_dir else None, as_float=True)
+                             cache_dir=Path(spec.cache_dir) if spec.cache_dir else None, as_float=True,
+                             layout=spec.layout)
 
     def split(name: str) -> TensorSplit:
         s = splits[name]
         n = _prefix(spec.rows, name, len(s))
         return TensorSplit(torch.from_numpy(s.images[:n]), torch.from_numpy(s.labels[:n]))
 
-    fingerprint = cache_folder(Path("."), mnist, spec.construction_seed, spec.n_valid, None).name
+    fingerprint = cache_folder(Path("."), mnist, spec.construction_seed, spec.n_valid, None,
+                               spec.layout).name
     return Target(list(DIGIT_TASKS), ClassTasks(), split, lambda _, n: MultiLeNet(n_tasks=n), fingerprint)
 
 

@@ -146,20 +146,43 @@ def test_area_resize_keeps_constants_and_mean_intensity():
 # ---------------------------------------------------------------- real data
 
 
-def test_splits_shapes_dtypes_and_labels_match_their_sources(mnist_dir, small):
+@pytest.mark.parametrize("layout", mm.LAYOUTS)
+def test_splits_shapes_dtypes_and_labels_match_their_sources(mnist_dir, layout):
     mnist = {"train": mm.read_mnist(mnist_dir, "train"), "test": mm.read_mnist(mnist_dir, "t10k")}
-    for name, split in small.items():
+    splits = mm.load_multimnist(mnist_dir, seed=3, limit=300, layout=layout)
+    for name, split in splits.items():
         assert len(split) == 300
         assert split.images.shape == (300, 1, 28, 28) and split.images.dtype == np.uint8
         assert split.labels.shape == (300, 2) and split.labels.dtype == np.int64
-        assert ((split.shifts >= 1) & (split.shifts <= 4)).all()
+        if layout == "shifted":
+            assert ((split.shifts >= 1) & (split.shifts <= 4)).all()
+        else:
+            assert (split.shifts == [4, 4, 2, 2]).all()
         images, labels = mnist["test" if name == "test" else "train"]
         assert np.array_equal(split.labels, labels[split.sources])
-        rebuilt = mm.compose(images[split.sources[:, 0]], images[split.sources[:, 1]], split.shifts)
+        rebuilt = mm.compose(images[split.sources[:, 0]], images[split.sources[:, 1]], split.shifts, layout)
         assert np.array_equal(split.images[:, 0], rebuilt)
     # the two digits of a pair are mostly different images, with both label columns varied
-    assert (small["train"].sources[:, 0] != small["train"].sources[:, 1]).mean() > 0.99
-    assert len(np.unique(small["train"].labels[:, 1])) == 10
+    assert (splits["train"].sources[:, 0] != splits["train"].sources[:, 1]).mean() > 0.99
+    assert len(np.unique(splits["train"].labels[:, 1])) == 10
+
+
+def test_default_layout_is_sener_and_koltuns_loader(mnist_dir, small):
+    """Replay of the authors' construction (their multi_mnist_loader, written here with
+    PIL as they did): left digit at (0, 0) and right digit at (6, 6) of a 36×36 canvas,
+    the overlap the max of the two, resized to 28×28 with PIL's NEAREST."""
+    from PIL import Image
+
+    images, _ = mm.read_mnist(mnist_dir, "train")
+    split = small["train"]
+    for row in range(20):
+        left, right = images[split.sources[row, 0]], images[split.sources[row, 1]]
+        canvas = np.zeros((36, 36), np.uint8)
+        canvas[0:28, 0:28] = left
+        canvas[6:34, 6:34] = right
+        canvas[6:28, 6:28] = np.maximum(left[6:28, 6:28], right[0:22, 0:22])
+        expected = np.array(Image.fromarray(canvas).resize((28, 28), resample=Image.NEAREST))
+        assert np.array_equal(split.images[row, 0], expected), row
 
 
 def test_validation_is_carved_from_train_disjointly():
