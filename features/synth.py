@@ -15,7 +15,11 @@ calibrated so the click rate and the conversion rate among clicks hit their targ
 conversion = click AND buy, so the second task is CTCVR.
 
 That AND ties the tasks together: with ρ = −1 a value that raises the click logit by a
-lowers the CTCVR log-rate by only ≈ a·(1 − ρ)·… — still aligned. For studying real
+lowers the CVR logit by a, and the CTCVR log-rate ≈ click + CVR logit barely moves —
+still aligned with the click. `conflict_on=ctcvr` puts the knob on the conversion label
+itself: the CVR effects become ρ·a + √(1−ρ²)·b − a, so the CTCVR effects ≈ ρ·a + √(1−ρ²)·b
+correlate ρ with the click's, while a conversion still needs a click (the labels stay
+positively dependent given the features: the clickbait pattern of real logs). For studying real
 conflict, `conflict_labels` also writes `buy` (the purchase label itself, drawn whether
 or not the row was clicked), and `like` / `share`, two more labels whose effects are
 0.8 × the click's / the buy's plus 0.6 × their own: the tasks {click, like} and
@@ -62,7 +66,10 @@ class SynthParams(Strict):
     cvr: float = Field(0.08, gt=0, lt=1, description="target conversion rate among clicks "
                        "(CTCVR ≈ ctr · cvr)")
     conflict_rho: float = Field(0.0, ge=-1, le=1, description="correlation of the CVR effects "
-                                "with the CTR effects")
+                                "(with conflict_on=ctcvr: of the CTCVR effects) with the CTR effects")
+    conflict_on: Literal["cvr", "ctcvr"] = Field(
+        "cvr", description="which task's effects conflict_rho correlates with the click's: the "
+        "purchase given a click, or the conversion label itself (module docstring)")
     signal: float = Field(1.2, gt=0, description="std of the ground-truth logit before calibration")
     zipf_a: float = Field(1.1, gt=0)
     cardinalities: tuple[int, ...] = DEFAULT_CARDINALITIES
@@ -92,6 +99,9 @@ class GroundTruth:
     def __init__(self, p: SynthParams) -> None:
         rng = np.random.default_rng(p.seed)
         rho, rest = p.conflict_rho, float(np.sqrt(1.0 - p.conflict_rho**2))
+        # ctcvr: the CVR effects are ρ·a + rest·b − a, so that click + CVR, the CTCVR logit's
+        # effects (log P(click ∧ buy) ≈ ctr + cvr logits), correlate ρ with the click's
+        own_a = rho - (1.0 if p.conflict_on == "ctcvr" else 0.0)
         # Share of logit variance per categorical field; numeric fields get a fixed share.
         n_fields = N_CATEGORICAL + 1
         scale = p.signal / np.sqrt(n_fields)
@@ -102,16 +112,16 @@ class GroundTruth:
             self.value_of_rank.append(rng.permutation(card).astype(np.int64))
             a, b = rng.standard_normal(card), rng.standard_normal(card)
             self.ctr_eff.append((scale * a).astype(np.float32))
-            self.cvr_eff.append((scale * (rho * a + rest * b)).astype(np.float32))
+            self.cvr_eff.append((scale * (own_a * a + rest * b)).astype(np.float32))
         self.p_zero = rng.uniform(0.1, 0.9, N_NUMERIC)
         a, b = rng.standard_normal(N_NUMERIC), rng.standard_normal(N_NUMERIC)
         num_scale = 2.0 * scale / np.sqrt(N_NUMERIC)
-        self.w_ctr, self.w_cvr = num_scale * a, num_scale * (rho * a + rest * b)
+        self.w_ctr, self.w_cvr = num_scale * a, num_scale * (own_a * a + rest * b)
         w = 1.0 / np.arange(1, max(p.tags, 1) + 1, dtype=np.float64) ** p.zipf_a
         self.tag_cdf = np.cumsum(w) / w.sum()
         a, b = rng.standard_normal(max(p.tags, 1)), rng.standard_normal(max(p.tags, 1))
         self.tag_ctr = (scale * a).astype(np.float32)
-        self.tag_cvr = (scale * (rho * a + rest * b)).astype(np.float32)
+        self.tag_cvr = (scale * (own_a * a + rest * b)).astype(np.float32)
         self.country_ctr = 0.3 * rng.standard_normal(len(p.countries))
         self.country_cvr = 0.3 * rng.standard_normal(len(p.countries))
         self.country_p = rng.dirichlet(np.full(len(p.countries), 4.0))

@@ -70,6 +70,13 @@ def test_ground_truth_is_learnable_and_the_conflict_knob_works():
         assert roc_auc_score(click, d["ctr_logit"]) > 0.7
         corr = np.corrcoef(truth.ctr_eff[0], truth.cvr_eff[0])[0, 1]
         assert corr == pytest.approx(rho, abs=1e-6)
+    for rho in (-0.9, 0.0, 0.5):  # on the conversion label: CTCVR's effects ≈ click's + CVR's
+        p = SynthParams(conflict_rho=rho, conflict_on="ctcvr", cardinalities=SMALL["cardinalities"])
+        truth = GroundTruth(p)
+        click = np.concatenate([*truth.ctr_eff, truth.w_ctr, truth.tag_ctr])
+        cvr = np.concatenate([*truth.cvr_eff, truth.w_cvr, truth.tag_cvr])
+        assert np.corrcoef(click, click + cvr)[0, 1] == pytest.approx(rho, abs=0.03)  # drawn: not exact
+        assert np.corrcoef(click, cvr)[0, 1] < -0.3  # the purchase given a click opposes the click
 
 
 def test_corrupt_fraction_produces_quarantinable_defects(tmp_path):

@@ -42,7 +42,7 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     ingest_logs(config_mod.load([*TABLE.setting, *work]))
     result = run_table(TABLE, cfg, overrides)
     learnt, fixed = TABLE.methods[2][1], TABLE.methods[3][1]
-    result["alpha"] = [_trajectory([*TABLE.setting, *work, *parts, f"seed={seed}"] for parts in (learnt, fixed))
+    result["alpha"] = [_trajectory(*([*TABLE.setting, *work, *parts, f"seed={seed}"] for parts in (learnt, fixed)))
                        for seed in range(result["seeds"])]
     text = markdown(TABLE, result) + _alpha_markdown(result["alpha"])
     js, md = write_report(Path(cfg.paths.reports), TABLE.name, result, text)
