@@ -137,3 +137,23 @@ def test_bench_qm9_steps_sets_each_case_against_ew_and_the_bound(tmp_path):
     assert [r["time_ratio"] for r in result["runs"]][0] == 1.0 and result["bound"] == pytest.approx(23 / 3)
     table = (tmp_path / "reports" / "qm9_steps.md").read_text()
     assert "of the estimate 7.67 |" in table and "| pcgrad | representation |" in table and "goal ≤ 3:" in table
+
+
+def test_a_paper_table_stopped_half_way_reports_the_runs_it_finished():
+    from mtlrec.pipeline.benchmarks import paper_tables
+
+    table = paper_tables.PaperTable(
+        name="toy", title="Toy", setting=[], methods=[("STL", []), ("EW", []), ("PCGrad", [])],
+        columns=["a", "b"], fmt=".2f", scale=1.0, mean=("mean_auc", "mean AUC", 1.0), paper="")
+
+    def row(method, seed, a, delta):
+        return {"method": method, "seed": seed, "tasks": {"a": a, "b": 0.5}, "means": {"mean_auc": (a + 0.5) / 2},
+                "delta_m_pct": delta, "samples_per_s": 100.0, "train_s": 1.0}
+
+    rows = [row("STL", 0, 0.7, None), row("EW", 0, 0.8, 2.0), row("STL", 1, 0.7, None)]
+    result = {"machine": {"cpus": 2, "torch": "x", "time": "t"}, "setting": [], "seeds": 2, "runs": rows,
+              "planned_runs": 6, "summary": paper_tables._summary(table, rows)}
+    text = paper_tables.markdown(table, result)
+    assert [s["method"] for s in result["summary"]] == ["STL", "EW"]  # PCGrad has not run yet
+    assert "**Partial: 3 of 6 runs finished**" in text and "| EW | 0.80 ± 0.00 |" in text
+    assert "Partial" not in paper_tables.markdown(table, {**result, "planned_runs": 3})

@@ -39,16 +39,16 @@ def run_table(table: PaperTable, cfg: Config, overrides: list[str]) -> dict:
     seeds = cfg.bench.seeds
     if table.seeds is not None and not any(o.startswith("bench.seeds=") for o in overrides):
         seeds = table.seeds
-    rows = []
-    for seed in range(seeds):
-        for label, parts in table.methods:
-            if seed > 0 and label in table.one_seed:
-                continue
-            print(f"bench {table.name}: seed {seed}, {label}", file=sys.stderr)
-            rows.append({"method": label, "seed": seed, **_measure([*base, *parts, f"seed={seed}"])})
-    result = {"machine": machine(), "setting": base, "seeds": seeds, "runs": rows,
-              "summary": _summary(table, rows)}
-    js, md = write_report(Path(cfg.paths.reports), table.name, result, markdown(table, result))
+    planned = [(seed, label, parts) for seed in range(seeds) for label, parts in table.methods
+               if seed == 0 or label not in table.one_seed]
+    rows: list[dict] = []
+    for seed, label, parts in planned:
+        print(f"bench {table.name}: seed {seed}, {label}", file=sys.stderr)
+        rows.append({"method": label, "seed": seed, **_measure([*base, *parts, f"seed={seed}"])})
+        # after every run: a bench stopped half-way leaves the table of the runs it finished
+        result = {"machine": machine(), "setting": base, "seeds": seeds, "runs": rows,
+                  "planned_runs": len(planned), "summary": _summary(table, rows)}
+        js, md = write_report(Path(cfg.paths.reports), table.name, result, markdown(table, result))
     print(f"bench {table.name}: wrote {js} and {md}")
     return result
 
@@ -72,6 +72,8 @@ def _summary(table: PaperTable, rows: list[dict]) -> list[dict]:
     out = []
     for label, _ in table.methods:
         sel = [r for r in rows if r["method"] == label]
+        if not sel:  # not run yet
+            continue
         out.append({
             "method": label,
             "tasks": {t: _mean_std([r["tasks"][t] for r in sel]) for t in sel[0]["tasks"]},
@@ -94,10 +96,13 @@ def markdown(table: PaperTable, r: dict) -> str:
              f"Test metrics, mean ± std over {r['seeds']} seed(s); Δm% vs STL (DTJS Eq. 3-12) per "
              "seed, then averaged; its difference to EW's paired by seed (✓: beyond seed noise, paired "
              "t-test at 5%); training samples/s (median over epochs) and wall time per run. "
-             f"Setting: `{' '.join(r['setting'])}`.", "",
-             "| method | " + " | ".join(table.columns)
-             + f" | {label} | Δm% vs STL | Δm% − EW's, paired | samples/s | train s |",
-             "| --- | " + " | ".join("---:" for _ in table.columns) + " | ---: | ---: | ---: | ---: | ---: |"]
+             f"Setting: `{' '.join(r['setting'])}`.", ""]
+    if len(r["runs"]) < r.get("planned_runs", len(r["runs"])):
+        lines += [f"**Partial: {len(r['runs'])} of {r['planned_runs']} runs finished** (`mtlrec bench "
+                  f"{table.name}` again reuses them and goes on).", ""]
+    lines += ["| method | " + " | ".join(table.columns)
+              + f" | {label} | Δm% vs STL | Δm% − EW's, paired | samples/s | train s |",
+              "| --- | " + " | ".join("---:" for _ in table.columns) + " | ---: | ---: | ---: | ---: | ---: |"]
     for s in r["summary"]:
         cells = [cell(_scaled(s["tasks"][t], table.scale), table.fmt) for t in table.columns]
         cells.append(cell(_scaled(s["means"][key], scale), table.fmt))
