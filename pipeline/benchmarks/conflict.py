@@ -4,7 +4,9 @@ Synthetic AliExpress-schema logs (`data=synth_conflict`: tasks click and buy, th
 label drawn whether or not the row was clicked) at `synth.conflict_rho` ∈ {0, −0.5, −0.9},
 the correlation of the buy effects with the click effects. On the logs' own
 click/conversion labels the knob barely moves the tasks apart: conversion = click AND buy
-keeps CTCVR's effects aligned with CTR's even at ρ = −0.9 (the first table measures it).
+keeps CTCVR's effects aligned with CTR's even at ρ = −0.9 (an EW-only table measures it),
+and an EW-only control at ρ = +0.9 shows how far the sign of ρ reaches the shared
+gradients (see also `synth.conflict_on=ctcvr`, README).
 MMoE; STL, EW, the five methods, PCGrad and CAGrad at `bench.seeds` seeds; the 4-task
 variant (`data=synth_conflict4`: {click, like} vs {buy, share}) at one seed. Per setting:
 test AUC per task, Δm% vs STL, training samples/s, and the mean gradient cosine between the
