@@ -331,6 +331,24 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+# What only the stages after training read (evaluation, export, serving, a benchmark's own
+# loop, whether training was forced): two configs that differ only there train the same run.
+AFTER_TRAINING = ("train", "evaluate", "bench", "registry", "export", "gate", "serve", "score", "retrain")
+
+
+def training_settings(config_text: str | None) -> dict | None:
+    """A run's saved configuration (`to_yaml`) less what does not change what is trained,
+    so that a finished run is reused by a sweep or benchmark that asks for more seeds or
+    another report folder."""
+    if config_text is None:
+        return None
+    settings = yaml.safe_load(config_text)
+    for section in AFTER_TRAINING:
+        settings.pop(section, None)
+    settings.get("paths", {}).pop("reports", None)
+    return settings
+
+
 # ------------------------------------------------------------------ paths in user files
 
 

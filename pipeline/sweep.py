@@ -124,7 +124,8 @@ def _train(base: list[str], point: dict[str, Any], seed: int, folder: Path, test
         ingest_logs(cfg)  # reused while the data and its settings are unchanged
     run = RunFolder(cfg.paths.run_dir)
     state = run.state()
-    same = state is not None and _settings(run.config_text()) == _settings(config_mod.to_yaml(cfg))
+    same = state is not None and (config_mod.training_settings(run.config_text())
+                                  == config_mod.training_settings(config_mod.to_yaml(cfg)))
     if not (same and state.status == "trained"):
         force = not (same and state.status == "running")
         train_run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"force": force})}))
@@ -133,16 +134,6 @@ def _train(base: list[str], point: dict[str, Any], seed: int, folder: Path, test
     if test:
         out["test"] = evaluate_run(cfg)
     return out
-
-
-def _settings(config_text: str | None) -> dict | None:
-    """A run's configuration, less whether it was forced (a forced run and its resume
-    train the same thing)."""
-    if config_text is None:
-        return None
-    settings = yaml.safe_load(config_text)
-    settings.get("train", {}).pop("force", None)
-    return settings
 
 
 def _best_valid(run: RunFolder) -> tuple[str, float]:

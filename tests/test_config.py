@@ -141,3 +141,22 @@ def test_loss_weightings_do_not_mix_with_aggregators():
     assert config.load(["method=gls"]).method.weighting == "gls"
     with pytest.raises(config.ConfigError, match="weighting=rlw defines how the task losses combine"):
         config.load(["method=rlw", "method.aggregate=pcgrad"])
+
+
+def test_training_settings_ignore_only_what_later_stages_read():
+    """A benchmark asked for more seeds, or a report folder elsewhere, reuses the runs it
+    finished; any setting that changes what is trained makes it train again."""
+    base = config.load(["bench.seeds=1", "trainer.lr=0.001"])
+    same = [["bench.seeds=3"], ["paths.reports=/elsewhere"], ["train.force=true"], ["serve.port=9000"],
+            ["gate.auc_tolerance=0.5"]]
+    differ = [["trainer.lr=0.003"], ["seed=1"], ["method=pcgrad"], ["synth.conflict_rho=-0.5"],
+              ["model.embedding_dim=32"]]
+    def settings(extra: list[str]) -> dict | None:
+        return config.training_settings(config.to_yaml(config.load(["bench.seeds=1", "trainer.lr=0.001", *extra])))
+
+    key = config.training_settings(config.to_yaml(base))
+    for extra in same:
+        assert settings(extra) == key, extra
+    for extra in differ:
+        assert settings(extra) != key, extra
+    assert config.training_settings(None) is None

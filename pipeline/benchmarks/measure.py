@@ -33,12 +33,14 @@ def run_worker(module: str, args: list[str]) -> dict:
 def train_and_evaluate(overrides: list[str], reuse: bool = False) -> dict:
     """Train from scratch and evaluate on test through the pipeline's own functions:
     {"metrics": evaluate's metrics, "samples_per_s": median over epochs, "epochs": per
-    model, "train_s": training wall time}. With `reuse`, a run of this exact
-    configuration that already finished is evaluated as it is (a bench stopped half-way
-    resumes)."""
+    model, "train_s": training wall time}. With `reuse`, a finished run of the same training
+    configuration (`config.training_settings`: more seeds or another report folder do not
+    count) is evaluated as it is (a bench stopped half-way resumes)."""
     run_cfg = config_mod.load([*overrides, "train.force=true"])
     run = RunFolder(run_cfg.paths.run_dir)
-    train_s = run.train_seconds() if reuse and run.config_text() == config_mod.to_yaml(run_cfg) else None
+    saved, wanted = run.config_text(), config_mod.to_yaml(run_cfg)
+    same = config_mod.training_settings(saved) == config_mod.training_settings(wanted)
+    train_s = run.train_seconds() if reuse and same else None
     if train_s is not None:
         print(f"bench: reusing the finished run {run.path}", file=sys.stderr)
     else:
