@@ -30,6 +30,7 @@ import gzip
 import hashlib
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,7 +48,6 @@ _CACHE_VERSION = 2  # bump when the construction changes, so old caches are not 
 # (left up, left left, right down, right right) from the centred position: left at (0, 0),
 # right at (6, 6) of the canvas, as in Sener & Koltun's loader
 SENER_KOLTUN_SHIFTS = (MAX_SHIFT, MAX_SHIFT, 2, 2)
-LAYOUTS = ("sener_koltun", "shifted")
 _CHUNK = 8192  # examples composed at once (bounds the float32 canvas memory)
 
 
@@ -177,19 +177,34 @@ def resize_nearest(canvases: np.ndarray) -> np.ndarray:
     return canvases[:, _NEAREST][:, :, _NEAREST]
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where the two digits go and how the canvas is resized (module docstring)."""
+
+    shifts: tuple[int, int, int, int] | None  # the same for every example; None: drawn 1..4
+    resize: Callable[[np.ndarray], np.ndarray]
+
+
+LAYOUTS = {"sener_koltun": Layout(SENER_KOLTUN_SHIFTS, resize_nearest), "shifted": Layout(None, resize)}
+
+
+def _layout(name: str) -> Layout:
+    if name not in LAYOUTS:
+        raise ValueError(f"layout must be one of {tuple(LAYOUTS)}, got {name!r}")
+    return LAYOUTS[name]
+
+
 def compose(left: np.ndarray, right: np.ndarray, shifts: np.ndarray, layout: str = "sener_koltun"
             ) -> np.ndarray:
     """Digits [N, 28, 28] → MultiMNIST images uint8 [N, 28, 28] (overlay, then the
     layout's resize)."""
-    canvases = overlay(left, right, shifts)
-    return resize_nearest(canvases) if layout == "sener_koltun" else resize(canvases)
+    return _layout(layout).resize(overlay(left, right, shifts))
 
 
 def _shifts(rng: np.random.Generator, n: int, layout: str) -> np.ndarray:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if layout == "sener_koltun":
-        return np.tile(np.array(SENER_KOLTUN_SHIFTS, dtype=np.int64), (n, 1))
+    fixed = _layout(layout).shifts
+    if fixed is not None:
+        return np.tile(np.array(fixed, dtype=np.int64), (n, 1))
     return rng.integers(1, MAX_SHIFT + 1, size=(n, 4), dtype=np.int64)
 
 

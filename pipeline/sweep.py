@@ -173,9 +173,9 @@ def _markdown(r: dict) -> str:
         mark = "**chosen**" if g["id"] == best["id"] else ""
         lines.append("| " + " | ".join(str(g["point"][k]) for k in keys) + f" | {g['valid_score']:.5f} | {mark} |")
     lines += ["", f"Winner on test, seeds {spec['final_seeds']}:", ""]
-    tests = _test_means(r["finals"])
-    for key, mean in tests.items():
-        values = [_test_metrics(f["test"])[key.removeprefix("test_")] for f in r["finals"]]
+    per_run = [_test_metrics(f["test"]) for f in r["finals"]]
+    for key, mean in _test_means(r["finals"]).items():
+        values = [m[key.removeprefix("test_")] for m in per_run]
         spread = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
         lines.append(f"- {key.removeprefix('test_')}: {mean:.4f} ± {spread:.4f} (per seed: "
                      + ", ".join(f"{v:.4f}" for v in values) + ")")

@@ -17,7 +17,7 @@ from pathlib import Path
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline.benchmarks.census import SETTING as CENSUS
 from mtlrec.pipeline.benchmarks.measure import write_report
-from mtlrec.pipeline.benchmarks.paper_tables import PaperTable, markdown, run_table
+from mtlrec.pipeline.benchmarks.paper_tables import PaperTable, markdown, run_table, table_overrides
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.diagnostics import read
 from mtlrec.pipeline.run_folder import RunFolder
@@ -38,11 +38,10 @@ TABLE = PaperTable(
 
 
 def run(cfg: Config, overrides: list[str]) -> dict:
-    work = [f"paths.work_dir={Path(cfg.paths.work_dir) / 'bench' / TABLE.name}", *overrides]
-    ingest_logs(config_mod.load([*TABLE.setting, *work]))
+    ingest_logs(config_mod.load(table_overrides(TABLE, cfg, overrides)))
     result = run_table(TABLE, cfg, overrides)
     learnt, fixed = TABLE.methods[2][1], TABLE.methods[3][1]
-    result["alpha"] = [_trajectory(*([*TABLE.setting, *work, *parts, f"seed={seed}"] for parts in (learnt, fixed)))
+    result["alpha"] = [_trajectory(*([*result["setting"], *parts, f"seed={seed}"] for parts in (learnt, fixed)))
                        for seed in range(result["seeds"])]
     text = markdown(TABLE, result) + _alpha_markdown(result["alpha"])
     js, md = write_report(Path(cfg.paths.reports), TABLE.name, result, text)

@@ -34,8 +34,14 @@ class PaperTable:
     one_seed: tuple[str, ...] = ()  # methods run at the first seed only (costly baselines)
 
 
+def table_overrides(table: PaperTable, cfg: Config, overrides: list[str]) -> list[str]:
+    """The overrides every run of the table shares (its setting, its work folder); a run is
+    these plus the method's and its seed."""
+    return [*table.setting, f"paths.work_dir={Path(cfg.paths.work_dir) / 'bench' / table.name}", *overrides]
+
+
 def run_table(table: PaperTable, cfg: Config, overrides: list[str]) -> dict:
-    base = [*table.setting, f"paths.work_dir={Path(cfg.paths.work_dir) / 'bench' / table.name}", *overrides]
+    base = table_overrides(table, cfg, overrides)
     seeds = cfg.bench.seeds
     if table.seeds is not None and not any(o.startswith("bench.seeds=") for o in overrides):
         seeds = table.seeds
