@@ -19,8 +19,18 @@ lowers the CVR logit by a, and the CTCVR log-rate ≈ click + CVR logit barely m
 still aligned with the click. `conflict_on=ctcvr` puts the knob on the conversion label
 itself: the CVR effects become ρ·a + √(1−ρ²)·b − a, so the CTCVR effects ≈ ρ·a + √(1−ρ²)·b
 correlate ρ with the click's, while a conversion still needs a click (the labels stay
-positively dependent given the features: the clickbait pattern of real logs). For studying real
-conflict, `conflict_labels` also writes `buy` (the purchase label itself, drawn whether
+positively dependent given the features: the clickbait pattern of real logs).
+
+Neither mode makes the tasks' gradients conflict: each task has its own tower, which flips
+the sign of a shared feature for free, so opposed effects ask the shared layers for the
+same features (README, "Conflicting tasks"). `conflict_on=intent` puts the knob where no
+tower can reach: every row gets an unobserved intent z ~ N(0, intent_sd²) (the session's
+mood, in no column) added to the click logit, and ρ·z + √(1−ρ²)·z' added to the CVR
+logit, while the CVR effects of the features are 0.8 × the click's + 0.6 × their own (what
+users click is mostly what they buy, so the towers read the shared features with the
+same sign). At ρ < 0 a browsing session clicks and does not buy: given the features the
+labels pull apart, and every minibatch's task gradients on the shared layers oppose.
+For studying real conflict, `conflict_labels` also writes `buy` (the purchase label itself, drawn whether
 or not the row was clicked), and `like` / `share`, two more labels whose effects are
 0.8 × the click's / the buy's plus 0.6 × their own: the tasks {click, like} and
 {buy, share} agree within and conflict across when ρ < 0. Their effects come from a
@@ -67,9 +77,12 @@ class SynthParams(Strict):
                        "(CTCVR ≈ ctr · cvr)")
     conflict_rho: float = Field(0.0, ge=-1, le=1, description="correlation of the CVR effects "
                                 "(with conflict_on=ctcvr: of the CTCVR effects) with the CTR effects")
-    conflict_on: Literal["cvr", "ctcvr"] = Field(
-        "cvr", description="which task's effects conflict_rho correlates with the click's: the "
-        "purchase given a click, or the conversion label itself (module docstring)")
+    conflict_on: Literal["cvr", "ctcvr", "intent"] = Field(
+        "cvr", description="what conflict_rho correlates with the click's: the effects of the "
+        "purchase given a click, of the conversion label itself, or the rows' unobserved "
+        "intents (module docstring)")
+    intent_sd: float = Field(3.0, gt=0, description="std of the unobserved per-row intent "
+                             "(conflict_on=intent)")
     signal: float = Field(1.2, gt=0, description="std of the ground-truth logit before calibration")
     zipf_a: float = Field(1.1, gt=0)
     cardinalities: tuple[int, ...] = DEFAULT_CARDINALITIES
@@ -98,10 +111,12 @@ class GroundTruth:
 
     def __init__(self, p: SynthParams) -> None:
         rng = np.random.default_rng(p.seed)
-        rho, rest = p.conflict_rho, float(np.sqrt(1.0 - p.conflict_rho**2))
-        # ctcvr: the CVR effects are ρ·a + rest·b − a, so that click + CVR, the CTCVR logit's
-        # effects (log P(click ∧ buy) ≈ ctr + cvr logits), correlate ρ with the click's
-        own_a = rho - (1.0 if p.conflict_on == "ctcvr" else 0.0)
+        # the CVR effects are own_a·a + rest·b for the click's a and an own b. ctcvr: ρ·a +
+        # rest·b − a, so that click + CVR, the CTCVR logit's effects (log P(click ∧ buy) ≈
+        # ctr + cvr logits), correlate ρ with the click's. intent: ρ acts on the intents.
+        own_a, rest = {"cvr": (p.conflict_rho, np.sqrt(1.0 - p.conflict_rho**2)),
+                       "ctcvr": (p.conflict_rho - 1.0, np.sqrt(1.0 - p.conflict_rho**2)),
+                       "intent": (0.8, 0.6)}[p.conflict_on]
         # Share of logit variance per categorical field; numeric fields get a fixed share.
         n_fields = N_CATEGORICAL + 1
         scale = p.signal / np.sqrt(n_fields)
@@ -163,6 +178,10 @@ class GroundTruth:
         country = rng.choice(len(p.countries), size=n, p=self.country_p)
         ctr_logit += self.country_ctr[country]
         cvr_logit += self.country_cvr[country]
+        if p.conflict_on == "intent":  # drawn only here: the other modes' rows stay as they were
+            z, own_z = p.intent_sd * rng.standard_normal((2, n))
+            ctr_logit += z
+            cvr_logit += p.conflict_rho * z + np.sqrt(1.0 - p.conflict_rho**2) * own_z
         out = {"cats": cats, "nums": nums, "country": country}
         if p.tags:
             lengths = rng.integers(0, p.max_tags + 1, n)

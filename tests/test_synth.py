@@ -79,6 +79,28 @@ def test_ground_truth_is_learnable_and_the_conflict_knob_works():
         assert np.corrcoef(click, cvr)[0, 1] < -0.3  # the purchase given a click opposes the click
 
 
+def test_intent_mode_pulls_the_labels_apart_while_the_features_effects_agree():
+    """conflict_on=intent: the logits' part no feature explains is each row's intent, with
+    std intent_sd and correlation ρ between the tasks; the features' effects agree (0.8)."""
+    def logits(rho, sd):
+        p = SynthParams(conflict_on="intent", conflict_rho=rho, intent_sd=sd, ctr=0.3, cvr=0.3, signal=2.0,
+                        cardinalities=SMALL["cardinalities"])  # data=synth_conflict's rates and signal
+        truth = GroundTruth(p)
+        return truth, truth.draw(np.random.default_rng(5), 100_000, p)
+    for rho in (-0.9, 0.0):
+        truth, d = logits(rho, 3.0)
+        _, quiet = logits(rho, 1e-9)  # the same rows and effects, without the intents
+        click_intent, buy_intent = d["ctr_logit"] - quiet["ctr_logit"], d["cvr_logit"] - quiet["cvr_logit"]
+        assert np.corrcoef(click_intent, buy_intent)[0, 1] == pytest.approx(rho, abs=0.02)
+        assert click_intent.std() == pytest.approx(3.0, rel=0.02)
+        effects = [np.concatenate([*truth.ctr_eff, truth.w_ctr]), np.concatenate([*truth.cvr_eff, truth.w_cvr])]
+        assert np.corrcoef(*effects)[0, 1] == pytest.approx(0.8, abs=0.05)
+        rng = np.random.default_rng(6)
+        click, buy = (rng.random((2, 100_000)) < 1 / (1 + np.exp(-np.stack([d["ctr_logit"], d["cvr_logit"]]))))
+        label_corr = np.corrcoef(click, buy)[0, 1]
+        assert label_corr < -0.1 if rho < 0 else label_corr > 0.05
+
+
 def test_corrupt_fraction_produces_quarantinable_defects(tmp_path):
     p = SynthParams(days=1, rows_per_day=5_000, corrupt_fraction=0.05,
                     cardinalities=SMALL["cardinalities"])
@@ -126,3 +148,14 @@ def test_conflict_labels_oppose_the_click_and_leave_every_other_column_as_it_was
     d = GroundTruth(p).draw(np.random.default_rng(0), 50_000, p)
     corr = np.corrcoef([d["ctr_logit"], d["cvr_logit"], d["like_logit"], d["share_logit"]])
     assert corr[0, 1] < -0.8 and corr[0, 2] > 0.7 and corr[1, 3] > 0.7 and corr[2, 3] < -0.5
+
+
+def test_every_conflict_bench_setting_loads_with_its_knob_where_its_title_says(tmp_path):
+    from mtlrec.pipeline import config
+    from mtlrec.pipeline.benchmarks.conflict import SCHEDULE, SETTINGS
+
+    for title, _, setting, _, _ in SETTINGS:
+        cfg = config.load([*setting, *SCHEDULE, f"paths.work_dir={tmp_path}"])
+        mode = "cvr" if title.startswith("control") else "intent"
+        assert cfg.synth.conflict_on == mode, title
+        assert [label.name for label in cfg.data.labels][:2] == ["click", "buy"], title

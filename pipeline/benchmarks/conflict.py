@@ -1,12 +1,11 @@
 """`mtlrec bench conflict`: do the methods help when the tasks really conflict?
 
 Synthetic AliExpress-schema logs (`data=synth_conflict`: tasks click and buy, the purchase
-label drawn whether or not the row was clicked) at `synth.conflict_rho` ∈ {0, −0.5, −0.9},
-the correlation of the buy effects with the click effects. On the logs' own
-click/conversion labels the knob barely moves the tasks apart: conversion = click AND buy
-keeps CTCVR's effects aligned with CTR's even at ρ = −0.9 (an EW-only table measures it),
-and an EW-only control at ρ = +0.9 shows how far the sign of ρ reaches the shared
-gradients (see also `synth.conflict_on=ctcvr`, README).
+label drawn whether or not the row was clicked). The features' effects on the two agree;
+each row's unobserved intent pulls them apart with correlation `synth.conflict_rho` ∈
+{0, −0.5, −0.9} (`synth.conflict_on=intent`, features/synth.py). Correlating the
+features' effects instead does not make the gradients conflict (each task's tower flips a
+shared feature's sign for free): two EW-only settings measure that, at ρ = −0.9 and +0.9.
 MMoE; STL, EW, the five methods, PCGrad and CAGrad at `bench.seeds` seeds; the 4-task
 variant (`data=synth_conflict4`: {click, like} vs {buy, share}) at one seed. Per setting:
 test AUC per task, Δm% vs STL, training samples/s, and the mean gradient cosine between the
@@ -33,20 +32,22 @@ from mtlrec.pipeline.targets import ingest_logs
 
 RHOS = (0.0, -0.5, -0.9)
 SCHEDULE = ["synth.days=4", "synth.rows_per_day=50000", "model=mmoe",
-            "trainer.batch_size=1024", "trainer.lr=0.001", "trainer.max_epochs=8", "trainer.patience=2",
-            "method.diagnostics_every=20",
+            "trainer.batch_size=1024", "trainer.lr=0.001", "trainer.max_epochs=6", "trainer.patience=2",
+            "method.diagnostics_every=10",
             "evaluate.stl_run=${paths.work_dir}/runs/${data.name}/${model.arch}-stl-seed${seed}"]
 METHODS = [("STL", ["method=stl"]), ("EW", ["method=ew"]), ("AdaTask", ["method=adatask"]),
            ("DB-MTL", ["method=dbmtl"]), ("MoCoGrad", ["method=mocograd"]), ("DTJS", ["method=dtjs"]),
            ("Grouped updates", ["method=grouped"]), ("PCGrad", ["method=pcgrad"]),
            ("CAGrad", ["method=cagrad"])]
-# (title, data, ρ, methods, seeds: None = bench.seeds)
-SETTINGS = [(f"2 tasks, ρ = {rho:g}", "synth_conflict", rho, METHODS, None) for rho in RHOS] + [
-    ("4 tasks, ρ = −0.9", "synth_conflict4", -0.9, METHODS, 1),
-    ("the logs' click / CTCVR (conversion = click AND buy), ρ = −0.9", "synth", -0.9,
-     [("EW", ["method=ew"])], 1),
-    ("control: 2 tasks, ρ = +0.9 (does the sign of ρ reach the shared gradients?)", "synth_conflict", 0.9,
-     [("EW", ["method=ew"])], 1)]
+EW_ONLY = [("EW", ["method=ew"])]
+# (title, folder, overrides of the setting, methods, seeds: None = bench.seeds)
+SETTINGS = [(f"2 tasks, intents ρ = {rho:g}", f"intent_rho{rho:g}",
+             ["data=synth_conflict", f"synth.conflict_rho={rho}"], METHODS, None) for rho in RHOS] + [
+    ("4 tasks, intents ρ = −0.9", "intent4_rho-0.9", ["data=synth_conflict4", "synth.conflict_rho=-0.9"],
+     METHODS, 1),
+    *[(f"control: the features' effects correlated instead, ρ = {rho:+g} (the towers absorb the sign)",
+       f"effects_rho{rho:g}", ["data=synth_conflict", "synth.conflict_on=cvr", f"synth.conflict_rho={rho}"],
+       EW_ONLY, 1) for rho in (-0.9, 0.9)]]
 
 
 def run(cfg: Config, overrides: list[str]) -> dict:
@@ -57,10 +58,8 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     # where each setting works is set here (its own folder); the rest of the overrides apply
     overrides = [o for o in overrides if not o.startswith(("paths.work_dir=", "paths.reports="))]
     tables = []
-    for title, data, rho, methods, seeds in SETTINGS:
-        name = f"{data}_rho{rho:g}"
-        base = [f"data={data}", f"synth.conflict_rho={rho}", *SCHEDULE,
-                f"paths.work_dir={root / 'bench' / name}", *overrides]
+    for title, name, setting, methods, seeds in SETTINGS:
+        base = [*setting, *SCHEDULE, f"paths.work_dir={root / 'bench' / name}", *overrides]
         setting_cfg = config_mod.load(base)
         print(f"bench conflict: {title}", file=sys.stderr)
         run_synth(setting_cfg)
@@ -77,15 +76,18 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     return result
 
 
-def _ew_cosine(base: list[str], seeds: int) -> float:
-    """Mean over EW's diagnostics samples and task pairs of the gradient cosine (all seeds)."""
+def _ew_cosine(base: list[str], seeds: int) -> dict[str, float]:
+    """Over EW's diagnostics samples and task pairs (all seeds): the mean gradient cosine and
+    the share of samples below 0."""
     values = []
     for seed in range(seeds):
         run = RunFolder(config_mod.load([*base, "method=ew", f"seed={seed}"]).paths.run_dir)
         _, records = read(run.diagnostics("all"))
         values += [r["cosine"][i][j] for r in records for i in range(len(r["cosine"]))
                    for j in range(i + 1, len(r["cosine"]))]
-    return float(np.mean(values)) if values else float("nan")  # a run shorter than one sample
+    if not values:  # a run shorter than one sample
+        return {"mean": float("nan"), "negative": float("nan")}
+    return {"mean": float(np.mean(values)), "negative": float(np.mean(np.asarray(values) < 0))}
 
 
 def _markdown(r: dict) -> str:
@@ -93,9 +95,11 @@ def _markdown(r: dict) -> str:
              f"MMoE, schedule `{' '.join(r['schedule'])}`; test AUC per task (mean ± std over the "
              "seeds), Δm% vs STL per seed then averaged, its difference to EW's paired by seed (✓: "
              "beyond seed noise, paired t-test at 5%), training samples/s; the gradient cosine is "
-             "the mean over EW's diagnostics samples (every 20 steps) and task pairs.", ""]
+             "the mean over EW's diagnostics samples (every 10 steps) and task pairs.", ""]
     for t in r["tables"]:
-        lines += [f"## {t['title']} (seeds: {t['seeds']}; EW gradient cosine {t['cosine']:+.3f})", "",
+        cos = t["cosine"]
+        lines += [f"## {t['title']} (seeds: {t['seeds']}; EW gradient cosine {cos['mean']:+.3f}, "
+                  f"{cos['negative']:.0%} of its samples < 0)", "",
                   "| method | " + " | ".join(t["summary"][0]["tasks"])
                   + " | mean AUC | Δm% vs STL | Δm% − EW's, paired | samples/s |",
                   "| --- |" + " ---: |" * (len(t["summary"][0]["tasks"]) + 4)]
