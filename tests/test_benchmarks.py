@@ -121,6 +121,11 @@ def test_paired_differences_to_ew_call_only_consistent_gains_beyond_noise():
     assert out["one seed"]["diffs"] == [8.0] and not out["one seed"]["beyond_noise"]
     assert paired.cell(out["steady"]).endswith("(3 seeds) ✓") and paired.cell(out["one seed"]) == "+8.00 (1 seed)"
     assert paired.to_baseline(rows("PCGrad", [1.0]), "d") == {}
+    lost = paired.to_baseline(table + rows("lost", [0.0, 4.1, -3.0]), "d")
+    summary = [{"method": label, "delta_m_vs_ew": entry} for label, entry in lost.items()] + [{"method": "EW"}]
+    assert paired.verdict(summary) == ("Better than EW beyond seed noise: steady; worse: lost; "
+                                                   "within noise: noisy.")
+    assert paired.verdict([{"method": "one seed", "delta_m_vs_ew": out["one seed"]}]) == "One seed: no claim against EW."
 
 
 @pytest.mark.slow

@@ -85,6 +85,7 @@ def _markdown(r: dict) -> str:
                      f"{cell(s['mean_auc'])} | {cell(s['delta_m_pct'], '+.3f')} | "
                      f"{paired.cell(s.get('delta_m_vs_ew'), '+.3f')} | "
                      f"{s['time_vs_ew']:.2f} |")
-    lines += ["", f"Machine: {r['machine']['cpus']} CPUs, torch {r['machine']['torch']}, "
+    lines += ["", paired.verdict(r["summary"]),
+              "", f"Machine: {r['machine']['cpus']} CPUs, torch {r['machine']['torch']}, "
               f"{r['machine']['time']}.", ""]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ reports/conflict.json and .md.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 from mtlrec.pipeline import config as config_mod
 from mtlrec.pipeline.benchmarks import paired
 from mtlrec.pipeline.benchmarks.measure import machine, write_report
-from mtlrec.pipeline.benchmarks.paper_tables import PaperTable, run_table
+from mtlrec.pipeline.benchmarks.paper_tables import PaperTable, run_table, table_overrides
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.diagnostics import read
 from mtlrec.pipeline.run_folder import RunFolder
@@ -55,18 +56,19 @@ def run(cfg: Config, overrides: list[str]) -> dict:
     # run_table works in <work_dir>/bench/<name> and reports there too: one folder per setting
     inner = cfg.model_copy(update={"paths": cfg.paths.model_copy(
         update={"work_dir": str(root), "reports": str(root / "reports")})})
-    # where each setting works is set here (its own folder); the rest of the overrides apply
+    # each setting works in its own folder (table_overrides); the rest of the overrides apply
     overrides = [o for o in overrides if not o.startswith(("paths.work_dir=", "paths.reports="))]
     tables = []
     for title, name, setting, methods, seeds in SETTINGS:
-        base = [*setting, *SCHEDULE, f"paths.work_dir={root / 'bench' / name}", *overrides]
+        table = PaperTable(name=name, title=title, setting=[*setting, *SCHEDULE], methods=methods,
+                           columns=[], fmt=".4f", scale=1.0, mean=("mean_auc", "mean AUC", 1.0), paper="",
+                           seeds=seeds)
+        base = table_overrides(table, inner, overrides)
         setting_cfg = config_mod.load(base)
+        table = replace(table, columns=[label.name for label in setting_cfg.data.labels])
         print(f"bench conflict: {title}", file=sys.stderr)
         run_synth(setting_cfg)
         ingest_logs(setting_cfg)
-        table = PaperTable(name=name, title=title, setting=base, methods=methods,
-                           columns=[label.name for label in setting_cfg.data.labels], fmt=".4f",
-                           scale=1.0, mean=("mean_auc", "mean AUC", 1.0), paper="", seeds=seeds)
         result = run_table(table, inner, overrides)
         result["title"], result["cosine"] = title, _ew_cosine(base, result["seeds"])
         tables.append(result)
@@ -110,6 +112,6 @@ def _markdown(r: dict) -> str:
             lines.append(f"| {s['method']} | " + " | ".join(cells) +
                          f" | {mean[0]:.4f} | " + ("–" if delta is None else f"{delta[0]:+.2f} ± {delta[1]:.2f}") +
                          f" | {paired.cell(s.get('delta_m_vs_ew'))} | {s['samples_per_s']:,.0f} |")
-        lines.append("")
+        lines += ["", paired.verdict(t["summary"]), ""]
     lines += [f"Machine: {r['machine']['cpus']} CPUs, torch {r['machine']['torch']}, {r['machine']['time']}.", ""]
     return "\n".join(lines)

@@ -45,3 +45,22 @@ def cell(entry: dict | None, fmt: str = "+.2f") -> str:
         return f"{entry['mean']:{fmt}} (1 seed)"
     mark = " ✓" if entry["beyond_noise"] else ""
     return f"{entry['mean']:{fmt}} ± {entry['std']:.2f} ({n} seeds){mark}"
+
+
+def verdict(summary: list[dict], key: str = "delta_m_vs_ew", baseline: str = BASELINE) -> str:
+    """One plain sentence over a table's summary rows ({"method", key: a `to_baseline`
+    entry or None}): which methods beat the baseline beyond seed noise, which lost to it,
+    and that the rest are within noise (or that one seed allows no claim)."""
+    entries = {row["method"]: row.get(key) for row in summary}
+    judged = {label: e for label, e in entries.items() if e is not None and len(e["diffs"]) > 1}
+    if not judged:
+        return f"One seed: no claim against {baseline}."
+    better = [label for label, e in judged.items() if e["beyond_noise"] and e["mean"] > 0]
+    worse = [label for label, e in judged.items() if e["beyond_noise"] and e["mean"] < 0]
+    within = [label for label in judged if label not in better + worse]
+    parts = [f"better than {baseline} beyond seed noise: {', '.join(better) or 'none'}",
+             f"worse: {', '.join(worse) or 'none'}"]
+    if within:
+        parts.append(f"within noise: {', '.join(within)}")
+    sentence = "; ".join(parts)
+    return sentence[0].upper() + sentence[1:] + "."

@@ -114,6 +114,6 @@ def markdown(table: PaperTable, r: dict) -> str:
         cells.append(cell(_scaled(s["means"][key], scale), table.fmt))
         lines.append(f"| {s['method']} | " + " | ".join(cells) + f" | {cell(s['delta_m_pct'], '+.2f')} | "
                      f"{paired.cell(s.get('delta_m_vs_ew'))} | {s['samples_per_s']:,.0f} | {s['train_s']:,.0f} |")
-    lines += ["", table.paper, "",
+    lines += ["", paired.verdict(r["summary"]), "", table.paper, "",
               f"Machine: {r['machine']['cpus']} CPUs, torch {r['machine']['torch']}, {r['machine']['time']}.", ""]
     return "\n".join(lines)
