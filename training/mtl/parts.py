@@ -99,17 +99,3 @@ class Aggregator:
 
     def describe(self, state: TaskState, tasks: Sequence[int]) -> dict[str, Any]:
         return {}
-
-
-def gather(state: TaskState, task_ids: Sequence[int], key: str) -> torch.Tensor:
-    """The tasks' `key` entries stacked in `task_ids` order."""
-    return torch.stack([state[t][key] for t in task_ids])
-
-
-def scatter(state: TaskState, task_ids: Sequence[int], key: str, values: torch.Tensor
-            ) -> TaskState:
-    """A new state with row i of `values` as task_ids[i]'s `key` (other tasks untouched)."""
-    out = dict(state)
-    for t, value in zip(task_ids, values, strict=True):
-        out[t] = {**state.get(t, {}), key: value}
-    return out
