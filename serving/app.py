@@ -5,6 +5,10 @@ GET  /health   liveness (always 200 while the process runs) with the served vers
 GET  /ready    200 once a model is loaded, 503 before
 GET  /metrics  Prometheus text: requests, latency histogram, rows, OOV values per field,
                served model version, reloads
+and the KServe Open Inference Protocol v2 (`serving.v2`; {name} is the model's registered
+name, `Source.model_name`): GET /v2/health/live, /v2/health/ready, /v2/models/{name},
+/v2/models/{name}/ready and POST /v2/models/{name}/infer (JSON or binary tensors). Its
+errors are the protocol's {"error": message}; "not ready" is a 400, as the protocol asks.
 
 Faults: a body that cannot be scored, however hostile (huge integers, lone surrogates,
 deep nesting), gets a 4xx naming the row and field (the contract of `serving.rows`) or
@@ -58,6 +62,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from mtlrec.features.errors import DataError
 from mtlrec.serving import bundle as bundle_mod
 from mtlrec.serving import rows as rows_mod
+from mtlrec.serving import v2
 from mtlrec.serving.source import Source
 
 log = logging.getLogger(__name__)
@@ -103,6 +108,10 @@ class Metrics:
         """A request path's endpoint label: a route's name or "other" (a fixed set; a label
         per path a client makes up would grow the metric without bound)."""
         name = (path or "").removeprefix("/")
+        if name.startswith("v2/"):  # v2_health, v2_infer, v2_ready or v2_metadata
+            parts = name.split("/")
+            return ("v2_health" if parts[1] == "health" else "v2_infer" if parts[-1] == "infer" else
+                    "v2_ready" if parts[-1] == "ready" else "v2_metadata")
         return name if name in ENDPOINTS else "other"
 
     def count(self, path: str | None, status: int) -> None:
@@ -232,6 +241,67 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
             "scores": [dict(zip(tasks, row)) for row in scores.tolist()],
         })
 
+    async def v2_live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def v2_ready(request: Request) -> Response:
+        if holder.current is None:
+            return _error(400, f"no model loaded: {holder.last_error}")
+        return JSONResponse({"ready": True})
+
+    def v2_model(request: Request) -> Served | Response:
+        """The served model if the path names it and it is loaded, else the error to send."""
+        name = request.path_params["name"]
+        if name != source.model_name:
+            return _error(404, f"model '{name}' is not served here (this server serves '{source.model_name}')")
+        version = request.path_params.get("version")
+        served = holder.current
+        if served is None:
+            return _error(400, f"model '{name}' is not loaded yet")
+        if version is not None and version != served.version:
+            return _error(404, f"model '{name}' version {version} is not served (version {served.version} is)")
+        return served
+
+    async def v2_metadata(request: Request) -> Response:
+        served = v2_model(request)
+        if isinstance(served, Response):
+            return served
+        return JSONResponse(v2.metadata(source.model_name, [served.version], served.bundle.transform))
+
+    async def v2_model_ready(request: Request) -> Response:
+        served = v2_model(request)
+        return served if isinstance(served, Response) else JSONResponse(
+            {"name": source.model_name, "ready": True})
+
+    async def v2_infer(request: Request) -> Response:
+        served = v2_model(request)  # read once: one model scores the whole request
+        if isinstance(served, Response):
+            return served
+        header = request.headers.get("inference-header-content-length")
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+            parsed = v2.parse(body, None if header is None else v2.header_length(header))
+            batch = max((t.shape[0] for t in parsed.inputs.values()), default=0)
+            if batch > settings.max_rows:
+                return _error(413, f"a batch of {batch} rows; the limit is {settings.max_rows} (serve.max_rows)")
+            typed = v2.to_frame(parsed, served.bundle.transform)
+            scores, oov = served.bundle.score(typed)
+            rows_mod.check_scores(scores, typed, served.bundle.transform, 0)
+            answer, header_length = v2.response(source.model_name, served.version, parsed,
+                                                served.bundle.tasks, scores)
+        except _TooLarge as exc:
+            return _error(413, str(exc))
+        except ValueError as exc:  # v2.ProtocolError, a RowError from check_scores, a bad header
+            return _error(400, str(exc) if not isinstance(exc, rows_mod.RowError)
+                          else f"input '{exc.field}', row {exc.row}: {exc.message}")
+        metrics.rows.inc(len(typed))
+        for j in np.flatnonzero(oov):
+            metrics.oov.labels(served.bundle.transform.categorical_names[j]).inc(int(oov[j]))
+        if header_length is None:
+            return Response(answer, media_type="application/json")
+        return Response(answer, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(header_length)})
+
     async def health(request: Request) -> Response:
         served = holder.current
         return JSONResponse({"status": "ok", "model": source.uri,
@@ -253,9 +323,13 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         yield
         holder.stop()
 
+    v2_routes = [Route("/v2/health/live", v2_live), Route("/v2/health/ready", v2_ready)]
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        v2_routes += [Route(prefix, v2_metadata), Route(prefix + "/ready", v2_model_ready),
+                      Route(prefix + "/infer", v2_infer, methods=["POST"])]
     app = Starlette(routes=[Route("/predict", predict, methods=["POST"]),
                             Route("/health", health), Route("/ready", ready),
-                            Route("/metrics", prometheus)],
+                            Route("/metrics", prometheus), *v2_routes],
                     middleware=[Middleware(_Counted, metrics=metrics)], lifespan=lifespan)
     app.state.holder, app.state.metrics = holder, metrics
     return app

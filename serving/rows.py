@@ -47,7 +47,7 @@ class RowError(ValueError):
     def __init__(self, row: int, field: str | None, message: str) -> None:
         where = f"row {row}" + (f", field '{field}'" if field else "")
         super().__init__(f"{where}: {message}")
-        self.row, self.field = row, field
+        self.row, self.field, self.message = row, field, message
 
 
 def schema(transform: FeatureTransform) -> dict[str, pl.DataType]:
@@ -76,7 +76,7 @@ def from_json(rows: object, transform: FeatureTransform) -> pl.DataFrame:
             i = next(i for i, row in enumerate(rows) if type(row[name]) not in allowed)
             want = ("a list, a string" if name in multi else
                     "a string or an integer" if dtype == pl.String else "a number")
-            raise RowError(i, name, f"expected {want} or null, got {_kind(rows[i][name])}")
+            raise RowError(i, name, f"expected {want} or null, got {kind_of(rows[i][name])}")
     if multi:
         rows = [row | {n: _elements(row[n], f, i) for n, f in multi.items()} for i, row in enumerate(rows)]
     try:
@@ -101,7 +101,7 @@ def _elements(value: object, field: CategoricalField, row: int) -> list[str] | N
         return parts
     bad = [v for v in value if type(v) not in (str, int)]
     if bad:
-        raise RowError(row, field.name, f"list elements must be strings or integers, got {_kind(bad[0])}")
+        raise RowError(row, field.name, f"list elements must be strings or integers, got {kind_of(bad[0])}")
     return [str(v) for v in value]
 
 
@@ -121,7 +121,7 @@ def _column(values: list, name: str, dtype: pl.DataType) -> pl.Series:
         # range now: out of it, polars would make them null)
         return pl.Series(name, values, dtype=dtype, strict=not categorical)
     except UnicodeEncodeError:  # a lone surrogate: polars holds UTF-8 text only
-        i = next(i for i, v in enumerate(values) if type(v) is str and not _is_utf8(v))
+        i = next(i for i, v in enumerate(values) if type(v) is str and not is_utf8(v))
         raise RowError(i, name, f"string {_shown(values[i])} is not valid Unicode "
                        "(a lone surrogate)") from None
 
@@ -204,7 +204,7 @@ def _check_finite(frame: pl.DataFrame, transform: FeatureTransform, first_row: i
     return frame.with_columns(pl.when(pl.col(n).is_finite()).then(pl.col(n)).alias(n) for n in lenient)
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -219,6 +219,7 @@ def _shown(value: object) -> str:
     return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text):,} characters)"
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
+    """How an error message names a JSON value's type."""
     return {bool: "a boolean", list: "a list", dict: "an object", float: "a fractional number",
             str: "a string"}.get(type(value), type(value).__name__)

@@ -55,6 +55,13 @@ class Source:
         return self.uri.startswith("models:/")
 
     @property
+    def model_name(self) -> str:
+        """The name clients address the model by (the v2 protocol's {name}): the registered
+        model's name, or a bundle folder's name."""
+        match = _URI.match(self.uri)
+        return match["name"] if match else Path(self.uri).name
+
+    @property
     def follows_alias(self) -> bool:
         match = _URI.match(self.uri)
         return bool(match and match["alias"])

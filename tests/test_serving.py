@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import numpy as np
 import polars as pl
 import pytest
 
@@ -118,6 +119,58 @@ def test_predict_health_metrics_and_bad_requests(work):
         assert r.status_code == 422 and "field 'numerical_2': non-finite number inf" in r.json()["error"]
         assert c.post("/predict", json=[rows[0]]).status_code == 400
         assert _metric(c.get("/metrics").text, 'mtlrec_requests_total{endpoint="predict",status="422"}') == 4
+    finally:
+        server.stop()
+
+
+def _v2_inputs(rows: list[dict], binary: bool) -> list:
+    """The rows as a v2 client sends them: one BYTES tensor per categorical field (the tags
+    joined by their separator), one FP32 tensor per numeric field."""
+    import tritonclient.http as triton
+
+    tags = ["|".join(r["tags"]) if isinstance(r["tags"], list) else r["tags"] or "" for r in rows]
+    columns = [(c, np.array([r[c] for r in rows], dtype=object), "BYTES") for c in CATS]
+    columns += [("tags", np.array(tags, dtype=object), "BYTES")]
+    columns += [(n, np.array([r[n] for r in rows], dtype=np.float32), "FP32") for n in NUMS]
+    out = []
+    for name, values, datatype in columns:
+        tensor = triton.InferInput(name, [len(rows)], datatype)
+        tensor.set_data_from_numpy(values, binary_data=binary)
+        out.append(tensor)
+    return out
+
+
+@pytest.mark.slow
+def test_the_v2_protocol_with_a_real_v2_client_scores_as_predict_does(work):
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    server = Server(["serve", f"paths.work_dir={work}", "serve.poll_seconds=0"])
+    try:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+        assert not client.is_model_ready("another-model") and not client.is_model_ready(NAME, "2")
+        meta = client.get_model_metadata(NAME)
+        assert [i["name"] for i in meta["inputs"]] == [*CATS, "tags", *NUMS] and meta["versions"] == ["1"]
+        assert [o["name"] for o in meta["outputs"]] == ["ctr", "ctcvr"]
+        rows = _rows(work, 40)
+        want = httpx.post(server.url + "/predict", json={"rows": rows}, timeout=30).json()["scores"]
+        for binary in (True, False):
+            outputs = [triton.InferRequestedOutput(t, binary_data=binary) for t in ("ctr", "ctcvr")]
+            result = client.infer(NAME, _v2_inputs(rows, binary), outputs=outputs, model_version="1")
+            for task in ("ctr", "ctcvr"):  # FP32 inputs against /predict's float64: 1e-5
+                np.testing.assert_allclose(result.as_numpy(task), [s[task] for s in want], rtol=0, atol=1e-5)
+        bad = _v2_inputs(rows[:3], True)
+        bad[16 + 1 + 6] = triton.InferInput("numerical_7", [3], "BYTES")
+        bad[16 + 1 + 6].set_data_from_numpy(np.array(["1", "2", "3"], dtype=object))
+        with pytest.raises(InferenceServerException, match="input 'numerical_7': a numeric field is FP32"):
+            client.infer(NAME, bad)
+        with pytest.raises(InferenceServerException, match="model 'another-model' is not served here"):
+            client.infer("another-model", _v2_inputs(rows[:3], True))
+        metrics = httpx.get(server.url + "/metrics").text
+        assert _metric(metrics, 'mtlrec_requests_total{endpoint="v2_infer",status="200"}') == 2
+        assert _metric(metrics, 'mtlrec_requests_total{endpoint="v2_infer",status="400"}') == 1
+        assert _metric(metrics, 'mtlrec_requests_total{endpoint="v2_infer",status="404"}') == 1
     finally:
         server.stop()
 

@@ -1,0 +1,324 @@
+"""The KServe Open Inference Protocol v2 (REST) for the served bundle: what its tensors
+are, and how a request's tensors become the typed frame the transform encodes.
+
+Inputs, one tensor per raw field of the bundle's feature spec, named like the field, all
+with the same batch size B:
+- categorical: BYTES [B] (UTF-8 text; INT32/INT64 ids are read as their decimal text);
+- numeric: FP32 [B] (FP64, INT32 and INT64 are accepted too); NaN means missing, as null
+  does in the row format (a tensor has no null), and ±inf follows the field's rule;
+- multi-valued: BYTES [B] of elements joined by the field's separator, or BYTES [B, L]
+  padded on the right plus an INT32/INT64 [B] input `<field>_lengths` with each row's
+  count of real elements.
+Outputs: one FP32 [B] tensor per task, the probability, named like the task.
+
+A tensor's values come as JSON `data` (flat or nested, row-major; null means missing, as
+in the row format) or in the binary tensor data extension that Triton and its clients
+speak: the request's JSON header is followed by the raw tensors, its length given by the
+`Inference-Header-Content-Length` header and each tensor's by its `binary_data_size`
+parameter (BYTES elements length-prefixed, 4-byte little-endian). Outputs go back binary
+when the request asks (`binary_data_output`, or per output `binary_data`).
+
+The tensors become one polars frame, checked by `rows.from_frame` as a Parquet batch is:
+the checks are vectorised, and a bad value is an error naming the input and the row. Only
+the decoding of binary BYTES elements loops in Python. Any error is a `ProtocolError`,
+which the server answers 400 with the protocol's error object {"error": message}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import NoReturn
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from mtlrec.features.transform import FeatureTransform
+from mtlrec.serving import rows as rows_mod
+
+LENGTHS_SUFFIX = "_lengths"  # `<field>_lengths`: the row counts of a padded multi-valued input
+_NUMERIC = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8"}
+_INTEGER = {"INT32": "<i4", "INT64": "<i8"}
+_LENGTH_PREFIX = struct.Struct("<I")
+
+
+class ProtocolError(ValueError):
+    """A request the protocol or the feature spec rejects; the message names the input
+    (and the row, for a bad value)."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: np.ndarray | list  # numeric: a numpy array; BYTES: a flat list of str (or None)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: dict[str, Tensor]
+    outputs: list[str] | None  # the requested outputs (None: every task)
+    binary_outputs: set[str]  # the outputs to send as binary data
+
+
+def metadata(name: str, versions: list[str], transform: FeatureTransform) -> dict:
+    """The model metadata response: every input the spec needs and one output per task."""
+    inputs = []
+    for field in transform.spec.categorical:
+        inputs.append({"name": field.name, "datatype": "BYTES", "shape": [-1]})
+        if field.multi:
+            inputs[-1]["parameters"] = {
+                "separator": field.separator,
+                "padded_form": f"BYTES [-1, -1] with {field.name}{LENGTHS_SUFFIX} INT64 [-1]"}
+    inputs += [{"name": name, "datatype": "FP32", "shape": [-1]} for name in transform.numeric_names]
+    outputs = [{"name": task, "datatype": "FP32", "shape": [-1]} for task in transform.spec.task_names]
+    return {"name": name, "versions": versions, "platform": "onnxruntime_onnx", "inputs": inputs,
+            "outputs": outputs}
+
+
+def header_length(value: str) -> int:
+    """The Inference-Header-Content-Length header's value."""
+    if not (value.isascii() and value.isdigit()):
+        raise ProtocolError(f"Inference-Header-Content-Length {value[:40]!r} is not a byte count")
+    return int(value)
+
+
+def parse(body: bytes, header_length: int | None) -> InferRequest:
+    """An infer request's body (JSON, or JSON header + binary tensors) → its tensors."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise ProtocolError(f"Inference-Header-Content-Length {header_length} does not fit the "
+                            f"body of {len(body)} bytes")
+    head, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+    try:
+        request = json.loads(head)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"invalid JSON: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise ProtocolError('expected an inference request object {"inputs": [...]}')
+    inputs, offset = {}, 0
+    for entry in request["inputs"]:
+        tensor, offset = _tensor(entry, binary, offset)
+        if tensor.name in inputs:
+            raise ProtocolError(f"input '{tensor.name}' given twice")
+        inputs[tensor.name] = tensor
+    if offset != len(binary):
+        raise ProtocolError(f"{len(binary) - offset} bytes of binary data after the last input's")
+    outputs, binary_outputs = _requested(request)
+    request_id = request.get("id")
+    return InferRequest(None if request_id is None else str(request_id), inputs, outputs, binary_outputs)
+
+
+def _tensor(entry: object, binary: bytes, offset: int) -> tuple[Tensor, int]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ProtocolError("each input needs a name, a datatype, a shape and its data")
+    name, datatype, shape = entry["name"], entry.get("datatype"), entry.get("shape")
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in _NUMERIC):
+        raise ProtocolError(f"input '{name}': datatype {datatype!r} is not one of BYTES, "
+                            f"{', '.join(_NUMERIC)}")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
+            or not all(type(d) is int and d >= 0 for d in shape)):
+        raise ProtocolError(f"input '{name}': shape {shape!r} is not [B] or [B, L]")
+    count = math.prod(shape)
+    size = _parameters(entry, f"input '{name}'").get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise ProtocolError(f"input '{name}': binary_data_size {size!r} runs past the body")
+        chunk = binary[offset:offset + size]
+        values = _bytes_elements(name, chunk, count) if datatype == "BYTES" else _numbers(name, chunk, datatype, count)
+        return Tensor(name, datatype, tuple(shape), values), offset + size
+    if "data" not in entry:
+        raise ProtocolError(f"input '{name}': no data and no binary_data_size")
+    try:
+        values = _flat(entry["data"])
+    except RecursionError:
+        raise ProtocolError(f"input '{name}': data nested too deeply") from None
+    if len(values) != count:
+        raise ProtocolError(f"input '{name}': shape {shape} holds {count} values, data has {len(values)}")
+    return Tensor(name, datatype, tuple(shape), values), offset
+
+
+def _flat(data: object) -> list:
+    """JSON data, flat or nested row-major → a flat list."""
+    if not isinstance(data, list):
+        return [data]
+    if not any(isinstance(v, list) for v in data):
+        return data
+    return [x for v in data for x in _flat(v)]
+
+
+def _numbers(name: str, chunk: bytes, datatype: str, count: int) -> np.ndarray:
+    dtype = np.dtype(_NUMERIC[datatype])
+    if len(chunk) != count * dtype.itemsize:
+        raise ProtocolError(f"input '{name}': {len(chunk)} bytes of {datatype} for {count} values")
+    return np.frombuffer(chunk, dtype=dtype)
+
+
+def _bytes_elements(name: str, chunk: bytes, count: int) -> list[str]:
+    """Length-prefixed elements → text; raises naming the input and the element's row."""
+    out, at = [], 0
+    for i in range(count):
+        if at + 4 > len(chunk):
+            raise ProtocolError(f"input '{name}', element {i}: the binary data ends early")
+        (n,) = _LENGTH_PREFIX.unpack_from(chunk, at)
+        element = chunk[at + 4:at + 4 + n]
+        if len(element) != n:
+            raise ProtocolError(f"input '{name}', element {i}: the binary data ends early")
+        try:
+            out.append(element.decode())
+        except UnicodeDecodeError:
+            raise ProtocolError(f"input '{name}', element {i}: not valid UTF-8") from None
+        at += 4 + n
+    if at != len(chunk):
+        raise ProtocolError(f"input '{name}': {len(chunk) - at} bytes after its {count} elements")
+    return out
+
+
+def _parameters(entry: dict, where: str) -> dict:
+    """An object's optional `parameters` object."""
+    params = entry.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}: parameters must be an object")
+    return params
+
+
+def _requested(request: dict) -> tuple[list[str] | None, set[str]]:
+    """The outputs asked for, and which of them go back as binary data."""
+    everything = bool(_parameters(request, "the request").get("binary_data_output", False))
+    outputs = request.get("outputs")
+    if outputs is None:
+        return None, {"*"} if everything else set()
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                for o in outputs):
+        raise ProtocolError("outputs must be a list of objects with a name")
+    names = [o["name"] for o in outputs]
+    binary = {o["name"] for o in outputs
+              if _parameters(o, f"output '{o['name']}'").get("binary_data", everything)}
+    return names, binary
+
+
+def to_frame(request: InferRequest, transform: FeatureTransform) -> pl.DataFrame:
+    """The request's tensors → the typed frame of `rows.schema`; raises ProtocolError."""
+    multi = {f.name: f for f in transform.spec.multi_fields}
+    wanted = [f.name for f in transform.spec.categorical] + transform.numeric_names
+    extra = sorted(set(request.inputs) - set(wanted) - {m + LENGTHS_SUFFIX for m in multi})
+    if extra:
+        raise ProtocolError(f"input '{extra[0]}' is not a field of the model (metadata lists its inputs)")
+    absent = [n for n in wanted if n not in request.inputs]
+    if absent:
+        raise ProtocolError(f"input '{absent[0]}' is missing ({len(absent)} missing: {absent[:5]})")
+    batch = {t.shape[0] for t in request.inputs.values()}
+    if len(batch) > 1:
+        raise ProtocolError(f"inputs disagree on the batch size: {sorted(batch)}")
+    numeric = set(transform.numeric_names)
+    columns = []
+    for name in wanted:
+        tensor = request.inputs[name]
+        if name in multi:
+            columns.append(_multi(tensor, request.inputs.get(name + LENGTHS_SUFFIX)))
+        else:
+            columns.append(_column(tensor, numeric=name in numeric))
+    try:
+        return rows_mod.from_frame(pl.DataFrame(columns), transform, 0)
+    except rows_mod.RowError as exc:
+        raise ProtocolError(f"input '{exc.field}', row {exc.row}: {exc.message}") from None
+
+
+def _column(tensor: Tensor, numeric: bool) -> pl.Series:
+    """A single-valued field's tensor → its raw column (rows.from_frame types it)."""
+    if len(tensor.shape) != 1:
+        raise ProtocolError(f"input '{tensor.name}': shape {list(tensor.shape)} is not [B]")
+    if numeric and tensor.datatype == "BYTES":
+        raise ProtocolError(f"input '{tensor.name}': a numeric field is FP32, not BYTES")
+    if not numeric and tensor.datatype not in ("BYTES", *_INTEGER):
+        raise ProtocolError(f"input '{tensor.name}': a categorical field is BYTES, not {tensor.datatype}")
+    if isinstance(tensor.values, np.ndarray):
+        column = pl.Series(tensor.name, tensor.values)
+    else:
+        want = pl.String if tensor.datatype == "BYTES" else pl.Float64 if numeric else pl.Int64
+        try:
+            column = pl.Series(tensor.name, tensor.values, dtype=want, strict=True)
+        except (TypeError, OverflowError, UnicodeEncodeError, pl.exceptions.PolarsError):
+            _bad_value(tensor, want)
+    return column.fill_nan(None) if column.dtype.is_float() else column  # NaN: missing
+
+
+def _bad_value(tensor: Tensor, want: pl.DataType) -> NoReturn:
+    """Name the first JSON value of the wrong type (the slow path of an error only)."""
+    accept = (str,) if want == pl.String else (int, float) if want == pl.Float64 else (int,)
+    for i, v in enumerate(tensor.values):
+        if v is not None and (type(v) is bool or not isinstance(v, accept)):
+            raise ProtocolError(f"input '{tensor.name}', row {i}: expected {tensor.datatype} data, "
+                                f"got {rows_mod.kind_of(v)}")
+        if isinstance(v, str) and not rows_mod.is_utf8(v):
+            raise ProtocolError(f"input '{tensor.name}', row {i}: not valid Unicode (a lone surrogate)")
+    raise ProtocolError(f"input '{tensor.name}': values out of the range of {tensor.datatype}")
+
+
+def _multi(tensor: Tensor, lengths: Tensor | None) -> pl.Series:
+    """A multi-valued field: BYTES [B] joined strings, or [B, L] padded with row lengths."""
+    if tensor.datatype != "BYTES":
+        raise ProtocolError(f"input '{tensor.name}': a multi-valued field is BYTES, not {tensor.datatype}")
+    if len(tensor.shape) == 1:
+        if lengths is not None:
+            raise ProtocolError(f"input '{lengths.name}' goes with a padded [B, L] '{tensor.name}' only")
+        return _column(tensor, numeric=False)
+    if lengths is None:
+        raise ProtocolError(f"input '{tensor.name}' is padded [B, L]: it needs "
+                            f"'{tensor.name}{LENGTHS_SUFFIX}' INT64 [B]")
+    if lengths.datatype not in _INTEGER or lengths.shape != tensor.shape[:1]:
+        raise ProtocolError(f"input '{lengths.name}': expected INT32/INT64 [{tensor.shape[0]}]")
+    b, width = tensor.shape
+    counts = np.asarray(lengths.values, dtype=np.int64) if not isinstance(lengths.values, list) \
+        else _integers(lengths)
+    bad = np.flatnonzero((counts < 0) | (counts > width))
+    if len(bad):
+        raise ProtocolError(f"input '{lengths.name}', row {int(bad[0])}: length {int(counts[bad[0]])} "
+                            f"is outside 0..{width}")
+    keep = (np.arange(width) < counts[:, None]).ravel()
+    try:
+        flat = pl.Series(tensor.values, dtype=pl.String, strict=True).filter(pl.Series(keep))
+    except (TypeError, UnicodeEncodeError, pl.exceptions.PolarsError):
+        _bad_value(tensor, pl.String)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
+    return pl.Series(tensor.name, pa.ListArray.from_arrays(offsets, flat.to_arrow()))
+
+
+def _integers(tensor: Tensor) -> np.ndarray:
+    if not all(type(v) is int for v in tensor.values):
+        i = next(i for i, v in enumerate(tensor.values) if type(v) is not int)
+        raise ProtocolError(f"input '{tensor.name}', row {i}: expected an integer")
+    return np.asarray(tensor.values, dtype=np.int64)
+
+
+def response(model: str, version: str, request: InferRequest, tasks: list[str], scores: np.ndarray
+             ) -> tuple[bytes, int | None]:
+    """The infer response for scores [B, K]: its body, and the JSON header's length when
+    binary outputs follow it (None: the body is JSON only)."""
+    names = tasks if request.outputs is None else request.outputs
+    unknown = [n for n in names if n not in tasks]
+    if unknown:
+        raise ProtocolError(f"output '{unknown[0]}' is not a task of the model ({tasks})")
+    outputs, blobs = [], []
+    for name in names:
+        column = np.ascontiguousarray(scores[:, tasks.index(name)], dtype="<f4")
+        entry = {"name": name, "datatype": "FP32", "shape": [len(column)]}
+        if name in request.binary_outputs or "*" in request.binary_outputs:
+            blobs.append(column.tobytes())
+            entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            entry["data"] = column.tolist()
+        outputs.append(entry)
+    head = {"model_name": model, "model_version": version, "outputs": outputs}
+    if request.id is not None:
+        head["id"] = request.id
+    encoded = json.dumps(head).encode()
+    if not blobs:
+        return encoded, None
+    return encoded + b"".join(blobs), len(encoded)
