@@ -107,7 +107,15 @@ class ServeConfig(Strict):
     poll_seconds: float = Field(30, ge=0, description="registry poll period; 0 = no hot reload")
     threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
     request_timeout_s: float = Field(10, gt=0, description="a request's headers and body must "
-                                     "arrive within this; a slower client is disconnected")
+                                     "arrive within this (a slower client is disconnected), and "
+                                     "its rows be scored within this after (else 504)")
+    max_batch_rows: int = Field(2048, ge=1, description="rows of concurrent requests scored in "
+                                "one transform + onnxruntime call (micro-batching)")
+    max_wait_ms: float = Field(0, ge=0, description="how long a micro-batch waits for more "
+                               "requests after its first (0: it takes what queued while the "
+                               "previous batch was scored)")
+    max_queue_rows: int = Field(16_384, ge=1, description="rows waiting to be scored; a request "
+                                "past this is answered 503 + Retry-After")
 
 
 class ScoreConfig(Strict):

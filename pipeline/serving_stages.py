@@ -11,6 +11,7 @@ from pathlib import Path
 from mtlrec.pipeline import registry
 from mtlrec.pipeline.config import Config, ConfigError
 from mtlrec.serving.app import Settings, serve
+from mtlrec.serving.batcher import BatchLimits
 from mtlrec.serving.score import score_parquet
 
 
@@ -18,9 +19,10 @@ def run_serve(cfg: Config) -> None:
     s = cfg.serve
     settings = Settings(max_rows=s.max_rows, max_body_bytes=int(s.max_body_mb * 2**20),
                         poll_seconds=s.poll_seconds, threads=s.threads,
-                        request_timeout_s=s.request_timeout_s)
-    print(f"serve: {s.model} on http://{s.host}:{s.port} (POST /predict, GET /health /ready /metrics)",
-          flush=True)
+                        request_timeout_s=s.request_timeout_s,
+                        batch=BatchLimits(s.max_batch_rows, s.max_wait_ms, s.max_queue_rows))
+    print(f"serve: {s.model} on http://{s.host}:{s.port} (POST /predict, GET /health /ready /metrics; "
+          "KServe v2 under /v2)", flush=True)
     serve(registry.model_source(cfg), settings, s.host, s.port)
 
 

@@ -26,6 +26,14 @@ A slower client is answered 408 (or, when its answer has begun, just disconnecte
 lives in the HTTP protocol (`TimedH11Protocol`): uvicorn has no such limit, and an ASGI
 middleware first runs once the headers are complete, too late for a client trickling them.
 
+Concurrency: the CPU work of a request (JSON parsing, the row checks) runs in worker
+threads, off the event loop, and its rows are scored by the micro-batcher
+(`serving.batcher`: concurrent requests' rows in one transform + onnxruntime call, each
+request answered with its own rows). A full scoring queue is answered 503 with
+Retry-After (`serve.max_queue_rows`), rows not scored within `request_timeout_s` 504.
+On SIGTERM uvicorn stops accepting, lets the requests under way finish (within
+`request_timeout_s`), then the batcher scores what is queued and stops.
+
 Hot reload: a background thread polls the registry every `poll_seconds`; when the alias
 moves it downloads and fully verifies the new bundle (checksums, signature, parity)
 *beside* the serving one, then swaps a single reference. A request reads that reference
@@ -49,6 +57,7 @@ from dataclasses import dataclass
 
 import h11
 import numpy as np
+import polars as pl
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -63,6 +72,7 @@ from mtlrec.features.errors import DataError
 from mtlrec.serving import bundle as bundle_mod
 from mtlrec.serving import rows as rows_mod
 from mtlrec.serving import v2
+from mtlrec.serving.batcher import BatchLimits, MicroBatcher, Overloaded
 from mtlrec.serving.source import Source
 
 log = logging.getLogger(__name__)
@@ -78,6 +88,7 @@ class Settings:
     poll_seconds: float = 30.0
     threads: int = 1
     request_timeout_s: float = 10.0
+    batch: BatchLimits = BatchLimits()
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,10 @@ class Metrics:
         self.latency = Histogram("mtlrec_request_seconds", "request latency", ["endpoint"],
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.rows = Counter("mtlrec_rows_scored", "rows scored", registry=r)
+        self.batch_rows = Histogram("mtlrec_batch_rows", "rows per micro-batch scored",
+                                    buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000), registry=r)
+        self.batch_requests = Histogram("mtlrec_batch_requests", "requests per micro-batch scored",
+                                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.oov = Counter("mtlrec_oov_values", "categorical values outside the vocabulary",
                            ["field"], registry=r)
         self.version = Gauge("mtlrec_model_version", "registered model version served "
@@ -209,13 +224,32 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
     metrics = Metrics()
     holder = ModelHolder(source, settings, metrics)
 
+    def on_batch(bundle: bundle_mod.Bundle, rows: int, requests: int, oov: np.ndarray) -> None:
+        metrics.batch_rows.observe(rows)
+        metrics.batch_requests.observe(requests)
+        for j in np.flatnonzero(oov):
+            metrics.oov.labels(bundle.transform.categorical_names[j]).inc(int(oov[j]))
+
+    batcher = MicroBatcher(settings.batch, on_batch)
+
+    async def scored(bundle: bundle_mod.Bundle, typed: pl.DataFrame) -> np.ndarray | Response:
+        """These rows' scores from the micro-batcher, or the answer when it has none: 503 +
+        Retry-After when its queue is full, 504 past the request timeout. A RowError (a score
+        that is not finite) is raised."""
+        try:
+            return await asyncio.wait_for(batcher.score(bundle, typed), settings.request_timeout_s)
+        except Overloaded as exc:
+            return _error(503, str(exc), headers={"Retry-After": "1"})
+        except TimeoutError:
+            return _error(504, f"not scored within {settings.request_timeout_s:g} s (serve.request_timeout_s)")
+
     async def predict(request: Request) -> Response:
         served = holder.current  # read once: this request is scored by one model throughout
         if served is None:
             return _error(503, "no model loaded yet")
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            payload = json.loads(body, parse_constant=_reject_constant)
+            payload = await asyncio.to_thread(json.loads, body, parse_constant=_reject_constant)
         except _TooLarge as exc:
             return _error(413, str(exc))
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
@@ -227,14 +261,13 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
             return _error(413, f"{len(rows)} rows in one request; the limit is {settings.max_rows} "
                           "(serve.max_rows)")
         try:
-            typed = rows_mod.from_json(rows, served.bundle.transform)
-            scores, oov = served.bundle.score(typed)
-            rows_mod.check_scores(scores, typed, served.bundle.transform, 0)
+            typed = await asyncio.to_thread(rows_mod.from_json, rows, served.bundle.transform)
+            scores = await scored(served.bundle, typed)
         except rows_mod.RowError as exc:
             return _error(422, str(exc), row=exc.row, field=exc.field)
+        if isinstance(scores, Response):
+            return scores
         metrics.rows.inc(len(rows))
-        for j in np.flatnonzero(oov):
-            metrics.oov.labels(served.bundle.transform.categorical_names[j]).inc(int(oov[j]))
         tasks = served.bundle.tasks
         return JSONResponse({
             "model": source.uri, "model_version": served.version, "tasks": tasks,
@@ -280,23 +313,18 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         header = request.headers.get("inference-header-content-length")
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            parsed = v2.parse(body, None if header is None else v2.header_length(header))
-            batch = max((t.shape[0] for t in parsed.inputs.values()), default=0)
-            if batch > settings.max_rows:
-                return _error(413, f"a batch of {batch} rows; the limit is {settings.max_rows} (serve.max_rows)")
-            typed = v2.to_frame(parsed, served.bundle.transform)
-            scores, oov = served.bundle.score(typed)
-            rows_mod.check_scores(scores, typed, served.bundle.transform, 0)
+            parsed, typed = await asyncio.to_thread(_v2_rows, body, header, served.bundle, settings.max_rows)
+            scores = await scored(served.bundle, typed)
+            if isinstance(scores, Response):
+                return scores
             answer, header_length = v2.response(source.model_name, served.version, parsed,
                                                 served.bundle.tasks, scores)
         except _TooLarge as exc:
             return _error(413, str(exc))
-        except ValueError as exc:  # v2.ProtocolError, a RowError from check_scores, a bad header
+        except ValueError as exc:  # v2.ProtocolError, a RowError from check_scores
             return _error(400, str(exc) if not isinstance(exc, rows_mod.RowError)
                           else f"input '{exc.field}', row {exc.row}: {exc.message}")
         metrics.rows.inc(len(typed))
-        for j in np.flatnonzero(oov):
-            metrics.oov.labels(served.bundle.transform.categorical_names[j]).inc(int(oov[j]))
         if header_length is None:
             return Response(answer, media_type="application/json")
         return Response(answer, media_type="application/octet-stream",
@@ -322,6 +350,7 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         holder.start()
         yield
         holder.stop()
+        await asyncio.to_thread(batcher.close)  # uvicorn has drained the requests by now
 
     v2_routes = [Route("/v2/health/live", v2_live), Route("/v2/health/ready", v2_ready)]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
@@ -342,7 +371,7 @@ def serve(source: Source, settings: Settings, host: str = "127.0.0.1", port: int
                                  on_response=app.state.metrics.count)
     # ws="none": no websocket routes, so an upgrade request is plain HTTP, under the timeout
     uvicorn.run(app, host=host, port=port, http=protocol, ws="none", log_level="warning",
-                access_log=False)
+                access_log=False, timeout_graceful_shutdown=int(settings.request_timeout_s) + 1)
 
 
 class TimedH11Protocol(H11Protocol):
@@ -441,5 +470,15 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _error(status: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _v2_rows(body: bytes, header: str | None, bundle: bundle_mod.Bundle, max_rows: int
+             ) -> tuple[v2.InferRequest, pl.DataFrame]:
+    """A v2 infer body → the request and its typed rows (CPU work: run off the event loop)."""
+    parsed = v2.parse(body, None if header is None else v2.header_length(header))
+    batch = max((t.shape[0] for t in parsed.inputs.values()), default=0)
+    if batch > max_rows:
+        raise _TooLarge(f"a batch of {batch} rows; the limit is {max_rows} (serve.max_rows)")
+    return parsed, v2.to_frame(parsed, bundle.transform)

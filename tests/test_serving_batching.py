@@ -1,0 +1,101 @@
+"""Micro-batching, backpressure, the request timeout and a draining shutdown, against real
+`mtlrec serve` processes (the committed tiny bundle): concurrent requests merged into one
+batch each get exactly the scores they get alone, a full queue is a 503 with Retry-After,
+rows not scored in time a 504, and SIGTERM lets a request under way finish."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from helpers import FIXTURES, Server
+
+BUNDLE = FIXTURES / "legacy_champion" / "bundle"
+V2_INFER = f"/v2/models/{BUNDLE.name}/infer"
+
+
+def _rows(n: int, offset: int = 0) -> list[dict]:
+    return [{"shop": f"s{(i + offset) % 4}", "item": f"i{(i * 7 + offset) % 11}", "price": 0.5 + i % 13,
+             "age": 18 + (i * 3 + offset) % 50} for i in range(n)]
+
+
+def _v2(rows: list[dict]) -> dict:
+    return {"inputs": [{"name": f, "datatype": "BYTES" if f in ("shop", "item") else "FP32",
+                        "shape": [len(rows)], "data": [r[f] for r in rows]} for f in ("shop", "item", "price", "age")]}
+
+
+def _metric(client: httpx.Client, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in client.get("/metrics").text.splitlines()
+               if line.startswith(name))
+
+
+def _server(tmp_path, *options: str) -> Server:
+    return Server(["serve", f"serve.model={BUNDLE}", "serve.poll_seconds=0", f"paths.work_dir={tmp_path}",
+                   *options])
+
+
+def test_concurrent_requests_are_merged_and_each_gets_exactly_its_own_scores(tmp_path):
+    server = _server(tmp_path, "serve.max_wait_ms=300")
+    try:
+        c = httpx.Client(base_url=server.url, timeout=30)
+        requests = [("/predict", {"rows": _rows(1, 0)}), ("/predict", {"rows": _rows(7, 1)}),
+                    ("/predict", {"rows": _rows(100, 2)}), (V2_INFER, _v2(_rows(7, 3)))]
+        alone = [c.post(path, json=body).json() for path, body in requests]
+        batches_before, rows_before = _metric(c, "mtlrec_batch_requests_count"), _metric(c, "mtlrec_batch_rows_sum")
+        with ThreadPoolExecutor(len(requests) * 2) as pool:  # each request twice, all at once
+            together = list(pool.map(lambda pb: httpx.post(server.url + pb[0], json=pb[1], timeout=30).json(),
+                                     requests * 2))
+        for i, got in enumerate(together):
+            want = alone[i % len(requests)]
+            key = "scores" if "scores" in want else "outputs"
+            assert got[key] == want[key]  # exactly: the same floats, in the request's own order
+        batches = _metric(c, "mtlrec_batch_requests_count") - batches_before
+        assert batches < len(together)  # merged: fewer batches than requests
+        assert _metric(c, "mtlrec_batch_rows_sum") - rows_before == 2 * (1 + 7 + 100 + 7)  # each row once
+    finally:
+        server.stop()
+
+
+def test_a_full_queue_is_answered_503_with_retry_after_and_the_queued_request_still_scores(tmp_path):
+    server = _server(tmp_path, "serve.max_wait_ms=1500", "serve.max_queue_rows=10")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, server.url + "/predict", json={"rows": _rows(8)}, timeout=30)
+            time.sleep(0.5)  # the first request's 8 rows wait in the queue
+            r = httpx.post(server.url + "/predict", json={"rows": _rows(8)}, timeout=30)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert "the limit is 10 (serve.max_queue_rows)" in r.json()["error"]
+            assert first.result().status_code == 200
+    finally:
+        server.stop()
+
+
+def test_rows_not_scored_within_the_request_timeout_get_a_504(tmp_path):
+    server = _server(tmp_path, "serve.max_wait_ms=4000", "serve.request_timeout_s=1")
+    try:
+        r = httpx.post(server.url + "/predict", json={"rows": _rows(3)}, timeout=30)
+        assert r.status_code == 504 and "not scored within 1 s" in r.json()["error"]
+    finally:
+        server.stop()
+
+
+def test_sigterm_lets_a_request_under_way_finish(tmp_path):
+    server = _server(tmp_path, "serve.max_wait_ms=1500")
+    result: dict = {}
+
+    def send() -> None:
+        result["response"] = httpx.post(server.url + "/predict", json={"rows": _rows(5)}, timeout=30)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(0.5)  # the request is queued, its batch waiting
+    log = server.stop()  # SIGTERM
+    sender.join(timeout=30)
+    assert result["response"].status_code == 200, log[-2000:]
+    assert len(result["response"].json()["scores"]) == 5
+    with pytest.raises(httpx.TransportError):  # and the server is gone
+        httpx.get(server.url + "/health", timeout=2)
