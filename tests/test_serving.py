@@ -141,9 +141,15 @@ def _v2_inputs(rows: list[dict], binary: bool) -> list:
 
 
 @pytest.mark.slow
-def test_the_v2_protocol_with_a_real_v2_client_scores_as_predict_does(work):
+def test_both_protocols_score_as_the_trained_pytorch_model_does_with_a_real_v2_client(work):
     import tritonclient.http as triton
     from tritonclient.utils import InferenceServerException
+
+    from mtlrec.features.folder import FeaturesFolder
+    from mtlrec.features.transform import FeatureTransform
+    from mtlrec.pipeline.export import load_ranker
+    from mtlrec.pipeline.run_folder import RunFolder
+    from mtlrec.serving.export import reference_scores
 
     server = Server(["serve", f"paths.work_dir={work}", "serve.poll_seconds=0"])
     try:
@@ -155,11 +161,19 @@ def test_the_v2_protocol_with_a_real_v2_client_scores_as_predict_does(work):
         assert [o["name"] for o in meta["outputs"]] == ["ctr", "ctcvr"]
         rows = _rows(work, 40)
         want = httpx.post(server.url + "/predict", json={"rows": rows}, timeout=30).json()["scores"]
+        predict = np.array([[s["ctr"], s["ctcvr"]] for s in want])
+        # train/serve parity: the trained PyTorch model on the same raw rows
+        run = RunFolder(work / "runs" / "synth" / "mmoe-ew-seed2026")
+        features = FeaturesFolder(Path(run.trained().features))
+        transform = FeatureTransform.load(features.artifacts_dir)
+        torch_scores = reference_scores(load_ranker(run, features), transform,
+                                        transform.to_numpy(rows_mod.from_json(rows, transform)))
+        np.testing.assert_allclose(predict, torch_scores, rtol=0, atol=1e-5)
         for binary in (True, False):
             outputs = [triton.InferRequestedOutput(t, binary_data=binary) for t in ("ctr", "ctcvr")]
             result = client.infer(NAME, _v2_inputs(rows, binary), outputs=outputs, model_version="1")
-            for task in ("ctr", "ctcvr"):  # FP32 inputs against /predict's float64: 1e-5
-                np.testing.assert_allclose(result.as_numpy(task), [s[task] for s in want], rtol=0, atol=1e-5)
+            got = np.stack([result.as_numpy(task) for task in ("ctr", "ctcvr")], axis=1)
+            np.testing.assert_allclose(got, torch_scores, rtol=0, atol=1e-5)  # FP32 inputs, both encodings
         bad = _v2_inputs(rows[:3], True)
         bad[16 + 1 + 6] = triton.InferInput("numerical_7", [3], "BYTES")
         bad[16 + 1 + 6].set_data_from_numpy(np.array(["1", "2", "3"], dtype=object))
