@@ -72,10 +72,12 @@ def run(cfg: Config, overrides: list[str]) -> dict:
         result = run_table(table, inner, overrides)
         result["title"], result["cosine"] = title, _ew_cosine(base, result["seeds"])
         tables.append(result)
-    result = {"machine": machine(), "schedule": SCHEDULE, "tables": tables}
-    js, md = write_report(Path(cfg.paths.reports), "conflict", result, _markdown(result))
+        # after every setting, so a stopped bench leaves the settings it finished
+        report = {"machine": machine(), "schedule": SCHEDULE, "tables": tables,
+                  "settings_planned": len(SETTINGS)}
+        js, md = write_report(Path(cfg.paths.reports), "conflict", report, _markdown(report))
     print(f"bench conflict: wrote {js} and {md}")
-    return result
+    return report
 
 
 def _ew_cosine(base: list[str], seeds: int) -> dict[str, float]:
@@ -98,6 +100,9 @@ def _markdown(r: dict) -> str:
              "seeds), Δm% vs STL per seed then averaged, its difference to EW's paired by seed (✓: "
              "beyond seed noise, paired t-test at 5%), training samples/s; the gradient cosine is "
              "the mean over EW's diagnostics samples (every 10 steps) and task pairs.", ""]
+    if len(r["tables"]) < r.get("settings_planned", len(r["tables"])):
+        lines += [f"**Partial: {len(r['tables'])} of {r['settings_planned']} settings finished** "
+                  "(`mtlrec bench conflict` again reuses their runs and goes on).", ""]
     for t in r["tables"]:
         cos = t["cosine"]
         lines += [f"## {t['title']} (seeds: {t['seeds']}; EW gradient cosine {cos['mean']:+.3f}, "
