@@ -116,6 +116,8 @@ class ServeConfig(Strict):
                                "previous batch was scored)")
     max_queue_rows: int = Field(16_384, ge=1, description="rows waiting to be scored; a request "
                                 "past this is answered 503 + Retry-After")
+    workers: int = Field(1, ge=1, description="server processes sharing the port, each with its "
+                         "own model and hot reload (serving/workers.py)")
 
 
 class ScoreConfig(Strict):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from mtlrec.pipeline import registry
 from mtlrec.pipeline.config import Config, ConfigError
-from mtlrec.serving.app import Settings, serve
+from mtlrec.serving.app import Settings
 from mtlrec.serving.batcher import BatchLimits
+from mtlrec.serving.workers import serve_workers
 from mtlrec.serving.score import score_parquet
 
 
@@ -22,8 +23,8 @@ def run_serve(cfg: Config) -> None:
                         request_timeout_s=s.request_timeout_s,
                         batch=BatchLimits(s.max_batch_rows, s.max_wait_ms, s.max_queue_rows))
     print(f"serve: {s.model} on http://{s.host}:{s.port} (POST /predict, GET /health /ready /metrics; "
-          "KServe v2 under /v2)", flush=True)
-    serve(registry.model_source(cfg), settings, s.host, s.port)
+          f"KServe v2 under /v2), {s.workers} worker process(es)", flush=True)
+    serve_workers(registry.model_source(cfg), settings, s.host, s.port, s.workers)
 
 
 def run_score(cfg: Config) -> None:

@@ -49,6 +49,8 @@ import asyncio
 import functools
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +62,7 @@ import numpy as np
 import polars as pl
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -115,7 +118,7 @@ class Metrics:
         self.oov = Counter("mtlrec_oov_values", "categorical values outside the vocabulary",
                            ["field"], registry=r)
         self.version = Gauge("mtlrec_model_version", "registered model version served "
-                             "(0: a bundle folder)", registry=r)
+                             "(0: a bundle folder)", registry=r, multiprocess_mode="liveall")
         self.reloads = Counter("mtlrec_reloads", "model loads by result", ["result"], registry=r)
 
     @staticmethod
@@ -343,7 +346,11 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         return JSONResponse({"ready": True, "model_version": served.version})
 
     async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = metrics.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers (serving.workers): all of them
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -364,14 +371,17 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
     return app
 
 
-def serve(source: Source, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+def serve(source: Source, settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+          sock: socket.socket | None = None) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM stop it cleanly), on host:port or on a
+    listening socket already bound (a worker of `serving.workers`)."""
     app = create_app(source, settings)
     protocol = functools.partial(TimedH11Protocol, timeout_s=settings.request_timeout_s,
                                  on_response=app.state.metrics.count)
     # ws="none": no websocket routes, so an upgrade request is plain HTTP, under the timeout
-    uvicorn.run(app, host=host, port=port, http=protocol, ws="none", log_level="warning",
-                access_log=False, timeout_graceful_shutdown=int(settings.request_timeout_s) + 1)
+    config = uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=int(settings.request_timeout_s) + 1)
+    uvicorn.Server(config).run(sockets=None if sock is None else [sock])
 
 
 class TimedH11Protocol(H11Protocol):

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 from helpers import Server
+from mtlrec.pipeline import config
 from mtlrec.pipeline.cli import main
 from mtlrec.serving import bundle
 from mtlrec.serving import rows as rows_mod
@@ -286,3 +287,37 @@ def test_batch_scoring_parquet_in_chunks(work, tmp_path, capsys):
     assert main(["score", *args[:2], f"input={tmp_path / 'nan.parquet'}", f"output={out}",
                  "score.chunk_rows=1000"]) == 2
     assert "row 1234, field 'numerical_9': non-finite number nan" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_every_worker_process_follows_the_alias_and_they_download_the_new_version_at_once(work):
+    from mtlrec import files
+    from mtlrec.pipeline.registry import cache_dir
+
+    assert main(["promote", f"paths.work_dir={work}", "version=1"]) == 0
+    files.remove(cache_dir(config.load([f"paths.work_dir={work}"])) / NAME / "v2")  # both must fetch it
+    server = Server(["serve", f"paths.work_dir={work}", "serve.poll_seconds=0.5", "serve.workers=2"])
+    try:
+        c = httpx.Client(base_url=server.url, timeout=30)
+
+        def versions() -> list[str]:
+            return [line.rsplit(" ", 1)[1] for line in c.get("/metrics").text.splitlines()
+                    if line.startswith("mtlrec_model_version{")]
+
+        deadline = time.time() + 30
+        while versions() != ["1.0", "1.0"] and time.time() < deadline:
+            time.sleep(0.1)
+        assert versions() == ["1.0", "1.0"]
+        assert main(["promote", f"paths.work_dir={work}", "version=2"]) == 0
+        deadline = time.time() + 60
+        while versions() != ["2.0", "2.0"] and time.time() < deadline:
+            time.sleep(0.1)
+        assert versions() == ["2.0", "2.0"]
+        metrics = c.get("/metrics").text
+        assert _metric(metrics, 'mtlrec_reloads_total{result="ok"}') == 4  # 2 workers × (v1, v2)
+        assert _metric(metrics, 'mtlrec_reloads_total{result="refused"}') == 0  # no collision
+        rows = _rows(work, 5)
+        assert {httpx.post(server.url + "/predict", json={"rows": rows}).json()["model_version"]
+                for _ in range(10)} == {"2"}
+    finally:
+        server.stop()

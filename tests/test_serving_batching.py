@@ -99,3 +99,18 @@ def test_sigterm_lets_a_request_under_way_finish(tmp_path):
     assert len(result["response"].json()["scores"]) == 5
     with pytest.raises(httpx.TransportError):  # and the server is gone
         httpx.get(server.url + "/health", timeout=2)
+
+
+def test_two_worker_processes_share_the_port_and_metrics_sum_over_them(tmp_path):
+    server = _server(tmp_path, "serve.workers=2")
+    try:
+        statuses = [httpx.post(server.url + "/predict", json={"rows": _rows(3, i)}, timeout=30).status_code
+                    for i in range(30)]  # a new connection each: the kernel spreads them
+        assert statuses == [200] * 30
+        c = httpx.Client(base_url=server.url, timeout=30)
+        assert _metric(c, 'mtlrec_requests_total{endpoint="predict",status="200"}') == 30  # both workers'
+        versions = [line for line in c.get("/metrics").text.splitlines() if line.startswith("mtlrec_model_version{")]
+        assert len(versions) == 2 and all('pid="' in line for line in versions)  # one per live worker
+    finally:
+        log = server.stop()
+    assert "serving with 2 worker processes" in log and "Traceback" not in log, log[-3000:]
