@@ -224,8 +224,11 @@ def to_frame(request: InferRequest, transform: FeatureTransform) -> pl.DataFrame
             columns.append(_multi(tensor, request.inputs.get(name + LENGTHS_SUFFIX)))
         else:
             columns.append(_column(tensor, numeric=name in numeric))
+    frame = pl.DataFrame(columns)
+    floats = [name for name, dtype in frame.schema.items() if dtype.is_float()]
+    frame = frame.with_columns(pl.col(floats).fill_nan(None))  # NaN in JSON data too: missing
     try:
-        return rows_mod.from_frame(pl.DataFrame(columns), transform, 0)
+        return rows_mod.from_frame(frame, transform, 0)
     except rows_mod.RowError as exc:
         raise ProtocolError(f"input '{exc.field}', row {exc.row}: {exc.message}") from None
 
@@ -239,14 +242,12 @@ def _column(tensor: Tensor, numeric: bool) -> pl.Series:
     if not numeric and tensor.datatype not in ("BYTES", *_INTEGER):
         raise ProtocolError(f"input '{tensor.name}': a categorical field is BYTES, not {tensor.datatype}")
     if isinstance(tensor.values, np.ndarray):
-        column = pl.Series(tensor.name, tensor.values)
-    else:
-        want = pl.String if tensor.datatype == "BYTES" else pl.Float64 if numeric else pl.Int64
-        try:
-            column = pl.Series(tensor.name, tensor.values, dtype=want, strict=True)
-        except (TypeError, OverflowError, UnicodeEncodeError, pl.exceptions.PolarsError):
-            _bad_value(tensor, want)
-    return column.fill_nan(None) if column.dtype.is_float() else column  # NaN: missing
+        return pl.Series(tensor.name, tensor.values, nan_to_null=True)  # NaN: missing
+    want = pl.String if tensor.datatype == "BYTES" else pl.Float64 if numeric else pl.Int64
+    try:
+        return pl.Series(tensor.name, tensor.values, dtype=want, strict=True)
+    except (TypeError, OverflowError, UnicodeEncodeError, pl.exceptions.PolarsError):
+        _bad_value(tensor, want)
 
 
 def _bad_value(tensor: Tensor, want: pl.DataType) -> NoReturn:
