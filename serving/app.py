@@ -73,6 +73,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mtlrec.features.errors import DataError
 from mtlrec.serving import bundle as bundle_mod
+from mtlrec.serving import jsonio
 from mtlrec.serving import rows as rows_mod
 from mtlrec.serving import v2
 from mtlrec.serving.batcher import BatchLimits, MicroBatcher, Overloaded
@@ -252,7 +253,7 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
             return _error(503, "no model loaded yet")
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            payload = await asyncio.to_thread(json.loads, body, parse_constant=_reject_constant)
+            payload = await asyncio.to_thread(jsonio.loads, body)
         except _TooLarge as exc:
             return _error(413, str(exc))
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
@@ -272,10 +273,10 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
             return scores
         metrics.rows.inc(len(rows))
         tasks = served.bundle.tasks
-        return JSONResponse({
+        return Response(jsonio.dumps({
             "model": source.uri, "model_version": served.version, "tasks": tasks,
             "scores": [dict(zip(tasks, row)) for row in scores.tolist()],
-        })
+        }), media_type="application/json")
 
     async def v2_live(request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -474,10 +475,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _TooLarge(f"body over {limit:,} bytes (serve.max_body_mb)")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra) -> JSONResponse:

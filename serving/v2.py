@@ -26,7 +26,6 @@ which the server answers 400 with the protocol's error object {"error": message}
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import polars as pl
 import pyarrow as pa
 
 from mtlrec.features.transform import FeatureTransform
+from mtlrec.serving import jsonio
 from mtlrec.serving import rows as rows_mod
 
 LENGTHS_SUFFIX = "_lengths"  # `<field>_lengths`: the row counts of a padded multi-valued input
@@ -95,7 +95,7 @@ def parse(body: bytes, header_length: int | None) -> InferRequest:
                             f"body of {len(body)} bytes")
     head, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
     try:
-        request = json.loads(head)
+        request = jsonio.loads(head, allow_nan=True)  # NaN: a missing FP32 value
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"invalid JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
@@ -319,7 +319,7 @@ def response(model: str, version: str, request: InferRequest, tasks: list[str], 
     head = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.id is not None:
         head["id"] = request.id
-    encoded = json.dumps(head).encode()
+    encoded = jsonio.dumps(head)
     if not blobs:
         return encoded, None
     return encoded + b"".join(blobs), len(encoded)

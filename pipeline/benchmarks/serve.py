@@ -44,8 +44,8 @@ from mtlrec.pipeline.run_folder import RunFolder
 from mtlrec.pipeline.targets import ingest_logs
 from mtlrec.pipeline.train import train_run
 from mtlrec.serving import bundle as bundle_mod
+from mtlrec.serving import jsonio, v2
 from mtlrec.serving import rows as rows_mod
-from mtlrec.serving import v2
 from mtlrec.serving.export import reference_scores
 
 BATCHES = (1, 100, 1000)
@@ -167,14 +167,14 @@ def _request_path(model: bundle_mod.Bundle, raw_rows: list[dict], bodies: dict[s
     header = int(binary["headers"]["Inference-Header-Content-Length"])
     parsed = v2.parse(binary["body"], header)
     steps = {
-        "row JSON: parse": lambda: json.loads(body),
+        "row JSON: parse": lambda: jsonio.loads(body),
         "row JSON: row checks": lambda: rows_mod.from_json(raw_rows, model.transform),
         "v2 binary: parse": lambda: v2.parse(binary["body"], header),
         "v2 binary: tensor checks": lambda: v2.to_frame(parsed, model.transform),
         "feature transform": lambda: model.transform.to_numpy(typed),
         "onnxruntime": lambda: model.predict(inputs),
-        "row JSON: response": lambda: json.dumps({"scores": [dict(zip(model.tasks, r))
-                                                             for r in scores.tolist()]}),
+        "row JSON: response": lambda: jsonio.dumps({"scores": [dict(zip(model.tasks, r))
+                                                               for r in scores.tolist()]}),
         "v2 binary: response": lambda: v2.response("m", "1", parsed, model.tasks, scores),
     }
     return {name: 1e3 * float(np.median(_timed(fn, 300))) for name, fn in steps.items()} | {
