@@ -34,4 +34,5 @@ def run_score(cfg: Config) -> None:
     result = score_parquet(model, cfg.score.input, Path(cfg.score.output), cfg.score.id_column,
                            cfg.score.chunk_rows)
     print(f"score: {result['rows']:,} rows scored by {cfg.serve.model} (version {version}) -> "
-          f"{result['output']}")
+          f"{result['output']}; {result['rows_per_s']:,.0f} rows/s (onnxruntime alone on the same "
+          f"rows: {result['onnxruntime_rows_per_s']:,.0f} rows/s)")

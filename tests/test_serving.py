@@ -276,7 +276,8 @@ def test_batch_scoring_parquet_in_chunks(work, tmp_path, capsys):
     model = bundle.load(work / "runs" / "synth" / "mmoe-ew-seed2026" / "bundle")
     expected, _ = model.score(rows_mod.from_frame(frame, model.transform, 0))  # one chunk
     assert scores["ctcvr"].to_list() == pytest.approx(expected[:, 1].tolist(), abs=1e-7)
-    assert "2,000 rows scored" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2,000 rows scored" in printed and "rows/s (onnxruntime alone on the same rows:" in printed
 
     frame.with_columns(pl.col("numerical_5").cast(pl.String)).write_parquet(tmp_path / "bad.parquet")
     assert main(["score", *args[:2], f"input={tmp_path / 'bad.parquet'}", f"output={out}"]) == 2
