@@ -126,6 +126,7 @@ def test_paired_differences_to_ew_call_only_consistent_gains_beyond_noise():
     assert paired.verdict(summary) == ("Better than EW beyond seed noise: steady; worse: lost; "
                                                    "within noise: noisy.")
     assert paired.verdict([{"method": "one seed", "delta_m_vs_ew": out["one seed"]}]) == "One seed: no claim against EW."
+    assert paired.verdict([{"method": "EW"}]) == ""  # the baseline alone: nothing to say
 
 
 @pytest.mark.slow

@@ -50,9 +50,12 @@ def cell(entry: dict | None, fmt: str = "+.2f") -> str:
 def verdict(summary: list[dict], key: str = "delta_m_vs_ew", baseline: str = BASELINE) -> str:
     """One plain sentence over a table's summary rows ({"method", key: a `to_baseline`
     entry or None}): which methods beat the baseline beyond seed noise, which lost to it,
-    and that the rest are within noise (or that one seed allows no claim)."""
-    entries = {row["method"]: row.get(key) for row in summary}
-    judged = {label: e for label, e in entries.items() if e is not None and len(e["diffs"]) > 1}
+    and that the rest are within noise (or that one seed allows no claim; "" when no
+    method but the baseline is in the table)."""
+    entries = {row["method"]: row[key] for row in summary if row.get(key) is not None}
+    if not entries:
+        return ""  # no method to compare with the baseline (a table of the baseline alone)
+    judged = {label: e for label, e in entries.items() if len(e["diffs"]) > 1}
     if not judged:
         return f"One seed: no claim against {baseline}."
     better = [label for label, e in judged.items() if e["beyond_noise"] and e["mean"] > 0]
