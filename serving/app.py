@@ -253,25 +253,17 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
             return _error(503, "no model loaded yet")
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            payload = await asyncio.to_thread(jsonio.loads, body)
+            typed = await asyncio.to_thread(_predict_rows, body, served.bundle, settings.max_rows)
+            scores = await scored(served.bundle, typed)
         except _TooLarge as exc:
             return _error(413, str(exc))
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
-            return _error(400, f"invalid JSON: {exc}")
-        rows = payload.get("rows") if isinstance(payload, dict) else None
-        if not isinstance(rows, list):
-            return _error(400, 'expected a JSON object {"rows": [...]}')
-        if len(rows) > settings.max_rows:
-            return _error(413, f"{len(rows)} rows in one request; the limit is {settings.max_rows} "
-                          "(serve.max_rows)")
-        try:
-            typed = await asyncio.to_thread(rows_mod.from_json, rows, served.bundle.transform)
-            scores = await scored(served.bundle, typed)
+        except _BadBody as exc:
+            return _error(400, str(exc))
         except rows_mod.RowError as exc:
             return _error(422, str(exc), row=exc.row, field=exc.field)
         if isinstance(scores, Response):
             return scores
-        metrics.rows.inc(len(rows))
+        metrics.rows.inc(len(typed))
         tasks = served.bundle.tasks
         return Response(jsonio.dumps({
             "model": source.uri, "model_version": served.version, "tasks": tasks,
@@ -326,8 +318,7 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         except _TooLarge as exc:
             return _error(413, str(exc))
         except ValueError as exc:  # v2.ProtocolError, a RowError from check_scores
-            return _error(400, str(exc) if not isinstance(exc, rows_mod.RowError)
-                          else f"input '{exc.field}', row {exc.row}: {exc.message}")
+            return _error(400, str(v2.row_error(exc) if isinstance(exc, rows_mod.RowError) else exc))
         metrics.rows.inc(len(typed))
         if header_length is None:
             return Response(answer, media_type="application/json")
@@ -479,6 +470,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+class _BadBody(ValueError):
+    """A body that is not the row format's JSON object (answered 400)."""
+
+
+def _predict_rows(body: bytes, bundle: bundle_mod.Bundle, max_rows: int) -> pl.DataFrame:
+    """A /predict body → its typed rows (CPU work: run off the event loop, in one hop)."""
+    try:
+        payload = jsonio.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise _BadBody(f"invalid JSON: {exc}") from None
+    rows = payload.get("rows") if isinstance(payload, dict) else None
+    if not isinstance(rows, list):
+        raise _BadBody('expected a JSON object {"rows": [...]}')
+    if len(rows) > max_rows:
+        raise _TooLarge(f"{len(rows)} rows in one request; the limit is {max_rows} (serve.max_rows)")
+    return rows_mod.from_json(rows, bundle.transform)
 
 
 def _v2_rows(body: bytes, header: str | None, bundle: bundle_mod.Bundle, max_rows: int

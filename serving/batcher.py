@@ -82,10 +82,6 @@ class MicroBatcher:
             self._cond.notify()
         return await request.future
 
-    @property
-    def queued_rows(self) -> int:
-        return self._queued_rows
-
     def close(self, timeout_s: float = 30.0) -> None:
         """Score what is queued, then stop the thread."""
         with self._cond:

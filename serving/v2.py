@@ -230,7 +230,12 @@ def to_frame(request: InferRequest, transform: FeatureTransform) -> pl.DataFrame
     try:
         return rows_mod.from_frame(frame, transform, 0)
     except rows_mod.RowError as exc:
-        raise ProtocolError(f"input '{exc.field}', row {exc.row}: {exc.message}") from None
+        raise row_error(exc) from None
+
+
+def row_error(exc: rows_mod.RowError) -> ProtocolError:
+    """A row the model cannot score, in the protocol's words: the input and the row."""
+    return ProtocolError(f"input '{exc.field}', row {exc.row}: {exc.message}")
 
 
 def _column(tensor: Tensor, numeric: bool) -> pl.Series:

@@ -26,7 +26,7 @@ from mtlrec.features.qm9 import TARGETS, load_qm9
 from mtlrec.features.qm9_graphs import EDGE_FEATURES, NODE_FEATURES, GraphSplit, QM9Graphs
 from mtlrec.models.mpnn import MPNN
 from mtlrec.training.config import MethodConfig, TrainerConfig
-from mtlrec.training.loop import Trainer, seed_everything
+from mtlrec.training.loop import Trainer, pick_device, seed_everything
 from mtlrec.training.mtl.step import make_step
 from mtlrec.training.tasks import RegressionTasks
 
@@ -45,18 +45,14 @@ def run_method(label: str, train: GraphSplit, valid: GraphSplit, kind: Regressio
     seed_everything(seed)
     model = MPNN(len(NODE_FEATURES), len(EDGE_FEATURES), n_tasks=len(TARGETS), hidden=hidden)
     cfg = TrainerConfig(max_epochs=epochs, batch_size=batch, patience=epochs, checkpoint_minutes=0.0)
-    trainer = Trainer(model, make_step(METHODS[label], model.to(_device()), cfg, len(TARGETS), seed), cfg,
-                      [t.name for t in TARGETS], list(range(len(TARGETS))), seed, kind=kind,
-                      eval_batch_size=512)
+    step = make_step(METHODS[label], model.to(pick_device(cfg.device)), cfg, len(TARGETS), seed)
+    trainer = Trainer(model, step, cfg, [t.name for t in TARGETS], list(range(len(TARGETS))), seed,
+                      kind=kind, eval_batch_size=512)
     start = time.perf_counter()
     result = trainer.fit(train, valid)
     return {"method": label, "seconds": time.perf_counter() - start, "epochs": result.epochs_run,
             "molecules_per_s": result.samples_per_s, "best_valid_score": result.best_valid_score,
             "last_epoch": result.history[-1]}
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def main(argv: list[str] | None = None) -> None:
