@@ -25,7 +25,8 @@ def _raw(f: NumericField) -> pl.Expr:
     return x
 
 
-def _float32(value: float) -> float:
+def round_float32(value: float) -> float:
+    """The float32 nearest a number, as a Python float."""
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
@@ -33,7 +34,7 @@ def pre_standardize(f: NumericField) -> pl.Expr:
     """Clip and log1p: the value whose mean/std the statistics hold."""
     x = _raw(f)
     if f.clip is not None:  # bounds are raw values too: rounded like the inputs they bound
-        x = x.clip(*(_float32(bound) for bound in f.clip))
+        x = x.clip(*(round_float32(bound) for bound in f.clip))
     if f.log1p:
         x = x.sign() * x.abs().log1p()
     return x

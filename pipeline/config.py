@@ -114,8 +114,8 @@ class ServeConfig(Strict):
     max_wait_ms: float = Field(0, ge=0, description="how long a micro-batch waits for more "
                                "requests after its first (0: it takes what queued while the "
                                "previous batch was scored)")
-    max_queue_rows: int = Field(16_384, ge=1, description="rows waiting to be scored; a request "
-                                "past this is answered 503 + Retry-After")
+    max_queue_requests: int = Field(256, ge=1, description="requests waiting for the scoring "
+                                    "thread; one more is answered 503 + Retry-After at once")
     workers: int = Field(1, ge=1, description="server processes sharing the port, each with its "
                          "own model and hot reload (serving/workers.py)")
 

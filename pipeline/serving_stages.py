@@ -21,7 +21,7 @@ def run_serve(cfg: Config) -> None:
     settings = Settings(max_rows=s.max_rows, max_body_bytes=int(s.max_body_mb * 2**20),
                         poll_seconds=s.poll_seconds, threads=s.threads,
                         request_timeout_s=s.request_timeout_s,
-                        batch=BatchLimits(s.max_batch_rows, s.max_wait_ms, s.max_queue_rows))
+                        batch=BatchLimits(s.max_batch_rows, s.max_wait_ms, s.max_queue_requests))
     print(f"serve: {s.model} on http://{s.host}:{s.port} (POST /predict, GET /health /ready /metrics; "
           f"KServe v2 under /v2), {s.workers} worker process(es)", flush=True)
     serve_workers(registry.model_source(cfg), settings, s.host, s.port, s.workers)

@@ -26,13 +26,13 @@ A slower client is answered 408 (or, when its answer has begun, just disconnecte
 lives in the HTTP protocol (`TimedH11Protocol`): uvicorn has no such limit, and an ASGI
 middleware first runs once the headers are complete, too late for a client trickling them.
 
-Concurrency: the CPU work of a request (JSON parsing, the row checks) runs in worker
-threads, off the event loop, and its rows are scored by the micro-batcher
-(`serving.batcher`: concurrent requests' rows in one transform + onnxruntime call, each
-request answered with its own rows). A full scoring queue is answered 503 with
-Retry-After (`serve.max_queue_rows`), rows not scored within `request_timeout_s` 504.
+Concurrency: the event loop does HTTP only. A request's CPU work (parsing, the checks,
+the numpy transform of `bundle.online`, the answer's encoding) runs on the micro-batcher's
+scoring thread (`serving.batcher`: concurrent requests' rows in one onnxruntime call, each
+request answered with its own rows). A full queue is answered 503 with Retry-After
+(`serve.max_queue_requests`), a request not answered within `request_timeout_s` 504.
 On SIGTERM uvicorn stops accepting, lets the requests under way finish (within
-`request_timeout_s`), then the batcher scores what is queued and stops.
+`request_timeout_s`), then the batcher answers what is queued and stops.
 
 Hot reload: a background thread polls the registry every `poll_seconds`; when the alias
 moves it downloads and fully verifies the new bundle (checksums, signature, parity)
@@ -56,10 +56,10 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 import numpy as np
-import polars as pl
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -72,11 +72,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mtlrec.features.errors import DataError
+from mtlrec.features.online import RawBatch
+from mtlrec.features.transform import ModelInputs
 from mtlrec.serving import bundle as bundle_mod
 from mtlrec.serving import jsonio
 from mtlrec.serving import rows as rows_mod
 from mtlrec.serving import v2
-from mtlrec.serving.batcher import BatchLimits, MicroBatcher, Overloaded
+from mtlrec.serving.batcher import BatchLimits, Finish, MicroBatcher, Overloaded, Prepare
 from mtlrec.serving.source import Source
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,7 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
     holder = ModelHolder(source, settings, metrics)
 
     def on_batch(bundle: bundle_mod.Bundle, rows: int, requests: int, oov: np.ndarray) -> None:
+        metrics.rows.inc(rows)
         metrics.batch_rows.observe(rows)
         metrics.batch_requests.observe(requests)
         for j in np.flatnonzero(oov):
@@ -236,12 +239,12 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
 
     batcher = MicroBatcher(settings.batch, on_batch)
 
-    async def scored(bundle: bundle_mod.Bundle, typed: pl.DataFrame) -> np.ndarray | Response:
-        """These rows' scores from the micro-batcher, or the answer when it has none: 503 +
-        Retry-After when its queue is full, 504 past the request timeout. A RowError (a score
-        that is not finite) is raised."""
+    async def answered(bundle: bundle_mod.Bundle, prepare: Prepare) -> Any:
+        """The request's answer from the micro-batcher, or the response when it has none:
+        503 + Retry-After when its queue is full, 504 past the request timeout. What the
+        request's Prepare or Finish raised is raised."""
         try:
-            return await asyncio.wait_for(batcher.score(bundle, typed), settings.request_timeout_s)
+            return await asyncio.wait_for(batcher.run(bundle, prepare), settings.request_timeout_s)
         except Overloaded as exc:
             return _error(503, str(exc), headers={"Retry-After": "1"})
         except TimeoutError:
@@ -253,22 +256,17 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
             return _error(503, "no model loaded yet")
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            typed = await asyncio.to_thread(_predict_rows, body, served.bundle, settings.max_rows)
-            scores = await scored(served.bundle, typed)
+            answer = await answered(served.bundle, functools.partial(
+                _predict_work, body, served, settings.max_rows, source.uri))
         except _TooLarge as exc:
             return _error(413, str(exc))
         except _BadBody as exc:
             return _error(400, str(exc))
         except rows_mod.RowError as exc:
             return _error(422, str(exc), row=exc.row, field=exc.field)
-        if isinstance(scores, Response):
-            return scores
-        metrics.rows.inc(len(typed))
-        tasks = served.bundle.tasks
-        return Response(jsonio.dumps({
-            "model": source.uri, "model_version": served.version, "tasks": tasks,
-            "scores": [dict(zip(tasks, row)) for row in scores.tolist()],
-        }), media_type="application/json")
+        if isinstance(answer, Response):
+            return answer
+        return Response(answer, media_type="application/json")
 
     async def v2_live(request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -309,20 +307,18 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         header = request.headers.get("inference-header-content-length")
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            parsed, typed = await asyncio.to_thread(_v2_rows, body, header, served.bundle, settings.max_rows)
-            scores = await scored(served.bundle, typed)
-            if isinstance(scores, Response):
-                return scores
-            answer, header_length = v2.response(source.model_name, served.version, parsed,
-                                                served.bundle.tasks, scores)
+            answer = await answered(served.bundle, functools.partial(
+                _v2_work, body, header, served, settings.max_rows, source.model_name))
         except _TooLarge as exc:
             return _error(413, str(exc))
         except ValueError as exc:  # v2.ProtocolError, a RowError from check_scores
             return _error(400, str(v2.row_error(exc) if isinstance(exc, rows_mod.RowError) else exc))
-        metrics.rows.inc(len(typed))
+        if isinstance(answer, Response):
+            return answer
+        body, header_length = answer
         if header_length is None:
-            return Response(answer, media_type="application/json")
-        return Response(answer, media_type="application/octet-stream",
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(header_length)})
 
     async def health(request: Request) -> Response:
@@ -476,8 +472,9 @@ class _BadBody(ValueError):
     """A body that is not the row format's JSON object (answered 400)."""
 
 
-def _predict_rows(body: bytes, bundle: bundle_mod.Bundle, max_rows: int) -> pl.DataFrame:
-    """A /predict body → its typed rows (CPU work: run off the event loop, in one hop)."""
+def _predict_work(body: bytes, served: Served, max_rows: int, model_uri: str) -> tuple[ModelInputs, Finish]:
+    """A /predict body → its model inputs, and how its scores become the JSON answer (the
+    micro-batcher's Prepare: runs on the scoring thread)."""
     try:
         payload = jsonio.loads(body)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
@@ -487,14 +484,38 @@ def _predict_rows(body: bytes, bundle: bundle_mod.Bundle, max_rows: int) -> pl.D
         raise _BadBody('expected a JSON object {"rows": [...]}')
     if len(rows) > max_rows:
         raise _TooLarge(f"{len(rows)} rows in one request; the limit is {max_rows} (serve.max_rows)")
-    return rows_mod.from_json(rows, bundle.transform)
+    batch = rows_mod.from_json(rows, served.bundle.transform)
+    inputs = served.bundle.online.encode(batch)
+    tasks = served.bundle.tasks
+
+    def finish(scores: np.ndarray) -> bytes:
+        _check_scores(scores, batch, inputs, served.bundle)
+        return jsonio.dumps({"model": model_uri, "model_version": served.version, "tasks": tasks,
+                             "scores": [dict(zip(tasks, row)) for row in scores.tolist()]})
+
+    return inputs, finish
 
 
-def _v2_rows(body: bytes, header: str | None, bundle: bundle_mod.Bundle, max_rows: int
-             ) -> tuple[v2.InferRequest, pl.DataFrame]:
-    """A v2 infer body → the request and its typed rows (CPU work: run off the event loop)."""
+def _v2_work(body: bytes, header: str | None, served: Served, max_rows: int, model_name: str
+             ) -> tuple[ModelInputs, Finish]:
+    """A v2 infer body → its model inputs, and how its scores become the infer response (body,
+    JSON header length) (the micro-batcher's Prepare: runs on the scoring thread)."""
     parsed = v2.parse(body, None if header is None else v2.header_length(header))
-    batch = max((t.shape[0] for t in parsed.inputs.values()), default=0)
-    if batch > max_rows:
-        raise _TooLarge(f"a batch of {batch} rows; the limit is {max_rows} (serve.max_rows)")
-    return parsed, v2.to_frame(parsed, bundle.transform)
+    rows = max((t.shape[0] for t in parsed.inputs.values()), default=0)
+    if rows > max_rows:
+        raise _TooLarge(f"a batch of {rows} rows; the limit is {max_rows} (serve.max_rows)")
+    batch = v2.to_batch(parsed, served.bundle.transform)
+    inputs = served.bundle.online.encode(batch)
+
+    def finish(scores: np.ndarray) -> tuple[bytes, int | None]:
+        _check_scores(scores, batch, inputs, served.bundle)
+        return v2.response(model_name, served.version, parsed, served.bundle.tasks, scores)
+
+    return inputs, finish
+
+
+def _check_scores(scores: np.ndarray, batch: RawBatch, inputs: ModelInputs, bundle: bundle_mod.Bundle) -> None:
+    """Every row's score is finite (rows.check_scores), quoting the request's own value."""
+    names = bundle.transform.numeric_names
+    rows_mod.check_scores(scores, inputs, bundle.transform,
+                          lambda r, field: batch.numeric[r, names.index(field)], 0)

@@ -35,6 +35,7 @@ import io
 import json
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ import polars as pl
 
 from mtlrec import files
 from mtlrec.features.errors import DataError
+from mtlrec.features.online import OnlineTransform
 from mtlrec.features.transform import FeatureTransform, ModelInputs
 from mtlrec.features.vocab import OOV_ID
 from mtlrec.serving import parity
@@ -153,6 +155,11 @@ class Bundle:
         """Probabilities [N, K] for model-ready inputs."""
         return self.session.run([SCORES], feeds(inputs))[0]
 
+    @cached_property
+    def online(self) -> OnlineTransform:
+        """The transform of served requests (features/online.py); `load` builds it."""
+        return OnlineTransform(self.transform)
+
     def score(self, typed: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Typed raw rows (serving.rows) → (probabilities [N, K], OOV count per field [F])."""
         inputs = self.transform.to_numpy(typed)
@@ -219,6 +226,7 @@ def load(folder: Path, threads: int = 1, *, recorded_digest: str | None = None,
     stored = json.loads(contents[PARITY_FILE])
     bundle = Bundle(folder, session, transform, manifest, json.loads(contents[METRICS_FILE]), stored)
     _recheck_parity(bundle, contents[PARITY_DATA], stored["tolerance"])
+    _ = bundle.online  # its lookup tables are built now, not by the first request
     return bundle
 
 

@@ -1,11 +1,12 @@
-"""Raw rows from a client (JSON objects, or a Parquet batch) → the typed frame the feature
-transform encodes: categorical fields as strings, numeric fields as floats.
+"""Raw rows from a client (JSON objects, or a Parquet batch) → checked, typed values the
+feature transform encodes: categorical fields as strings, numeric fields as floats.
 
 The contract, per field of the feature spec: a categorical value is a string or a
 64-bit integer (integers are read as their decimal text, as ingest reads a CSV cell); a
 multi-valued field's value is a JSON list of such values or one string of them joined by
-the field's separator (an empty element is an error, as in ingest); a numeric value is a number within float64's range; null means "missing" (the same
-missing id / fill as in training). An absent field, a value of another type, an integer
+the field's separator (an empty element is an error, as in ingest); a numeric value is a
+number within float64's range; null means "missing" (the same missing id / fill as in
+training). An absent field, a value of another type, an integer
 out of range, a string that is not valid Unicode (JSON's \\u escapes allow lone
 surrogates, which UTF-8 cannot hold) or a non-finite number the spec rejects is a
 `RowError` naming the row and the field: it is almost always a client bug (a renamed
@@ -15,24 +16,27 @@ float32 input overflows. Unknown category values are not errors: they encode to 
 id and are counted. Keys the spec does not use (an id, labels) are ignored, whatever
 they hold. Error messages quote a value in ASCII, cut at 200 characters.
 
-A request's rows are type-checked column by column on the set of Python types present,
-then read by polars in one go; only when polars refuses a value (an integer out of
-range, a lone surrogate) are they read column by column, to name it.
+A request's rows become a `RawBatch` of columns (features/online.py), type-checked
+column by column on the set of Python types present, with no per-value Python beyond
+reading the values out of the row objects. A Parquet batch (`from_frame`, batch scoring)
+stays a polars frame: there polars' per-call cost is spread over many rows.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 
+from mtlrec.features.online import RawBatch
 from mtlrec.features.spec import CategoricalField
-from mtlrec.features.transform import FeatureTransform
+from mtlrec.features.transform import FeatureTransform, ModelInputs
 from mtlrec.features.validate import split_elements
 
 _CATEGORICAL_TYPES = frozenset({str, int, type(None)})  # bool is not int here (see _kind)
-_NUMERIC_TYPES = frozenset({int, float, type(None)})
+NUMERIC_TYPES = frozenset({int, float, type(None)})
 _MULTI_TYPES = frozenset({list, str, type(None)})
 _CATEGORICAL_INTEGERS = (-2**63, 2**63 - 1, "the 64-bit range (send an id this large as a string)")
 _NUMERIC_INTEGERS = (-int(sys.float_info.max), int(sys.float_info.max), "the float64 range")
@@ -56,40 +60,79 @@ def schema(transform: FeatureTransform) -> dict[str, pl.DataType]:
             | {f: pl.Float64 for f in transform.numeric_names})
 
 
-def from_json(rows: object, transform: FeatureTransform) -> pl.DataFrame:
-    """A parsed JSON list of row objects → typed frame; raises RowError."""
+def from_json(rows: object, transform: FeatureTransform) -> RawBatch:
+    """A parsed JSON list of row objects → its checked columns; raises RowError."""
     if not isinstance(rows, list):
         raise RowError(0, None, f"expected a list of row objects, got {type(rows).__name__}")
-    needed = schema(transform)
-    keys = needed.keys()
+    keys = schema(transform).keys()
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise RowError(i, None, f"expected an object of field values, got {type(row).__name__}")
         if not keys <= row.keys():
             missing = [k for k in keys if k not in row]
             raise RowError(i, missing[0], f"missing field ({len(missing)} missing: {missing[:5]})")
-    multi = {f.name: f for f in transform.spec.multi_fields}
-    for name, dtype in needed.items():
-        allowed = (_MULTI_TYPES if name in multi else
-                   _CATEGORICAL_TYPES if dtype == pl.String else _NUMERIC_TYPES)
-        if not {type(row[name]) for row in rows} <= allowed:
-            i = next(i for i, row in enumerate(rows) if type(row[name]) not in allowed)
-            want = ("a list, a string" if name in multi else
-                    "a string or an integer" if dtype == pl.String else "a number")
-            raise RowError(i, name, f"expected {want} or null, got {kind_of(rows[i][name])}")
-    if multi:
-        rows = [row | {n: _elements(row[n], f, i) for n, f in multi.items()} for i, row in enumerate(rows)]
+    categorical = {}
+    for field in transform.spec.categorical:
+        values = [row[field.name] for row in rows]
+        if field.multi:
+            check_types(values, field.name, _MULTI_TYPES, "a list, a string")
+            values = [elements(v, field, i) for i, v in enumerate(values)]
+        else:
+            check_types(values, field.name, _CATEGORICAL_TYPES, "a string or an integer")
+            values = category_text(values, field.name)
+        categorical[field.name] = values
+    names = transform.numeric_names
+    numeric = np.empty((len(rows), len(names)))
+    for j, name in enumerate(names):
+        values = [row[name] for row in rows]
+        check_types(values, name, NUMERIC_TYPES, "a number")
+        numeric[:, j] = numbers(values, name)
+    return check_finite(RawBatch(categorical, numeric), transform, 0)
+
+
+def check_types(values: list, name: str, allowed: frozenset, want: str) -> None:
+    """Every value of the column is of an allowed type (null included); raises RowError
+    naming the first that is not."""
+    if not set(map(type, values)) <= allowed:
+        i = next(i for i, v in enumerate(values) if type(v) not in allowed)
+        raise RowError(i, name, f"expected {want} or null, got {kind_of(values[i])}")
+
+
+def category_text(values: list, name: str) -> list:
+    """A categorical column of str / int / None → str / None: an integer is read as its
+    decimal text (within 64 bits); a string must be valid Unicode."""
+    if any(type(v) is int for v in values):
+        low, high, what = _CATEGORICAL_INTEGERS
+        for i, v in enumerate(values):
+            if type(v) is int and not low <= v <= high:
+                raise RowError(i, name, f"integer {_shown(v)} is outside {what}")
+        values = [str(v) if type(v) is int else v for v in values]
+    check_text(values, name)
+    return values
+
+
+def check_text(values: list, name: str) -> None:
+    """Strings (None skipped) must be valid Unicode: JSON's \\u escapes allow lone
+    surrogates, which neither UTF-8 nor a vocabulary built from UTF-8 files can hold."""
+    text = "".join([v for v in values if v is not None])
+    if text.isascii() or is_utf8(text):
+        return
+    i = next(i for i, v in enumerate(values) if v is not None and not is_utf8(v))
+    raise RowError(i, name, f"string {_shown(values[i])} is not valid Unicode (a lone surrogate)")
+
+
+def numbers(values: list, name: str) -> np.ndarray:
+    """A numeric column of int / float / None → float64, NaN for None; raises RowError for
+    an integer beyond float64's range."""
     try:
-        frame = pl.from_dicts(rows, schema=needed) if rows else pl.DataFrame(schema=needed)
-    except (pl.exceptions.PolarsError, OverflowError, UnicodeEncodeError):
-        # a value polars cannot read in one go: column by column, which names it (or, for
-        # a numeric integer past 128 bits but within float64, reads it)
-        frame = pl.DataFrame([_column([row[name] for row in rows], name, dtype)
-                              for name, dtype in needed.items()])
-    return _check_finite(frame, transform, 0)
+        return np.array(values, dtype=np.float64)  # None → NaN
+    except OverflowError:
+        low, high, what = _NUMERIC_INTEGERS
+        i = next(i for i, v in enumerate(values) if type(v) is int and not low <= v <= high)
+        raise RowError(i, name, f"integer {_shown(values[i])} is outside {what}") from None
 
 
-def _elements(value: object, field: CategoricalField, row: int) -> list[str] | None:
+def elements(value: object, field: CategoricalField, row: int) -> list[str] | None:
     """A multi-valued field's JSON value → its elements as strings (None: missing)."""
     if value is None or value == "":
         return None
@@ -98,49 +141,47 @@ def _elements(value: object, field: CategoricalField, row: int) -> list[str] | N
         if "" in parts:
             raise RowError(row, field.name, f"empty element in the list {_shown(value)} "
                            f"(separator {field.separator!r})")
-        return parts
-    bad = [v for v in value if type(v) not in (str, int)]
-    if bad:
-        raise RowError(row, field.name, f"list elements must be strings or integers, got {kind_of(bad[0])}")
-    return [str(v) for v in value]
+    else:
+        bad = [v for v in value if type(v) not in (str, int)]
+        if bad:
+            raise RowError(row, field.name, f"list elements must be strings or integers, got {kind_of(bad[0])}")
+        parts = [str(v) for v in value]
+    if not is_utf8("".join(parts)):
+        raise RowError(row, field.name, f"string {_shown(value)} is not valid Unicode (a lone surrogate)")
+    return parts
 
 
-def _column(values: list, name: str, dtype: pl.DataType) -> pl.Series:
-    """One field's values, of the contract's types, → its typed column; raises RowError at
-    the first integer out of range or string that is not valid Unicode."""
-    categorical = dtype == pl.String
-    types = set(map(type, values))
-    if int in types:
-        low, high, what = _CATEGORICAL_INTEGERS if categorical else _NUMERIC_INTEGERS
-        ints = [v for v in values if type(v) is int]
-        if min(ints) < low or max(ints) > high:
-            i = next(i for i, v in enumerate(values) if type(v) is int and not low <= v <= high)
-            raise RowError(i, name, f"integer {_shown(values[i])} is outside {what}")
-    try:
-        # strict=False for categories: integers become their decimal text (all are in
-        # range now: out of it, polars would make them null)
-        return pl.Series(name, values, dtype=dtype, strict=not categorical)
-    except UnicodeEncodeError:  # a lone surrogate: polars holds UTF-8 text only
-        i = next(i for i, v in enumerate(values) if type(v) is str and not is_utf8(v))
-        raise RowError(i, name, f"string {_shown(values[i])} is not valid Unicode "
-                       "(a lone surrogate)") from None
+def check_finite(batch: RawBatch, transform: FeatureTransform, first_row: int) -> RawBatch:
+    """±inf: an error for fields that reject non-finite numbers (as ingest does), missing
+    (NaN) otherwise. NaN already means missing."""
+    infinite = np.isinf(batch.numeric)
+    if not infinite.any():
+        return batch
+    rows, cols = np.nonzero(infinite)  # row-major: the first bad row first
+    names = transform.numeric_names
+    rejecting = {f.name for f in transform.spec.numeric if f.nonfinite == "reject"}
+    for r, c in zip(rows, cols):
+        if names[c] in rejecting:
+            raise RowError(first_row + int(r), names[c], f"non-finite number {batch.numeric[r, c]}")
+    return RawBatch(batch.categorical, np.where(infinite, np.nan, batch.numeric))
 
 
-def check_scores(scores: np.ndarray, typed: pl.DataFrame, transform: FeatureTransform,
-                 first_row: int) -> None:
-    """Scores [N, K] of `typed` must be finite: a number far outside the training data
+def check_scores(scores: np.ndarray, inputs: ModelInputs, transform: FeatureTransform,
+                 raw_value: Callable[[int, str], object], first_row: int) -> None:
+    """Scores [N, K] of these rows must be finite: a number far outside the training data
     (1e300 in a standardised field) overflows the model's float32 input and comes out as
     NaN, which JSON cannot carry and a score file must not hold unnoticed. Raises RowError
-    naming the first such row and its numeric field of largest encoded magnitude."""
+    naming the first such row and its numeric field of largest encoded magnitude, quoting
+    `raw_value(row, field)`."""
     bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
     if not len(bad):
         return
     r = int(bad[0])
-    dense = transform.to_numpy(typed.slice(r, 1)).dense
+    dense = inputs.dense[r]
     if not dense.size:
         raise RowError(first_row + r, None, "the model's score is not finite")
-    field = transform.numeric_names[int(np.argmax(np.nan_to_num(np.abs(dense[0]), nan=np.inf)))]
-    raise RowError(first_row + r, field, f"value {_shown(typed[field][r])} is too far outside "
+    field = transform.numeric_names[int(np.argmax(np.nan_to_num(np.abs(dense), nan=np.inf)))]
+    raise RowError(first_row + r, field, f"value {_shown(raw_value(r, field))} is too far outside "
                    "the training data: the model's score is not finite")
 
 
@@ -185,7 +226,7 @@ def _multi_column(frame: pl.DataFrame, field: CategoricalField, first_row: int) 
         r = int(empty.arg_true()[0])
         raise RowError(first_row + r, field.name, f"empty element in the list {_shown(values[r])} "
                        f"(separator {field.separator!r})")
-    return split_elements(field)
+    return splitelements(field)
 
 
 def _check_finite(frame: pl.DataFrame, transform: FeatureTransform, first_row: int) -> pl.DataFrame:

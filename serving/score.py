@@ -72,7 +72,7 @@ def _scored_chunks(model: Bundle, path: str, id_column: str | None, chunk_rows: 
             scores = model.predict(inputs)
             session[0] += time.perf_counter() - start
             counts = oov_per_field(inputs, model.transform)
-            rows_mod.check_scores(scores, typed, model.transform, offset)
+            rows_mod.check_scores(scores, inputs, model.transform, lambda r, f: typed[f][r], offset)
         except rows_mod.RowError as exc:
             raise DataError(f"{path}: {exc}") from None
         out = pl.DataFrame({t: scores[:, k] for k, t in enumerate(model.tasks)})

@@ -18,10 +18,11 @@ speak: the request's JSON header is followed by the raw tensors, its length give
 parameter (BYTES elements length-prefixed, 4-byte little-endian). Outputs go back binary
 when the request asks (`binary_data_output`, or per output `binary_data`).
 
-The tensors become one polars frame, checked by `rows.from_frame` as a Parquet batch is:
-the checks are vectorised, and a bad value is an error naming the input and the row. Only
-the decoding of binary BYTES elements loops in Python. Any error is a `ProtocolError`,
-which the server answers 400 with the protocol's error object {"error": message}.
+The tensors become the columns of a `RawBatch`, checked under the row format's contract
+(`serving.rows`): a numeric tensor is one numpy column, and a bad value is an error naming
+the input and the row. Only the decoding of binary BYTES elements loops in Python. Any
+error is a `ProtocolError`, which the server answers 400 with the protocol's error object
+{"error": message}.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import NoReturn
 
 import numpy as np
-import polars as pl
-import pyarrow as pa
 
+from mtlrec.features.online import RawBatch
+from mtlrec.features.spec import CategoricalField
 from mtlrec.features.transform import FeatureTransform
 from mtlrec.serving import jsonio
 from mtlrec.serving import rows as rows_mod
@@ -42,6 +42,8 @@ from mtlrec.serving import rows as rows_mod
 LENGTHS_SUFFIX = "_lengths"  # `<field>_lengths`: the row counts of a padded multi-valued input
 _NUMERIC = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8"}
 _INTEGER = {"INT32": "<i4", "INT64": "<i8"}
+_TEXT = frozenset({str, type(None)})  # the Python types JSON data may hold, per datatype
+_INTEGERS = frozenset({int, type(None)})
 _LENGTH_PREFIX = struct.Struct("<I")
 
 
@@ -56,6 +58,7 @@ class Tensor:
     datatype: str
     shape: tuple[int, ...]
     values: np.ndarray | list  # numeric: a numpy array; BYTES: a flat list of str (or None)
+    binary: bool = False  # values from the binary extension: already of the datatype, valid text
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def _tensor(entry: object, binary: bytes, offset: int) -> tuple[Tensor, int]:
             raise ProtocolError(f"input '{name}': binary_data_size {size!r} runs past the body")
         chunk = binary[offset:offset + size]
         values = _bytes_elements(name, chunk, count) if datatype == "BYTES" else _numbers(name, chunk, datatype, count)
-        return Tensor(name, datatype, tuple(shape), values), offset + size
+        return Tensor(name, datatype, tuple(shape), values, binary=True), offset + size
     if "data" not in entry:
         raise ProtocolError(f"input '{name}': no data and no binary_data_size")
     try:
@@ -159,7 +162,29 @@ def _numbers(name: str, chunk: bytes, datatype: str, count: int) -> np.ndarray:
 
 
 def _bytes_elements(name: str, chunk: bytes, count: int) -> list[str]:
-    """Length-prefixed elements → text; raises naming the input and the element's row."""
+    """Length-prefixed elements → text; raises naming the input and the element's row.
+    The elements are cut in a tight loop and decoded in one call (one decode per element
+    costs as much again); anything irregular is decoded element by element, which names it."""
+    out, at = [], 0
+    unpack, append = _LENGTH_PREFIX.unpack_from, out.append
+    try:
+        for _ in range(count):
+            at += 4
+            n = unpack(chunk, at - 4)[0]
+            append(chunk[at:at + n])
+            at += n
+    except struct.error:  # the data ends inside a length prefix
+        return _bytes_elements_one_by_one(name, chunk, count)
+    if at != len(chunk):
+        return _bytes_elements_one_by_one(name, chunk, count)
+    try:
+        text = b"\x00".join(out).decode().split("\x00")
+    except UnicodeDecodeError:
+        return _bytes_elements_one_by_one(name, chunk, count)
+    return text if len(text) == count else _bytes_elements_one_by_one(name, chunk, count)  # a NUL inside
+
+
+def _bytes_elements_one_by_one(name: str, chunk: bytes, count: int) -> list[str]:
     out, at = [], 0
     for i in range(count):
         if at + 4 > len(chunk):
@@ -203,8 +228,9 @@ def _requested(request: dict) -> tuple[list[str] | None, set[str]]:
     return names, binary
 
 
-def to_frame(request: InferRequest, transform: FeatureTransform) -> pl.DataFrame:
-    """The request's tensors → the typed frame of `rows.schema`; raises ProtocolError."""
+def to_batch(request: InferRequest, transform: FeatureTransform) -> RawBatch:
+    """The request's tensors → the checked columns the transform encodes (`rows` contract);
+    raises ProtocolError."""
     multi = {f.name: f for f in transform.spec.multi_fields}
     wanted = [f.name for f in transform.spec.categorical] + transform.numeric_names
     extra = sorted(set(request.inputs) - set(wanted) - {m + LENGTHS_SUFFIX for m in multi})
@@ -213,22 +239,20 @@ def to_frame(request: InferRequest, transform: FeatureTransform) -> pl.DataFrame
     absent = [n for n in wanted if n not in request.inputs]
     if absent:
         raise ProtocolError(f"input '{absent[0]}' is missing ({len(absent)} missing: {absent[:5]})")
-    batch = {t.shape[0] for t in request.inputs.values()}
-    if len(batch) > 1:
-        raise ProtocolError(f"inputs disagree on the batch size: {sorted(batch)}")
-    numeric = set(transform.numeric_names)
-    columns = []
-    for name in wanted:
-        tensor = request.inputs[name]
-        if name in multi:
-            columns.append(_multi(tensor, request.inputs.get(name + LENGTHS_SUFFIX)))
-        else:
-            columns.append(_column(tensor, numeric=name in numeric))
-    frame = pl.DataFrame(columns)
-    floats = [name for name, dtype in frame.schema.items() if dtype.is_float()]
-    frame = frame.with_columns(pl.col(floats).fill_nan(None))  # NaN in JSON data too: missing
+    sizes = {t.shape[0] for t in request.inputs.values()}
+    if len(sizes) > 1:
+        raise ProtocolError(f"inputs disagree on the batch size: {sorted(sizes)}")
     try:
-        return rows_mod.from_frame(frame, transform, 0)
+        categorical = {}
+        for f in transform.spec.categorical:
+            tensor = request.inputs[f.name]
+            categorical[f.name] = (_lists(tensor, request.inputs.get(f.name + LENGTHS_SUFFIX), multi[f.name])
+                                   if f.multi else _categories(tensor))
+        names = transform.numeric_names
+        numeric = np.empty((sizes.pop() if sizes else 0, len(names)))
+        for j, name in enumerate(names):
+            numeric[:, j] = _numeric(request.inputs[name])
+        return rows_mod.check_finite(RawBatch(categorical, numeric), transform, 0)
     except rows_mod.RowError as exc:
         raise row_error(exc) from None
 
@@ -238,69 +262,82 @@ def row_error(exc: rows_mod.RowError) -> ProtocolError:
     return ProtocolError(f"input '{exc.field}', row {exc.row}: {exc.message}")
 
 
-def _column(tensor: Tensor, numeric: bool) -> pl.Series:
-    """A single-valued field's tensor → its raw column (rows.from_frame types it)."""
+def _single(tensor: Tensor) -> None:
     if len(tensor.shape) != 1:
         raise ProtocolError(f"input '{tensor.name}': shape {list(tensor.shape)} is not [B]")
-    if numeric and tensor.datatype == "BYTES":
-        raise ProtocolError(f"input '{tensor.name}': a numeric field is FP32, not BYTES")
-    if not numeric and tensor.datatype not in ("BYTES", *_INTEGER):
+
+
+def _categories(tensor: Tensor) -> list:
+    """A single-valued categorical tensor → str / None per row."""
+    _single(tensor)
+    if tensor.datatype not in ("BYTES", *_INTEGER):
         raise ProtocolError(f"input '{tensor.name}': a categorical field is BYTES, not {tensor.datatype}")
+    if isinstance(tensor.values, np.ndarray):  # binary INT32/INT64 ids
+        return [str(v) for v in tensor.values.tolist()]
+    if tensor.binary:  # BYTES decoded from UTF-8: text already
+        return tensor.values
+    _check_data(tensor)
+    return rows_mod.category_text(tensor.values, tensor.name)
+
+
+def _numeric(tensor: Tensor) -> np.ndarray:
+    """A numeric tensor → float64 per row, NaN (or null in JSON data) for missing."""
+    _single(tensor)
+    if tensor.datatype == "BYTES":
+        raise ProtocolError(f"input '{tensor.name}': a numeric field is FP32, not BYTES")
     if isinstance(tensor.values, np.ndarray):
-        return pl.Series(tensor.name, tensor.values, nan_to_null=True)  # NaN: missing
-    want = pl.String if tensor.datatype == "BYTES" else pl.Float64 if numeric else pl.Int64
-    try:
-        return pl.Series(tensor.name, tensor.values, dtype=want, strict=True)
-    except (TypeError, OverflowError, UnicodeEncodeError, pl.exceptions.PolarsError):
-        _bad_value(tensor, want)
+        return tensor.values
+    _check_data(tensor)
+    return rows_mod.numbers(tensor.values, tensor.name)
 
 
-def _bad_value(tensor: Tensor, want: pl.DataType) -> NoReturn:
-    """Name the first JSON value of the wrong type (the slow path of an error only)."""
-    accept = (str,) if want == pl.String else (int, float) if want == pl.Float64 else (int,)
-    for i, v in enumerate(tensor.values):
-        if v is not None and (type(v) is bool or not isinstance(v, accept)):
-            raise ProtocolError(f"input '{tensor.name}', row {i}: expected {tensor.datatype} data, "
-                                f"got {rows_mod.kind_of(v)}")
-        if isinstance(v, str) and not rows_mod.is_utf8(v):
-            raise ProtocolError(f"input '{tensor.name}', row {i}: not valid Unicode (a lone surrogate)")
-    raise ProtocolError(f"input '{tensor.name}': values out of the range of {tensor.datatype}")
+def _check_data(tensor: Tensor) -> None:
+    """JSON data of the tensor's datatype: text for BYTES, numbers (integers for INT*);
+    null is missing."""
+    allowed = (_TEXT if tensor.datatype == "BYTES" else
+               _INTEGERS if tensor.datatype in _INTEGER else rows_mod.NUMERIC_TYPES)
+    if not set(map(type, tensor.values)) <= allowed:
+        i = next(i for i, v in enumerate(tensor.values) if type(v) not in allowed)
+        raise ProtocolError(f"input '{tensor.name}', row {i}: expected {tensor.datatype} data, "
+                            f"got {rows_mod.kind_of(tensor.values[i])}")
 
 
-def _multi(tensor: Tensor, lengths: Tensor | None) -> pl.Series:
-    """A multi-valued field: BYTES [B] joined strings, or [B, L] padded with row lengths."""
+def _lists(tensor: Tensor, lengths: Tensor | None, field: CategoricalField) -> list:
+    """A multi-valued field: BYTES [B] joined strings, or [B, L] padded with row lengths →
+    each row's list of elements (None: missing)."""
     if tensor.datatype != "BYTES":
         raise ProtocolError(f"input '{tensor.name}': a multi-valued field is BYTES, not {tensor.datatype}")
+    if not tensor.binary:
+        _check_data(tensor)
     if len(tensor.shape) == 1:
         if lengths is not None:
             raise ProtocolError(f"input '{lengths.name}' goes with a padded [B, L] '{tensor.name}' only")
-        return _column(tensor, numeric=False)
+        if not tensor.binary:
+            rows_mod.check_text(tensor.values, tensor.name)
+        return [rows_mod.elements(v, field, i) for i, v in enumerate(tensor.values)]
     if lengths is None:
         raise ProtocolError(f"input '{tensor.name}' is padded [B, L]: it needs "
                             f"'{tensor.name}{LENGTHS_SUFFIX}' INT64 [B]")
     if lengths.datatype not in _INTEGER or lengths.shape != tensor.shape[:1]:
         raise ProtocolError(f"input '{lengths.name}': expected INT32/INT64 [{tensor.shape[0]}]")
-    b, width = tensor.shape
-    counts = np.asarray(lengths.values, dtype=np.int64) if not isinstance(lengths.values, list) \
-        else _integers(lengths)
-    bad = np.flatnonzero((counts < 0) | (counts > width))
-    if len(bad):
-        raise ProtocolError(f"input '{lengths.name}', row {int(bad[0])}: length {int(counts[bad[0]])} "
-                            f"is outside 0..{width}")
-    keep = (np.arange(width) < counts[:, None]).ravel()
-    try:
-        flat = pl.Series(tensor.values, dtype=pl.String, strict=True).filter(pl.Series(keep))
-    except (TypeError, UnicodeEncodeError, pl.exceptions.PolarsError):
-        _bad_value(tensor, pl.String)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
-    return pl.Series(tensor.name, pa.ListArray.from_arrays(offsets, flat.to_arrow()))
-
-
-def _integers(tensor: Tensor) -> np.ndarray:
-    if not all(type(v) is int for v in tensor.values):
-        i = next(i for i, v in enumerate(tensor.values) if type(v) is not int)
-        raise ProtocolError(f"input '{tensor.name}', row {i}: expected an integer")
-    return np.asarray(tensor.values, dtype=np.int64)
+    if not isinstance(lengths.values, np.ndarray):
+        _check_data(lengths)
+        if None in lengths.values:
+            i = lengths.values.index(None)
+            raise ProtocolError(f"input '{lengths.name}', row {i}: expected an integer")
+    counts = np.asarray(lengths.values, dtype=np.int64).tolist()
+    width = tensor.shape[1]
+    for i, n in enumerate(counts):
+        if not 0 <= n <= width:
+            raise ProtocolError(f"input '{lengths.name}', row {i}: length {n} is outside 0..{width}")
+    values = tensor.values
+    rows = [values[i * width:i * width + n] for i, n in enumerate(counts)]
+    for i, row in enumerate([] if tensor.binary else rows):
+        try:
+            rows_mod.check_text(row, tensor.name)
+        except rows_mod.RowError as exc:
+            raise rows_mod.RowError(i, tensor.name, exc.message) from None
+    return rows
 
 
 def response(model: str, version: str, request: InferRequest, tasks: list[str], scores: np.ndarray

@@ -14,6 +14,7 @@ import torch
 from mtlrec.features.batches import SplitData
 from mtlrec.features.errors import DataError
 from mtlrec.features.ingest import IngestOptions, ingest
+from mtlrec.features.online import OnlineTransform
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.transform import FeatureTransform
 from mtlrec.features.vocab import FIRST_ID, MISSING_ID
@@ -119,8 +120,9 @@ def test_a_served_list_or_joined_string_encode_the_same(ingested):
                 {"shop": "s2", "tags": ["c", 7, "zz", "b"], "price": 2.0}]
     as_strings = [{"shop": "s1", "tags": "a|b", "price": 1.0}, {"shop": "s1", "tags": None, "price": 1.0},
                   {"shop": "s2", "tags": "c|7|zz|b", "price": 2.0}]
-    a = transform.to_numpy(rows.from_json(as_lists, transform))
-    b = transform.to_numpy(rows.from_json(as_strings, transform))
+    online = OnlineTransform(transform)
+    a = online.encode(rows.from_json(as_lists, transform))
+    b = online.encode(rows.from_json(as_strings, transform))
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.lengths, b.lengths)
     assert a.lengths[:, 0].tolist() == [2, 1, 3] and a.ids.shape == (3, 4)

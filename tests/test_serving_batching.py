@@ -61,14 +61,14 @@ def test_concurrent_requests_are_merged_and_each_gets_exactly_its_own_scores(tmp
 
 
 def test_a_full_queue_is_answered_503_with_retry_after_and_the_queued_request_still_scores(tmp_path):
-    server = _server(tmp_path, "serve.max_wait_ms=1500", "serve.max_queue_rows=10")
+    server = _server(tmp_path, "serve.max_wait_ms=1500", "serve.max_queue_requests=1")
     try:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, server.url + "/predict", json={"rows": _rows(8)}, timeout=30)
-            time.sleep(0.5)  # the first request's 8 rows wait in the queue
+            time.sleep(0.5)  # the first request waits in the queue
             r = httpx.post(server.url + "/predict", json={"rows": _rows(8)}, timeout=30)
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
-            assert "the limit is 10 (serve.max_queue_rows)" in r.json()["error"]
+            assert "the limit is 1 (serve.max_queue_requests)" in r.json()["error"]
             assert first.result().status_code == 200
     finally:
         server.stop()
@@ -114,3 +114,30 @@ def test_two_worker_processes_share_the_port_and_metrics_sum_over_them(tmp_path)
     finally:
         log = server.stop()
     assert "serving with 2 worker processes" in log and "Traceback" not in log, log[-3000:]
+
+
+def test_the_workers_socket_gives_connections_without_nagle():
+    """asyncio turns Nagle off only on connections from a socket that says it is TCP; with
+    Nagle on, every response waited 40 ms for the client's delayed ACK (2 workers, c1:
+    20 requests/s)."""
+    import asyncio
+    import socket
+
+    from mtlrec.serving.workers import _listening
+
+    async def accepted_nodelay() -> int:
+        listener = _listening("127.0.0.1", 0)
+        seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        value = await asyncio.wait_for(seen, 10)
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0

@@ -1,6 +1,6 @@
 """The v2 protocol's tensors (serving.v2), written by the real v2 client (tritonclient's
 HTTP request and response codecs, JSON and binary): a request decodes to exactly the
-typed frame the row format gives for the same rows, bad tensors are named by input and
+rows the row format gives for the same rows, bad tensors are named by input and
 row, and responses read back through the client's parser. The server end to end is in
 test_serving.py."""
 
@@ -14,6 +14,7 @@ import pytest
 import tritonclient.http as triton
 
 from mtlrec.features.ingest import ingest
+from mtlrec.features.online import OnlineTransform
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.transform import FeatureTransform
 from mtlrec.serving import rows, v2
@@ -57,16 +58,17 @@ def _inputs(binary: bool, padded: bool = False) -> list[triton.InferInput]:
 
 def _decoded(inputs: list[triton.InferInput], transform: FeatureTransform, **kwargs):
     body, header = triton.InferenceServerClient.generate_request_body(inputs, **kwargs)
-    return v2.to_frame(v2.parse(body, header), transform)
+    return v2.to_batch(v2.parse(body, header), transform)
 
 
 @pytest.mark.parametrize("binary", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
 def test_a_clients_tensors_encode_exactly_as_the_same_rows_in_the_row_format(transform, binary, padded):
     # the row format's nulls are a v2 client's empty strings (categorical) and NaN (numeric)
-    expected = transform.to_numpy(rows.from_json([
+    online = OnlineTransform(transform)
+    expected = online.encode(rows.from_json([
         {**r, "shop": r["shop"] or "", "tags": r["tags"] or ""} for r in ROWS], transform))
-    got = transform.to_numpy(_decoded(_inputs(binary, padded), transform))
+    got = online.encode(_decoded(_inputs(binary, padded), transform))
     np.testing.assert_array_equal(got.ids, expected.ids)
     np.testing.assert_array_equal(got.lengths, expected.lengths)
     np.testing.assert_array_equal(got.dense, expected.dense)
@@ -105,7 +107,7 @@ def _with(name: str, **changes) -> list[dict]:
 ])
 def test_bad_tensors_are_answered_naming_the_input_and_the_row(transform, inputs, message):
     with pytest.raises(v2.ProtocolError) as caught:
-        v2.to_frame(v2.parse(_request(inputs), None), transform)
+        v2.to_batch(v2.parse(_request(inputs), None), transform)
     assert message in str(caught.value)
 
 

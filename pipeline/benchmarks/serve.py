@@ -160,8 +160,9 @@ def _model_only(model: bundle_mod.Bundle, ranker, inputs: ModelInputs) -> list[d
 def _request_path(model: bundle_mod.Bundle, raw_rows: list[dict], bodies: dict[str, dict]) -> dict:
     """Where one request's time goes, in-process, step by step (median ms)."""
     body = bodies["row JSON"]["body"]
-    typed = rows_mod.from_json(raw_rows, model.transform)
-    inputs = model.transform.to_numpy(typed)
+    batch = rows_mod.from_json(raw_rows, model.transform)
+    typed = rows_mod.from_frame(pl.DataFrame(raw_rows), model.transform, 0)
+    inputs = model.online.encode(batch)
     scores = model.predict(inputs)
     binary = bodies[BINARY]
     header = int(binary["headers"]["Inference-Header-Content-Length"])
@@ -170,8 +171,9 @@ def _request_path(model: bundle_mod.Bundle, raw_rows: list[dict], bodies: dict[s
         "row JSON: parse": lambda: jsonio.loads(body),
         "row JSON: row checks": lambda: rows_mod.from_json(raw_rows, model.transform),
         "v2 binary: parse": lambda: v2.parse(binary["body"], header),
-        "v2 binary: tensor checks": lambda: v2.to_frame(parsed, model.transform),
-        "feature transform": lambda: model.transform.to_numpy(typed),
+        "v2 binary: tensor checks": lambda: v2.to_batch(parsed, model.transform),
+        "feature transform (served: numpy)": lambda: model.online.encode(batch),
+        "feature transform (polars, as in training)": lambda: model.transform.to_numpy(typed),
         "onnxruntime": lambda: model.predict(inputs),
         "row JSON: response": lambda: jsonio.dumps({"scores": [dict(zip(model.tasks, r))
                                                                for r in scores.tolist()]}),
