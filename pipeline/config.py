@@ -153,7 +153,9 @@ class BenchConfig(Strict):
     train_rows: int = Field(100_000, ge=1000, description="bench train: synthetic rows per day")
     serve_rows_per_day: int = Field(20_000, ge=1000, description="bench serve: training data of its model")
     serve_requests: int = Field(1000, ge=10, description="bench serve: HTTP requests per concurrency level")
-    serve_workers: int = Field(1, ge=1, description="bench serve: the server's worker processes (serve.workers)")
+    serve_workers: list[int] = Field([1, 2], min_length=1, description="bench serve: the server's "
+                                     "worker processes (serve.workers), each count driven in turn; "
+                                     "the goals are judged at the last")
     scale_rows: list[int] = Field([1_000_000, 10_000_000, 50_000_000], min_length=1,
                                   description="bench scale: synthetic log sizes (rows)")
     scale_days: int = Field(10, ge=3, description="bench scale: days the rows are spread over")

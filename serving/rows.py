@@ -24,6 +24,8 @@ stays a polars frame: there polars' per-call cost is spread over many rows.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import sys
 from collections.abc import Callable
 
@@ -61,19 +63,25 @@ def schema(transform: FeatureTransform) -> dict[str, pl.DataType]:
 
 
 def from_json(rows: object, transform: FeatureTransform) -> RawBatch:
-    """A parsed JSON list of row objects → its checked columns; raises RowError."""
+    """A parsed JSON list of row objects → its checked columns; raises RowError.
+
+    The values are read out of the rows by `operator.itemgetter` and the numeric ones
+    converted as one matrix, so a valid request runs no Python per row; only a request
+    that fails a check is looked at row by row, to name the row."""
     if not isinstance(rows, list):
         raise RowError(0, None, f"expected a list of row objects, got {type(rows).__name__}")
-    keys = schema(transform).keys()
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise RowError(i, None, f"expected an object of field values, got {type(row).__name__}")
-        if not keys <= row.keys():
-            missing = [k for k in keys if k not in row]
-            raise RowError(i, missing[0], f"missing field ({len(missing)} missing: {missing[:5]})")
+    categorical_names = transform.categorical_names
+    numeric_names = transform.numeric_names
+    try:
+        categorical_rows = list(map(_getter(categorical_names), rows))
+        numeric_rows = list(map(_getter(numeric_names), rows))
+    except (KeyError, TypeError):  # a row that is not an object, or lacks a field
+        _name_bad_row(rows, [*categorical_names, *numeric_names])
+        raise
     categorical = {}
-    for field in transform.spec.categorical:
-        values = [row[field.name] for row in rows]
+    columns = zip(*categorical_rows) if rows else ([] for _ in categorical_names)
+    for field, values in zip(transform.spec.categorical, columns):
+        values = list(values)
         if field.multi:
             check_types(values, field.name, _MULTI_TYPES, "a list, a string")
             values = [elements(v, field, i) for i, v in enumerate(values)]
@@ -81,13 +89,40 @@ def from_json(rows: object, transform: FeatureTransform) -> RawBatch:
             check_types(values, field.name, _CATEGORICAL_TYPES, "a string or an integer")
             values = category_text(values, field.name)
         categorical[field.name] = values
-    names = transform.numeric_names
-    numeric = np.empty((len(rows), len(names)))
-    for j, name in enumerate(names):
-        values = [row[name] for row in rows]
+    return check_finite(RawBatch(categorical, _numeric_matrix(numeric_rows, numeric_names)), transform, 0)
+
+
+def _getter(names: list[str]) -> Callable[[dict], tuple]:
+    """row → the tuple of its values of `names` (itemgetter returns a bare value for one name)."""
+    if len(names) == 1:
+        return lambda row: (row[names[0]],)
+    return operator.itemgetter(*names) if names else lambda row: ()
+
+
+def _name_bad_row(rows: list, names: list[str]) -> None:
+    """Raise RowError for the first row that is not an object or lacks a field."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise RowError(i, None, f"expected an object of field values, got {type(row).__name__}")
+        missing = [k for k in names if k not in row]
+        if missing:
+            raise RowError(i, missing[0], f"missing field ({len(missing)} missing: {missing[:5]})")
+
+
+def _numeric_matrix(rows: list[tuple], names: list[str]) -> np.ndarray:
+    """The numeric fields' values, a tuple per row → float64 [N, D] (null → NaN); raises
+    RowError naming the field and row of a value of another type or beyond float64."""
+    if rows and set(map(type, itertools.chain.from_iterable(rows))) <= NUMERIC_TYPES:
+        try:
+            return np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
+        except OverflowError:
+            pass  # an integer beyond float64: named below
+    out = np.empty((len(rows), len(names)))
+    for j, (name, values) in enumerate(zip(names, zip(*rows) if rows else [])):
+        values = list(values)
         check_types(values, name, NUMERIC_TYPES, "a number")
-        numeric[:, j] = numbers(values, name)
-    return check_finite(RawBatch(categorical, numeric), transform, 0)
+        out[:, j] = numbers(values, name)
+    return out
 
 
 def check_types(values: list, name: str, allowed: frozenset, want: str) -> None:
@@ -101,7 +136,7 @@ def check_types(values: list, name: str, allowed: frozenset, want: str) -> None:
 def category_text(values: list, name: str) -> list:
     """A categorical column of str / int / None → str / None: an integer is read as its
     decimal text (within 64 bits); a string must be valid Unicode."""
-    if any(type(v) is int for v in values):
+    if int in set(map(type, values)):
         low, high, what = _CATEGORICAL_INTEGERS
         for i, v in enumerate(values):
             if type(v) is int and not low <= v <= high:
@@ -226,7 +261,7 @@ def _multi_column(frame: pl.DataFrame, field: CategoricalField, first_row: int) 
         r = int(empty.arg_true()[0])
         raise RowError(first_row + r, field.name, f"empty element in the list {_shown(values[r])} "
                        f"(separator {field.separator!r})")
-    return splitelements(field)
+    return split_elements(field)
 
 
 def _check_finite(frame: pl.DataFrame, transform: FeatureTransform, first_row: int) -> pl.DataFrame:

@@ -27,6 +27,7 @@ error is a `ProtocolError`, which the server answers 400 with the protocol's err
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -136,22 +137,20 @@ def _tensor(entry: object, binary: bytes, offset: int) -> tuple[Tensor, int]:
         return Tensor(name, datatype, tuple(shape), values, binary=True), offset + size
     if "data" not in entry:
         raise ProtocolError(f"input '{name}': no data and no binary_data_size")
-    try:
-        values = _flat(entry["data"])
-    except RecursionError:
-        raise ProtocolError(f"input '{name}': data nested too deeply") from None
+    values = _flat(entry["data"], len(shape))
     if len(values) != count:
         raise ProtocolError(f"input '{name}': shape {shape} holds {count} values, data has {len(values)}")
     return Tensor(name, datatype, tuple(shape), values), offset
 
 
-def _flat(data: object) -> list:
-    """JSON data, flat or nested row-major → a flat list."""
+def _flat(data: object, ndim: int) -> list:
+    """JSON data → a flat list: [B] data as it is, [B, L] data flat or nested by row (a
+    nested value anywhere else is a value of the wrong type, which the checks name)."""
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(v, list) for v in data):
+    if ndim == 1 or not data or not isinstance(data[0], list):
         return data
-    return [x for v in data for x in _flat(v)]
+    return [x for row in data for x in (row if isinstance(row, list) else (row,))]
 
 
 def _numbers(name: str, chunk: bytes, datatype: str, count: int) -> np.ndarray:
@@ -248,10 +247,8 @@ def to_batch(request: InferRequest, transform: FeatureTransform) -> RawBatch:
             tensor = request.inputs[f.name]
             categorical[f.name] = (_lists(tensor, request.inputs.get(f.name + LENGTHS_SUFFIX), multi[f.name])
                                    if f.multi else _categories(tensor))
-        names = transform.numeric_names
-        numeric = np.empty((sizes.pop() if sizes else 0, len(names)))
-        for j, name in enumerate(names):
-            numeric[:, j] = _numeric(request.inputs[name])
+        numeric = _numeric([request.inputs[name] for name in transform.numeric_names],
+                           sizes.pop() if sizes else 0)
         return rows_mod.check_finite(RawBatch(categorical, numeric), transform, 0)
     except rows_mod.RowError as exc:
         raise row_error(exc) from None
@@ -280,15 +277,32 @@ def _categories(tensor: Tensor) -> list:
     return rows_mod.category_text(tensor.values, tensor.name)
 
 
-def _numeric(tensor: Tensor) -> np.ndarray:
-    """A numeric tensor → float64 per row, NaN (or null in JSON data) for missing."""
-    _single(tensor)
-    if tensor.datatype == "BYTES":
-        raise ProtocolError(f"input '{tensor.name}': a numeric field is FP32, not BYTES")
-    if isinstance(tensor.values, np.ndarray):
-        return tensor.values
-    _check_data(tensor)
-    return rows_mod.numbers(tensor.values, tensor.name)
+def _numeric(tensors: list[Tensor], rows: int) -> np.ndarray:
+    """The numeric tensors → float64 [rows, D], NaN (or null in JSON data) for missing. JSON
+    data of floating types is checked and converted for all tensors at once."""
+    out = np.empty((rows, len(tensors)))
+    as_json = []
+    for j, tensor in enumerate(tensors):
+        _single(tensor)
+        if tensor.datatype == "BYTES":
+            raise ProtocolError(f"input '{tensor.name}': a numeric field is FP32, not BYTES")
+        if isinstance(tensor.values, np.ndarray):
+            out[:, j] = tensor.values
+        else:
+            as_json.append(j)
+    floating = [j for j in as_json if tensors[j].datatype in ("FP32", "FP64")]
+    if floating:
+        data = [tensors[j].values for j in floating]
+        if set(map(type, itertools.chain.from_iterable(data))) <= rows_mod.NUMERIC_TYPES:
+            try:
+                out[:, floating] = np.array(data, dtype=np.float64).T  # null → NaN
+                as_json = [j for j in as_json if tensors[j].datatype not in ("FP32", "FP64")]
+            except OverflowError:
+                pass  # an integer beyond float64: named below
+    for j in as_json:
+        _check_data(tensors[j])
+        out[:, j] = rows_mod.numbers(tensors[j].values, tensors[j].name)
+    return out
 
 
 def _check_data(tensor: Tensor) -> None:

@@ -129,6 +129,9 @@ def test_a_served_list_or_joined_string_encode_the_same(ingested):
     frame = rows.from_frame(pl.DataFrame({"shop": ["s1"], "tags": [["a", "b"]], "price": [1.0]}),
                             transform, 0)
     np.testing.assert_array_equal(transform.to_numpy(frame).ids, a.ids[:1])
+    joined = rows.from_frame(pl.DataFrame({"shop": ["s1", "s2"], "tags": ["a|b", "c|7|zz|b"], "price": [1.0, 2.0]}),
+                             transform, 0)
+    np.testing.assert_array_equal(transform.to_numpy(joined).ids, a.ids[[0, 2]])
 
 
 @pytest.mark.parametrize("value, message", [

@@ -53,6 +53,14 @@ def _rows(work: Path, n: int) -> list[dict]:
     return rows
 
 
+def _frame(rows: list[dict]) -> pl.DataFrame:
+    """The same rows as a table, as batch scoring reads them (tags a list in every row)."""
+    def tags(value: str | list | None) -> list | None:
+        return (value.split("|") if value else None) if isinstance(value, str) else value
+
+    return pl.DataFrame([{**r, "tags": tags(r["tags"])} for r in rows])
+
+
 def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
@@ -84,7 +92,7 @@ def test_predict_health_metrics_and_bad_requests(work):
                                                  for s in body["scores"])
         # the same rows through the bundle offline (Parquet path of batch scoring): same scores
         model = bundle.load(work / "runs" / "synth" / "mmoe-ew-seed2026" / "bundle")
-        offline, _ = model.score(rows_mod.from_frame(pl.DataFrame(rows), model.transform, 0))
+        offline, _ = model.score(rows_mod.from_frame(_frame(rows), model.transform, 0))
         assert [s["ctr"] for s in body["scores"]] == pytest.approx(offline[:, 0].tolist(), abs=1e-7)
 
         unseen = [dict(row, categorical_2="never-seen-value", categorical_3=None) for row in rows[:7]]
@@ -168,7 +176,7 @@ def test_both_protocols_score_as_the_trained_pytorch_model_does_with_a_real_v2_c
         features = FeaturesFolder(Path(run.trained().features))
         transform = FeatureTransform.load(features.artifacts_dir)
         torch_scores = reference_scores(load_ranker(run, features), transform,
-                                        transform.to_numpy(rows_mod.from_frame(pl.DataFrame(rows), transform, 0)))
+                                        transform.to_numpy(rows_mod.from_frame(_frame(rows), transform, 0)))
         np.testing.assert_allclose(predict, torch_scores, rtol=0, atol=1e-5)
         for binary in (True, False):
             outputs = [triton.InferRequestedOutput(t, binary_data=binary) for t in ("ctr", "ctcvr")]

@@ -123,10 +123,10 @@ def test_the_workers_socket_gives_connections_without_nagle():
     import asyncio
     import socket
 
-    from mtlrec.serving.workers import _listening
+    from mtlrec.serving.workers import listening
 
     async def accepted_nodelay() -> int:
-        listener = _listening("127.0.0.1", 0)
+        listener = listening("127.0.0.1", 0)
         seen: asyncio.Future = asyncio.get_running_loop().create_future()
 
         def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
