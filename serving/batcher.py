@@ -57,7 +57,7 @@ class _Request:
 
 @dataclass(frozen=True)
 class BatchLimits:
-    max_batch_rows: int = 2048
+    max_batch_rows: int = 256
     max_wait_ms: float = 0.0
     max_queue_requests: int = 256
 
