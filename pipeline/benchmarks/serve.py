@@ -305,6 +305,24 @@ def _wait_ready(server: subprocess.Popen, port: int) -> None:
     raise RuntimeError("bench serve: the server did not become ready in 120 s")
 
 
+def _where_the_time_goes(r: dict) -> list[str]:
+    """A v2 binary request's server CPU at concurrency 32 split into the in-process steps
+    measured in the same run and the rest (HTTP on the event loop, thread crossings, metrics)."""
+    p = r["request_path"]
+    level = next(h for h in r["http"] if h["workers"] == r["workers"][-1] and h["format"] == BINARY
+                 and h["concurrency"] == 32)
+    steps = {"parse (JSON header, cutting the BYTES elements)": p[f"{BINARY}: parse"],
+             "tensor checks": p[f"{BINARY}: tensor checks"],
+             "feature transform (numpy)": p["feature transform (served: numpy)"],
+             "onnxruntime": p["onnxruntime"], "response": p[f"{BINARY}: response"]}
+    total = level["server_cpu_ms_per_request"]
+    steps["the rest: HTTP (h11, Starlette), thread crossings, metrics"] = total - sum(steps.values())
+    lines = ["", f"## Where a {BINARY} request's CPU goes (concurrency 32, {r['workers'][-1]} server "
+             f"process(es): {total:.2f} ms per request)", "", "| part | ms | share |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {v:.3f} | {v / total:.0%} |" for k, v in steps.items()]
+    return lines
+
+
 def _markdown(r: dict) -> str:
     m = r["machine"]
     lines = ["# Serving benchmark (`mtlrec bench serve`)", "",
@@ -333,6 +351,7 @@ def _markdown(r: dict) -> str:
         lines.append(f"| {h['workers']} | {h['format']} | {h['concurrency']} | {h['requests']:,} | {h['errors']} "
                      f"| {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {h['requests_per_s']:,.0f} "
                      f"| {h['rows_per_s']:,.0f} | {h['server_cpu_ms_per_request']:.2f} |")
+    lines += _where_the_time_goes(r)
     g = r["goals"]
 
     def mark(ok: bool) -> str:
