@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from mtlrec.training.mtl import learned
-from mtlrec.training.mtl.gradients import pairwise_similarity
+from mtlrec.training.mtl import collective, learned
+from mtlrec.training.mtl.gradients import pairwise_similarity, split_like
 from mtlrec.training.mtl.parts import Aggregated, Aggregator, Context, TaskState
 
 
@@ -50,19 +50,30 @@ def hypergradient(train_loss: Callable[[torch.Tensor], torch.Tensor], dev_loss: 
     """∇_α L_dev ≈ −(∂²L_train/∂α∂θ)·p, p = η Σ_{j≤J} (I − ηH)^j ∇_θ L_dev.
 
     `train_loss(alpha)` must build L_train from the current graph with α as a live input.
+    Under data parallelism each rank's graph holds its share of the global losses
+    (`collective`), so every gradient and Hessian-vector product is summed over the ranks.
     """
-    v = [g.detach() for g in _grads(dev_loss, params, retain_graph=False)]
+    v = _total([g.detach() for g in _grads(dev_loss, params, retain_graph=False)])
     grad_train = _grads(train_loss(alpha), params, create_graph=True)
     p = [t.clone() for t in v]
     for _ in range(terms):
         hv = torch.autograd.grad(grad_train, params, grad_outputs=v, retain_graph=True,
                                  allow_unused=True)
-        v = [t - lr * (torch.zeros_like(t) if h is None else h.detach()) for t, h in zip(v, hv)]
+        hv = _total([torch.zeros_like(t) if h is None else h.detach() for t, h in zip(v, hv)])
+        v = [t - lr * h for t, h in zip(v, hv)]
         p = [a + b for a, b in zip(p, v)]
     used = [(g, q) for g, q in zip(grad_train, p) if g.requires_grad]
     mixed = torch.autograd.grad([g for g, _ in used], alpha, grad_outputs=[lr * q for _, q in used],
                                 retain_graph=True, allow_unused=True)[0]
-    return -(torch.zeros_like(alpha) if mixed is None else mixed)
+    return -collective.total(torch.zeros_like(alpha) if mixed is None else mixed)
+
+
+def _total(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over the ranks, in one all-reduce."""
+    if collective.world_size() == 1 or not tensors:
+        return tensors
+    flat = collective.total(torch.cat([t.reshape(-1) for t in tensors]))
+    return list(split_like(flat, tensors))
 
 
 def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter], retain_graph: bool = True,

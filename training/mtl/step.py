@@ -20,6 +20,10 @@ One call of `train_batch` trains on one batch, read top to bottom:
 The parts are objects from `registry.py`; what they remember is kept here, one
 `TaskState` per part keyed by task id (`parts.py`), handed to them and taken back from
 their return values. Per-task gradients are computed only when a part needs them.
+
+Under data parallelism (`torchrun`) every loss is a mean over the global batch and every
+gradient is summed over the ranks before a part sees it (`collective`), so each rank
+takes the step one process takes on the global batch.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 from torch import nn
 
 from mtlrec.training.config import MethodConfig, TrainerConfig
-from mtlrec.training.mtl import diagnostics, legacy, registry
+from mtlrec.training.mtl import collective, diagnostics, legacy, registry
 from mtlrec.training.mtl.dtjs import DTJSOuter
 from mtlrec.training.mtl.gradients import per_task_gradients, split_like, write_gradient
 from mtlrec.training.mtl.grouping import GroupedSchedule, JointSchedule
@@ -51,11 +55,17 @@ class ComposedStep:
         self.method, self.k = method, n_tasks
         self.batch_size = trainer.batch_size
         self.split = method.grad_on == "representation"
+        if self.split and collective.world_size() > 1:
+            raise ValueError("method.grad_on=representation is per sample, so it cannot be summed "
+                             "over ranks: under torchrun use grad_on=shared (or shared_and_embeddings)")
         self.shared = model.shared_parameters(include_embeddings=method.grad_on == "shared_and_embeddings")
         sparse_ids = {id(p) for p in sparse_parameters(model)}
         if any(id(p) in sparse_ids for p in self.shared):
             raise ValueError("grad_on=shared_and_embeddings needs dense embedding gradients: "
                              "set model.embedding_grad=dense (small tables only)")
+        if sparse_ids and collective.world_size() > 1:
+            raise ValueError("sparse embedding gradients are not summed over ranks: under torchrun "
+                             "set model.embedding_grad=dense")
         shared_ids = {id(p) for p in self.shared}
         self.others = [p for p in model.parameters() if id(p) not in shared_ids and p.requires_grad]
         self.dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
@@ -100,11 +110,11 @@ class ComposedStep:
         def update(tasks: list[int]) -> torch.Tensor:
             p = forward(self.split)
             self._update(p, tasks, ctx, dev if outer_due else None, forward)
-            return p.losses.detach().mean(dim=0)
+            return collective.batch_mean(p.losses.detach())
 
         def measure() -> torch.Tensor:
             with torch.no_grad():
-                return forward(False).losses.mean(dim=0)
+                return collective.batch_mean(forward(False).losses)
 
         raw, self.states["schedule"], events = self.schedule.run(update, measure, self.states["schedule"],
                                                                  ctx, self.k)
@@ -128,10 +138,11 @@ class ComposedStep:
             if self.optimizers.adatask is None and not sample:
                 (w * ell).sum().backward()
                 self._backward_rep(p)
+                collective.total_grads(self.dense)
                 self._finish(tasks, p, forward)
                 return
         inputs = p.leaves if self.split else self.shared
-        grads = per_task_gradients(ell, inputs, batched=m.batched_grads)
+        grads = collective.total(per_task_gradients(ell, inputs, batched=m.batched_grads))
         if self.aggregator is None:
             rows, head_w = w.unsqueeze(1) * grads, w
         else:
@@ -141,7 +152,8 @@ class ComposedStep:
             if dev is not None:
                 self._learn_outer(ell, record, dev, tasks, ctx)
         if sample:  # conflict between all tasks, also when only a group is updated
-            full = grads if len(tasks) == self.k else per_task_gradients(ell_all, inputs, m.batched_grads)
+            full = grads if len(tasks) == self.k else collective.total(
+                per_task_gradients(ell_all, inputs, m.batched_grads))
             self._record(full, ctx.step, {**transformed, **record})
         head_loss = (head_w.detach() * ell).sum()
         if self.split:
@@ -149,6 +161,7 @@ class ComposedStep:
             torch.autograd.backward(p.rep, split_like(rows.sum(0), p.rep))
         else:
             torch.autograd.backward(head_loss, inputs=self.others)
+            collective.total_grads(self.others)
             if self.optimizers.adatask is not None:
                 self.optimizers.adatask.step(task_grads=split_like(rows, self.shared, leading=True),
                                              tasks=tasks)
@@ -162,8 +175,8 @@ class ComposedStep:
         self.optimizers.step()
         if self.weighting.needs_losses_after:
             with torch.no_grad():
-                after = forward(False).losses.mean(dim=0)
-            before = p.losses.detach().mean(dim=0)
+                after = collective.batch_mean(forward(False).losses)
+            before = collective.batch_mean(p.losses.detach())
             self.states["weighting"] = self.weighting.after_update(
                 before[tasks], after[tasks], self.states["weighting"], tasks)
 

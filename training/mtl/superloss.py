@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from mtlrec.training.mtl.collective import batch_mean
 from mtlrec.training.mtl.parts import TaskState, Transform
 
 BRANCH_POINT = -1.0 / math.e
@@ -55,14 +56,14 @@ def superloss(losses: torch.Tensor, tau: torch.Tensor, lam: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample losses [B, K], thresholds τ [K], λ [K] → (task losses [K], σ [B, K])."""
     sigma = superloss_sigma(losses, tau, lam)
-    task = ((losses - tau) * sigma + lam * torch.log(sigma) ** 2).mean(dim=0)
+    task = batch_mean((losses - tau) * sigma + lam * torch.log(sigma) ** 2)
     return task, sigma
 
 
 def update_threshold(tau: torch.Tensor | None, losses: torch.Tensor, momentum: float = 0.9
                      ) -> torch.Tensor:
     """τ ← first batch mean, then 0.9 τ + 0.1 mean(l) (per task)."""
-    mean = losses.detach().mean(dim=0)
+    mean = batch_mean(losses.detach())
     return mean if tau is None else momentum * tau + (1.0 - momentum) * mean
 
 
@@ -75,7 +76,7 @@ class SuperLoss(Transform):
 
     def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool
               ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
-        mean = losses.detach().mean(dim=0)
+        mean = batch_mean(losses.detach())
         if train:
             state = dict(state) | {t: {"tau": update_threshold(state[t]["tau"] if t in state else None,
                                                               losses[:, t:t + 1], self.momentum)[0]}

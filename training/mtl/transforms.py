@@ -1,5 +1,5 @@
-"""The plain loss transforms: the mean of the per-sample losses, or its log (the
-loss-scale half of DB-MTL, usable with any method: ∇ log L_k = ∇L_k / L_k)."""
+"""The plain loss transforms: the mean of the per-sample losses over the (global) batch,
+or its log (the loss-scale half of DB-MTL, usable with any method: ∇ log L_k = ∇L_k / L_k)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ from typing import Any
 
 import torch
 
+from mtlrec.training.mtl.collective import batch_mean
 from mtlrec.training.mtl.parts import TaskState, Transform
 
 
 class Mean(Transform):
     def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool
               ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
-        return losses.mean(dim=0), state, {}
+        return batch_mean(losses), state, {}
 
 
 class LogMean(Transform):
     def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool
               ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
-        return torch.log(losses.mean(dim=0) + 1e-8), state, {}
+        return torch.log(batch_mean(losses) + 1e-8), state, {}
