@@ -241,7 +241,8 @@ class Batchable(Protocol):
 class Shard:
     """This process's part of every global batch: with `world` ranks of batch b, the global
     step-t batch is the single-process step-t batch of size world·b, and rank r takes its
-    rows [r·b, (r+1)·b) (the invariant distributed training relies on)."""
+    rows [r·b, (r+1)·b) (the invariant distributed training relies on). A shorter last
+    batch is split evenly, so no rank is left without rows while another has b."""
 
     rank: int = 0
     world: int = 1
@@ -249,6 +250,10 @@ class Shard:
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} is not in [0, world={self.world})")
+
+    def part(self, size: int) -> slice:
+        """This rank's rows of a global batch of `size` rows."""
+        return slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
 
 
 def steps_per_epoch(rows: int, global_batch: int, drop_last: bool) -> int:
@@ -295,10 +300,9 @@ class BatchLoader(EpochLoader):
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        b, g = self.batch_size, self.batch_size * self.shard.world
+        g = self.batch_size * self.shard.world
         for i in range(start, len(self)):
-            first = i * g + self.shard.rank * b
-            yield self.data.batch(order[first:min(first + b, (i + 1) * g)])
+            yield self.data.batch(order[i * g:(i + 1) * g][self.shard.part(min(g, n - i * g))])
 
 
 def matrix(table: pa.Table, names: list[str], dtype: type) -> np.ndarray:

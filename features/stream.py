@@ -156,7 +156,7 @@ class StreamLoader(EpochLoader):
 
     def iterate(self, start: int = 0) -> Iterator[Batch]:
         """The epoch's batches from batch `start` on; only windows from there are read."""
-        b, g = self.batch_size, self.batch_size * self.shard.world
+        g = self.batch_size * self.shard.world
         steps = len(self)
         if start >= steps:
             return
@@ -169,7 +169,7 @@ class StreamLoader(EpochLoader):
         try:
             for _ in range(start, steps):
                 rows = reader.take(g)
-                yield self.data.layout.batch(rows[self.shard.rank * b:(self.shard.rank + 1) * b])
+                yield self.data.layout.batch(rows[self.shard.part(len(rows))])
         finally:
             reader.close()
 

@@ -58,7 +58,7 @@ class ExpertGroup(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dropout(torch.relu(self.first(x)))  # [B, E·h0]
-        h = h.view(x.shape[0], self.n, -1).transpose(0, 1)  # [E, B, h0]
+        h = h.view(x.shape[0], self.n, h.shape[-1] // self.n).transpose(0, 1)  # [E, B, h0]
         for w, b in zip(self.weights, self.biases):
             h = self.dropout(torch.relu(torch.baddbmm(b, h, w)))
         return h.transpose(0, 1)  # [B, E, h]

@@ -3,6 +3,9 @@
 The run folder (`paths.run_dir`, see `run_folder.RunFolder`) holds everything a later
 stage needs. Running the same command again after a crash resumes from the checkpoints
 inside the same MLflow run; after a finished run it is an error unless `train.force=true`.
+
+Under `torchrun` (`training.distributed`) every rank trains; rank 0 alone writes the run
+folder and talks to MLflow, the others train in step with it and write nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import mlflow
 import torch
 from torch import nn
 
+from mtlrec.features.batches import Shard
 from mtlrec.features.errors import DataError
 from mtlrec.pipeline import tracking
 from mtlrec.pipeline.config import Config, to_yaml
 from mtlrec.pipeline.diagnostics import DiagnosticsLog
 from mtlrec.pipeline.run_folder import MULTI_TASK, RunFolder, RunState, model_groups
-from mtlrec.pipeline.targets import load_target
-from mtlrec.training.loop import NonFiniteLoss, Trainer, TrainResult, seed_everything
+from mtlrec.pipeline.targets import Target, load_target
+from mtlrec.training.distributed import shard_from_env
+from mtlrec.training.loop import NonFiniteLoss, Trainer, TrainResult, pick_device, seed_everything
 from mtlrec.training.mtl.step import make_step
 from mtlrec.training.tasks import validation_key
 
@@ -44,12 +49,18 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
     training (retrain's warm start from the champion; a resumed checkpoint overrides it)."""
     target = load_target(cfg)
     run = RunFolder(cfg.paths.run_dir)
-    resumed = _resumable_state(run, cfg.train.force)
+    shard = shard_from_env(pick_device(cfg.trainer.device))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     train, valid = target.split("train"), target.split("valid")
     if len(valid) == 0:
         raise DataError(f"data={cfg.data.name}: the validation split is empty; early stopping needs one")
+    score_name = f"mean {target.kind.select}"
+    if shard.rank != 0:  # trains in step with rank 0 (which resumes or clears the run first)
+        results = {name: _trainer(cfg, target, run, name, index, init, shard).fit(train, valid)
+                   for name, index in model_groups(target.tasks, cfg.method.single_task).items()}
+        return TrainedRun(run, "", results, score_name)
+    resumed = _resumable_state(run, cfg.train.force)
     run.save_config(to_yaml(cfg), cfg.model)
     features = cfg.paths.features if cfg.data.kind == "logs" else None
     with tracking.run(cfg.paths.work_dir, cfg.data.name, run.path.name,
@@ -63,21 +74,7 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
                              "model": cfg.model.arch, "data": cfg.data.name})
         results = {}
         for name, index in model_groups(target.tasks, cfg.method.single_task).items():
-            seed_everything(cfg.seed)
-            tasks = [target.tasks[k] for k in index]
-            model = target.model(cfg.model, len(index))
-            if init is not None:
-                init(model)
-            prefix = "" if name == MULTI_TASK else f"{name}."
-            trainer = Trainer(
-                model, make_step(cfg.method, model, cfg.trainer, len(index), cfg.seed), cfg.trainer, tasks,
-                index, cfg.seed,
-                checkpoint_path=run.checkpoint(name),
-                on_epoch=lambda epoch, row, p=prefix: mlflow.log_metrics(
-                    {p + k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch),
-                on_diagnostics=DiagnosticsLog(run.diagnostics(name), tasks, prefix),
-                kind=target.kind, eval_batch_size=target.eval_batch_size,
-            )
+            trainer = _trainer(cfg, target, run, name, index, init, shard, observed=True)
             try:
                 results[name] = trainer.fit(train, valid)
             except NonFiniteLoss as exc:  # recorded, so no later stage exports a diverged run
@@ -90,7 +87,28 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
         run.log_training(target.artifacts, CHECKPOINT_ARTIFACT_MAX_MB)
         run.save_state(RunState(run_id, "trained", features))
     log.info("train: %s done (MLflow run %s)", run.path, run_id)
-    return TrainedRun(run, run_id, results, f"mean {target.kind.select}")
+    return TrainedRun(run, run_id, results, score_name)
+
+
+def _trainer(cfg: Config, target: Target, run: RunFolder, name: str, index: list[int],
+             init: Callable[[nn.Module], None] | None, shard: Shard, observed: bool = False) -> Trainer:
+    """The trainer of one model of the run (seeded alike on every rank); `observed`: its
+    epochs go to MLflow and its diagnostics to the run folder (rank 0)."""
+    seed_everything(cfg.seed)
+    tasks = [target.tasks[k] for k in index]
+    model = target.model(cfg.model, len(index))
+    if init is not None:
+        init(model)
+    prefix = "" if name == MULTI_TASK else f"{name}."
+    return Trainer(
+        model, make_step(cfg.method, model, cfg.trainer, len(index), cfg.seed), cfg.trainer, tasks,
+        index, cfg.seed,
+        checkpoint_path=run.checkpoint(name),
+        on_epoch=(lambda epoch, row: mlflow.log_metrics(
+            {prefix + k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)) if observed else None,
+        on_diagnostics=DiagnosticsLog(run.diagnostics(name), tasks, prefix) if observed else None,
+        kind=target.kind, eval_batch_size=target.eval_batch_size, shard=shard,
+    )
 
 
 def _resumable_state(run: RunFolder, force: bool) -> RunState | None:

@@ -32,13 +32,16 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from mtlrec.features.batches import Shard
 from mtlrec.features.errors import DataError
 from mtlrec.features.stream import Loader, StreamSplit, make_loader
 from mtlrec.progress import Progress
 from mtlrec.training import checkpoint
 from mtlrec.training.config import TrainerConfig
+from mtlrec.training.distributed import gather_batches
 from mtlrec.training.step import Forward, MultiTaskStep, Pass
 from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_key, validation_score
 
@@ -70,15 +73,20 @@ class Split(Protocol):
 
 @torch.no_grad()
 def predict(model: nn.Module, data: Split, batch_size: int = 8192,
-            device: torch.device = torch.device("cpu"), bf16: bool = False) -> np.ndarray:
-    """Model outputs [N, K, …] in the split's row order."""
+            device: torch.device = torch.device("cpu"), bf16: bool = False,
+            shard: Shard = Shard()) -> np.ndarray:
+    """Model outputs [N, K, …] in the split's row order. With several ranks each predicts
+    its part of every batch and every rank gets the whole split's outputs."""
     model.eval()
-    out = []
-    for batch in make_loader(data, batch_size, shuffle=False):
+    out: list[np.ndarray | None] = []
+    for batch in make_loader(data, batch_size, shuffle=False, shard=shard):
+        if len(batch) == 0:  # the last global batch can leave a rank nothing
+            out.append(None)
+            continue
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out.append(model(*batch.inputs).float().cpu())
-    return torch.cat(out).numpy()
+            out.append(model(*batch.inputs).float().cpu().numpy())
+    return gather_batches(out, shard)
 
 
 @dataclass
@@ -98,8 +106,11 @@ class Trainer:
                  checkpoint_path: Path | None = None,
                  on_epoch: Callable[[int, dict], None] | None = None,
                  on_diagnostics: Callable[[dict], None] | None = None,
-                 kind: TaskKind = BinaryTasks(), eval_batch_size: int = 8192) -> None:
-        """`step` must have been built on `model` already moved to the training device."""
+                 kind: TaskKind = BinaryTasks(), eval_batch_size: int = 8192,
+                 shard: Shard = Shard()) -> None:
+        """`step` must have been built on `model` already moved to the training device.
+        `shard`: this rank's part of every batch under torchrun (`training.distributed`);
+        only rank 0 writes checkpoints."""
         self.device = pick_device(cfg.device)
         self.model = model.to(self.device)
         self.step, self.cfg, self.seed = step, cfg, seed
@@ -110,6 +121,7 @@ class Trainer:
         self.optimizers = step.optimizers.all
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for o in self.optimizers]
         self.autocast = cfg.bf16 and self.device.type == "cuda"
+        self.shard = shard
 
     def _lr_factor(self, epoch: int) -> float:
         if self.cfg.lr_schedule == "cosine":
@@ -117,7 +129,7 @@ class Trainer:
         return 1.0
 
     def fit(self, train: Split, valid: Split) -> TrainResult:
-        loader = make_loader(train, self.cfg.batch_size, shuffle=True, seed=self.seed)
+        loader = make_loader(train, self.cfg.batch_size, shuffle=True, seed=self.seed, shard=self.shard)
         dev = self._dev_split(valid)
         state = self._resume()
         best, best_epoch, stale = state["best"], state["best_epoch"], state["stale"]
@@ -241,19 +253,21 @@ class Trainer:
         def dev(split: bool) -> Pass:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
             rows = torch.randint(len(valid), (size,), generator=gen)
+            part = -(-size // self.shard.world)  # this rank's part of the global dev batch
+            rows = rows[self.shard.rank * part:(self.shard.rank + 1) * part]
             return self.batch_forward(valid.batch(rows))(split)
 
         return dev
 
     def evaluate(self, data: Split) -> dict[str, dict]:
         labels = data.labels.numpy()[:, self.task_index]
-        outputs = predict(self.model, data, self.eval_batch_size, self.device, self.autocast)
+        outputs = predict(self.model, data, self.eval_batch_size, self.device, self.autocast, self.shard)
         return self.kind.metrics(labels, outputs, self.tasks)
 
     def _checkpoint(self, epoch: int, done: bool, best: float, best_epoch: int, stale: int,
                     best_weights: dict, history: list[dict], progress: "EpochProgress") -> None:
         """`epoch` is the epoch to continue, from batch `progress.batch` of it."""
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or self.shard.rank != 0:
             return
         checkpoint.save({
             "epoch": epoch, "done": done, "best": best, "best_epoch": best_epoch, "stale": stale,
@@ -265,6 +279,8 @@ class Trainer:
         }, self.checkpoint_path)
 
     def _resume(self) -> dict:
+        if self.shard.world > 1:
+            dist.barrier()  # rank 0 has resumed or cleared the run folder: read it only now
         fresh = {"epoch": 0, "done": False, "best": -math.inf, "best_epoch": -1, "stale": 0,
                  "best_weights": copy.deepcopy(self.model.state_dict()), "history": [],
                  "progress": EpochProgress()}
