@@ -145,8 +145,11 @@ class TorchrecEmbeddings(nn.Module):
             b, f = sparse.shape
             sparse = KeyedJaggedTensor(keys=self.keys, values=sparse.t().reshape(-1),
                                        lengths=torch.ones(b * f, dtype=torch.int32, device=sparse.device))
-        pooled = self.ebc(sparse).values()  # [B, F * D], fields in config order
-        return pooled.view(pooled.shape[0], len(self.configs), self.dim)
+        pooled = self.ebc(sparse)
+        if pooled.keys() != self.keys:  # sharded by DMP: the fields come grouped by shard
+            return torch.stack([pooled[key] for key in self.keys], dim=1)
+        values = pooled.values()  # [B, F * D], fields in config order
+        return values.view(values.shape[0], len(self.configs), self.dim)
 
     def state_tables(self) -> list[torch.Tensor]:
         return [self.ebc.embedding_bags[c.name].weight for c in self.configs]

@@ -28,6 +28,7 @@ from mtlrec.pipeline.targets import Target, load_target
 from mtlrec.training.distributed import shard_from_env
 from mtlrec.training.loop import NonFiniteLoss, Trainer, TrainResult, pick_device, seed_everything
 from mtlrec.training.mtl.step import make_step
+from mtlrec.training.sharding import ShardedRanker
 from mtlrec.training.tasks import validation_key
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,11 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
         raise DataError(f"data={cfg.data.name}: the validation split is empty; early stopping needs one")
     score_name = f"mean {target.kind.select}"
     if shard.rank != 0:  # trains in step with rank 0 (which resumes or clears the run first)
-        results = {name: _trainer(cfg, target, run, name, index, init, shard).fit(train, valid)
-                   for name, index in model_groups(target.tasks, cfg.method.single_task).items()}
+        results = {}
+        for name, index in model_groups(target.tasks, cfg.method.single_task).items():
+            trainer = _trainer(cfg, target, run, name, index, init, shard)
+            results[name] = trainer.fit(train, valid)
+            trainer.model.state_dict()  # with sharded tables a collective gather: join rank 0's
         return TrainedRun(run, "", results, score_name)
     resumed = _resumable_state(run, cfg.train.force)
     run.save_config(to_yaml(cfg), cfg.model)
@@ -99,6 +103,10 @@ def _trainer(cfg: Config, target: Target, run: RunFolder, name: str, index: list
     model = target.model(cfg.model, len(index))
     if init is not None:
         init(model)
+    if cfg.trainer.sharding.tables != "replicated":
+        model = ShardedRanker(model, cfg.trainer.sharding, pick_device(cfg.trainer.device))
+        if shard.rank == 0:
+            log.info("embedding tables sharded by DistributedModelParallel:\n%s", model.describe())
     prefix = "" if name == MULTI_TASK else f"{name}."
     return Trainer(
         model, make_step(cfg.method, model, cfg.trainer, len(index), cfg.seed), cfg.trainer, tasks,

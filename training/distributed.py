@@ -25,7 +25,7 @@ from mtlrec.features.batches import Shard
 def shard_from_env(device: torch.device) -> Shard:
     """This process's shard: Shard() without torchrun, else its rank in the process group
     (initialised here on first use)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if "WORLD_SIZE" not in os.environ:  # not launched by torchrun (which sets it, to 1 too)
         return Shard()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -40,3 +40,13 @@ def gather_batches(pieces: list[np.ndarray | None], shard: Shard) -> np.ndarray:
         dist.all_gather_object(gathered, pieces)
         pieces = [part for i in range(len(pieces)) for part in (g[i] for g in gathered)]
     return np.concatenate([p for p in pieces if p is not None])
+
+
+def rank0_decides(flag: bool, shard: Shard) -> bool:
+    """Rank 0's `flag` on every rank: a decision from a rank's own clock (a mid-epoch
+    checkpoint, which gathers sharded tables collectively) must be the same everywhere."""
+    if shard.world == 1:
+        return flag
+    out = torch.tensor([int(flag)])
+    dist.broadcast(out, src=0)
+    return bool(out.item())

@@ -41,7 +41,7 @@ from mtlrec.features.stream import Loader, StreamSplit, make_loader
 from mtlrec.progress import Progress
 from mtlrec.training import checkpoint
 from mtlrec.training.config import TrainerConfig
-from mtlrec.training.distributed import gather_batches
+from mtlrec.training.distributed import gather_batches, rank0_decides
 from mtlrec.training.step import Forward, MultiTaskStep, Pass
 from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_key, validation_score
 
@@ -80,12 +80,10 @@ def predict(model: nn.Module, data: Split, batch_size: int = 8192,
     model.eval()
     out: list[np.ndarray | None] = []
     for batch in make_loader(data, batch_size, shuffle=False, shard=shard):
-        if len(batch) == 0:  # the last global batch can leave a rank nothing
-            out.append(None)
-            continue
-        batch = batch.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out.append(model(*batch.inputs).float().cpu().numpy())
+        batch = batch.to(device)  # an empty part (a short last batch) runs too: sharded
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # tables' lookups are collective
+            scores = model(*batch.inputs).float().cpu().numpy()
+        out.append(scores if len(batch) else None)
     return gather_batches(out, shard)
 
 
@@ -199,7 +197,8 @@ class Trainer:
                     rate = (seen - progress.seen) / max(time.perf_counter() - start, 1e-9)
                     status = {"loss": f"{float(total) / (i + 1):.4f}", "samples/s": f"{rate:,.0f}"}
                 bar.update(1, **status)
-                if i + 1 < len(loader) and time.monotonic() - last_saved >= 60 * self.cfg.checkpoint_minutes:
+                due = i + 1 < len(loader) and time.monotonic() - last_saved >= 60 * self.cfg.checkpoint_minutes
+                if rank0_decides(due, self.shard):
                     save(EpochProgress(i + 1, float(total), seen))
                     last_saved = time.monotonic()
         elapsed = time.perf_counter() - start
@@ -266,17 +265,20 @@ class Trainer:
 
     def _checkpoint(self, epoch: int, done: bool, best: float, best_epoch: int, stale: int,
                     best_weights: dict, history: list[dict], progress: "EpochProgress") -> None:
-        """`epoch` is the epoch to continue, from batch `progress.batch` of it."""
-        if self.checkpoint_path is None or self.shard.rank != 0:
+        """`epoch` is the epoch to continue, from batch `progress.batch` of it. Every rank
+        builds the state (sharded tables are gathered collectively); rank 0 writes it."""
+        if self.checkpoint_path is None:
             return
-        checkpoint.save({
+        state = {
             "epoch": epoch, "done": done, "best": best, "best_epoch": best_epoch, "stale": stale,
             "model": self.model.state_dict(), "best_weights": best_weights,
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "step": self.step.state_dict(), "rng": torch.get_rng_state(), "history": history,
             "progress": progress.__dict__,
-        }, self.checkpoint_path)
+        }
+        if self.shard.rank == 0:
+            checkpoint.save(state, self.checkpoint_path)
 
     def _resume(self) -> dict:
         if self.shard.world > 1:

@@ -56,9 +56,12 @@ def hypergradient(train_loss: Callable[[torch.Tensor], torch.Tensor], dev_loss: 
     v = _total([g.detach() for g in _grads(dev_loss, params, retain_graph=False)])
     grad_train = _grads(train_loss(alpha), params, create_graph=True)
     p = [t.clone() for t in v]
+    # A gradient without graph (no loss reaches its parameter, or a kernel with no second
+    # derivative: DMP's data-parallel tables) adds nothing to the Hessian-vector product.
+    live = [i for i, g in enumerate(grad_train) if g.requires_grad]
     for _ in range(terms):
-        hv = torch.autograd.grad(grad_train, params, grad_outputs=v, retain_graph=True,
-                                 allow_unused=True)
+        hv = torch.autograd.grad([grad_train[i] for i in live], params, grad_outputs=[v[i] for i in live],
+                                 retain_graph=True, allow_unused=True)
         hv = _total([torch.zeros_like(t) if h is None else h.detach() for t, h in zip(v, hv)])
         v = [t - lr * h for t, h in zip(v, hv)]
         p = [a + b for a, b in zip(p, v)]

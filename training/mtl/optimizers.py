@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlrec.training import sharding
 from mtlrec.training.config import MethodConfig, TrainerConfig
 from mtlrec.training.mtl.adatask import AdaTask
 
@@ -30,7 +31,8 @@ class Optimizers:
                  shared: list[nn.Parameter], n_tasks: int, track_dominance: bool = False) -> None:
         family = method.optimizer.removeprefix("adatask_")
         sparse = sparse_parameters(model)
-        skip = {id(p) for p in sparse} | ({id(p) for p in shared} if method.adatask else set())
+        skip = ({id(p) for p in sparse} | {id(p) for p in sharding.updated_in_backward(model)}
+                | ({id(p) for p in shared} if method.adatask else set()))
         dense = [p for p in model.parameters() if id(p) not in skip and p.requires_grad]
         self.plain = PLAIN[family](dense, lr=trainer.lr, weight_decay=trainer.weight_decay)
         self.all: list[torch.optim.Optimizer] = [self.plain]
@@ -45,6 +47,8 @@ class Optimizers:
                                  "model.embedding_grad=dense or use adam/adagrad")
             sparse_cls = torch.optim.SparseAdam if family == "adam" else torch.optim.Adagrad
             self.all.append(sparse_cls(sparse, lr=trainer.lr))
+        if (tables := sharding.table_optimizer(model)) is not None:
+            self.all.append(tables)  # scheduled and checkpointed with the others
 
     def zero_grad(self) -> None:
         for optimizer in self.all:

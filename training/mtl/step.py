@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlrec.training import sharding
 from mtlrec.training.config import MethodConfig, TrainerConfig
 from mtlrec.training.mtl import collective, diagnostics, legacy, registry
 from mtlrec.training.mtl.dtjs import DTJSOuter
@@ -67,8 +68,14 @@ class ComposedStep:
             raise ValueError("sparse embedding gradients are not summed over ranks: under torchrun "
                              "set model.embedding_grad=dense")
         shared_ids = {id(p) for p in self.shared}
-        self.others = [p for p in model.parameters() if id(p) not in shared_ids and p.requires_grad]
-        self.dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+        in_backward = {id(p) for p in sharding.updated_in_backward(model)}
+        self.others = [p for p in model.parameters()
+                       if id(p) not in shared_ids | in_backward and p.requires_grad]
+        self.dense = [p for p in model.parameters()
+                      if p.requires_grad and id(p) not in sparse_ids | in_backward]
+        # DMP's tables are reached only by a full backward: the fused optimizer runs inside
+        # it, and data-parallel tables get their gradient through the kernel's whole weights.
+        self.head_inputs = None if sharding.is_sharded(model) else self.others
         self.optimizers = Optimizers(model, trainer, method, self.shared, n_tasks,
                                      track_dominance=method.diagnostics_every > 0)
         self.generator = torch.Generator().manual_seed(seed)
@@ -160,7 +167,7 @@ class ComposedStep:
             head_loss.backward()
             torch.autograd.backward(p.rep, split_like(rows.sum(0), p.rep))
         else:
-            torch.autograd.backward(head_loss, inputs=self.others)
+            torch.autograd.backward(head_loss, inputs=self.head_inputs)
             collective.total_grads(self.others)
             if self.optimizers.adatask is not None:
                 self.optimizers.adatask.step(task_grads=split_like(rows, self.shared, leading=True),

@@ -1,0 +1,237 @@
+"""Embedding tables sharded over the ranks by torchrec's DistributedModelParallel (DMP).
+
+Under `torchrun` with `trainer.sharding.tables` other than "replicated", the ranker's
+EmbeddingBagCollection (`model.embedding_impl=torchrec`) is sharded by DMP: torchrec's
+planner places each table (or the sharding type the config forces on every table), the
+lookups travel by all-to-all, and each table shard is updated by torchrec's fused
+optimizer inside the backward pass (`trainer.sharding.optimizer`; CPU kernels offer SGD
+and (row-wise) Adagrad, not Adam). The dense parameters stay whole on every rank and
+follow the data-parallel path of `training.mtl.collective` (DMP's own DDP wrapper is not
+used: the multi-task step sums per-task gradient rows itself before any method sees them).
+
+Why the all-to-all's gradient division is turned off: torchrec divides the embeddings'
+gradient by the world size, which suits a loss that is each rank's own mean. Our task
+losses are already means over the global batch (`collective.batch_mean`), so the
+undivided sum of the ranks' contributions is the global gradient: a 2-rank run then
+takes the 1-rank run's steps (tests/test_distributed_sharding.py).
+
+`ShardedRanker` keeps the ranker's interface (forward, shared/task parameters) and its
+state-dict keys. Its state dict holds whole tables (the shards gathered), and loading one
+copies each rank's slices out of whole tables: checkpoints, best weights, the run
+folder's weights and the export read and write plain single-process tensors, and a run
+resumes on any number of ranks. The price: a gather holds every table on every rank
+while it lasts; tables larger than one host need torch.distributed.checkpoint instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed import comm_ops
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingType
+
+from mtlrec.models.embedding import TorchrecEmbeddings
+from mtlrec.training.config import ShardingConfig
+
+# DMP's state dicts are ShardedTensors (torchrec's format); their deprecation notice is
+# torchrec's to act on, not a user's.
+warnings.filterwarnings("ignore", message="Please use DTensor instead", category=FutureWarning)
+
+TABLE_OPTIMIZERS = {"rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+                    "adagrad": EmbOptimType.EXACT_ADAGRAD, "sgd": EmbOptimType.EXACT_SGD}
+
+
+def whole(value: Any) -> Any:
+    """`value` (a state dict, nested) with every ShardedTensor replaced by the whole tensor
+    on every rank. Collective: every rank calls it with the same structure. Shards never
+    overlap, so each rank writes its own into zeros and the sum over ranks is the whole."""
+    if isinstance(value, ShardedTensor):
+        out = torch.zeros(value.size(), dtype=value.dtype)
+        for shard in value.local_shards():
+            out[_where(shard)] = shard.tensor.detach().cpu()
+        dist.all_reduce(out)
+        return out
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, Mapping):
+        return {k: whole(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(whole(v) for v in value)
+    return value
+
+
+def fill(live: Any, saved: Any, where: str = "state") -> None:
+    """Copy whole tensors `saved` into the live state `live` in place: a ShardedTensor takes
+    this rank's slices. Local: no collective."""
+    if isinstance(live, ShardedTensor):
+        for shard in live.local_shards():
+            shard.tensor.detach().copy_(saved[_where(shard)])
+    elif isinstance(live, torch.Tensor):
+        if tuple(saved.shape) != tuple(live.shape):
+            raise ValueError(f"{where}: saved shape {tuple(saved.shape)}, the model's {tuple(live.shape)}")
+        live.detach().copy_(saved)
+    elif isinstance(live, Mapping):
+        if set(live) != set(saved):
+            raise ValueError(f"{where}: saved keys differ from the model's: missing "
+                             f"{sorted(set(live) - set(saved), key=str)[:5]}, unexpected "
+                             f"{sorted(set(saved) - set(live), key=str)[:5]}")
+        for key, value in live.items():
+            fill(value, saved[key], f"{where}.{key}")
+
+
+def _where(shard) -> tuple[slice, ...]:
+    offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+    return tuple(slice(o, o + s) for o, s in zip(offsets, sizes))
+
+
+class TableSharder(EmbeddingBagCollectionSharder):
+    """torchrec's sharder, offering row-wise sharding on the CPU too: torchrec lists it for
+    CUDA only (and its own gloo tests skip it), yet on gloo a 2-rank row-wise run takes the
+    1-rank run's steps (tests/test_distributed_sharding.py)."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        return types + ([ShardingType.ROW_WISE.value] if ShardingType.ROW_WISE.value not in types else [])
+
+
+class TableOptimizer(torch.optim.Optimizer):
+    """DMP's fused table optimizer as one more optimizer of the run: the shards are updated
+    inside the backward, so `step` only hands the fused optimizer the scheduled learning
+    rate (for the next backward). It shows the scheduler one param group whatever tables a
+    rank holds (a rank's fused optimizer has a group per table it holds, maybe none), and its
+    state dict holds whole tensors, gathered over the union of the ranks' tables."""
+
+    def __init__(self, fused: torch.optim.Optimizer, lr: float) -> None:
+        self.fused = fused
+        super().__init__([torch.zeros(0, requires_grad=True)], {"lr": lr})  # the schedule's handle
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """The tables have no `.grad`: nothing to clear."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.fused.param_groups:
+            group["lr"] = self.param_groups[0]["lr"]
+        self.fused.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        local = {(param, name): value for param, states in self.fused.state_dict()["state"].items()
+                 for name, value in states.items()}
+        state: dict[str, dict[str, torch.Tensor]] = {}
+        for (param, name), value in _whole_union(local).items():
+            state.setdefault(param, {})[name] = value
+        return {"state": state, "lr": self.param_groups[0]["lr"]}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        for param, states in self.fused.state_dict()["state"].items():
+            for name, value in states.items():
+                fill(value, state_dict["state"][param][name], f"table optimizer {param}.{name}")
+        self.param_groups[0]["lr"] = state_dict["lr"]
+        self.step()
+
+
+def _whole_union(local: dict[tuple[str, str], Any]) -> dict[tuple[str, str], torch.Tensor]:
+    """Whole tensors of every rank's sharded tensors, keyed as the ranks key them."""
+    shapes = {key: (tuple(value.size()), value.dtype) for key, value in local.items()}
+    everyone: list[dict] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(everyone, shapes)
+    union = {key: spec for ranks in everyone for key, spec in ranks.items()}
+    out = {}
+    for key in sorted(union):
+        shape, dtype = union[key]
+        whole_tensor = torch.zeros(shape, dtype=dtype)
+        for shard in local[key].local_shards() if key in local else []:
+            whole_tensor[_where(shard)] = shard.tensor.detach().cpu()
+        dist.all_reduce(whole_tensor)
+        out[key] = whole_tensor
+    return out
+
+
+class ShardedRanker(nn.Module):
+    """A ranker whose EmbeddingBagCollection DMP has sharded over the process group."""
+
+    def __init__(self, ranker: nn.Module, cfg: ShardingConfig, device: torch.device) -> None:
+        super().__init__()
+        if not isinstance(getattr(ranker, "embeddings", None), TorchrecEmbeddings):
+            raise ValueError(f"trainer.sharding.tables={cfg.tables} shards torchrec's "
+                             "EmbeddingBagCollection: set model.embedding_impl=torchrec")
+        if not dist.is_initialized():
+            raise ValueError(f"trainer.sharding.tables={cfg.tables} shards the tables over the ranks "
+                             "of a torchrun launch: run `torchrun --nproc_per_node=N $(which mtlrec) "
+                             "train …`, or set trainer.sharding.tables=replicated")
+        comm_ops.set_gradient_division(False)  # the losses are global means (module docstring)
+        initial = {k: v.clone() for k, v in ranker.state_dict().items()}
+        sharder = TableSharder(fused_params={
+            "optimizer": TABLE_OPTIMIZERS[cfg.optimizer], "learning_rate": cfg.lr})
+        constraints = (None if cfg.tables == "planner" else
+                       {c.name: ParameterConstraints(sharding_types=[cfg.tables])
+                        for c in ranker.embeddings.configs})
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=dist.get_world_size(), compute_device=device.type),
+            constraints=constraints)
+        self.plan = planner.collective_plan(ranker, [sharder], dist.group.WORLD)
+        self.dmp = DistributedModelParallel(ranker, device=device, plan=self.plan, sharders=[sharder],
+                                            init_data_parallel=False)
+        fill(self.dmp.state_dict(), initial)  # the single-process initialisation, on any world size
+        self.ranker = [ranker]  # a list: not registered twice (DMP holds it)
+        # Tables DMP shards (all but data_parallel ones) are updated in the backward by the
+        # fused optimizer, never by ours; data-parallel tables are plain replicated parameters.
+        named = dict(ranker.named_parameters())
+        self._in_backward = [named[f"{path}.embedding_bags.{table}.weight"]
+                             for path, tables in self.plan.plan.items() for table, spec in tables.items()
+                             if spec.sharding_type != "data_parallel"]
+        self.table_optimizer = TableOptimizer(self.dmp.fused_optimizer, cfg.lr)
+
+    def forward(self, sparse, dense: torch.Tensor) -> torch.Tensor:
+        return self.ranker[0](sparse, dense)
+
+    def updated_in_backward(self) -> list[nn.Parameter]:
+        return list(self._in_backward)
+
+    def task_parameters(self, k: int) -> list[nn.Parameter]:
+        return self.ranker[0].task_parameters(k)
+
+    def shared_parameters(self, include_embeddings: bool = True) -> list[nn.Parameter]:
+        """θ without the sharded tables (their per-task gradients are not taken)."""
+        if include_embeddings and self._in_backward:
+            raise ValueError("method.grad_on=shared_and_embeddings takes per-task gradients of the "
+                             "tables, which sharded tables do not give (their optimizer runs in the "
+                             "backward): use grad_on=shared, or trainer.sharding.tables=replicated")
+        return self.ranker[0].shared_parameters(include_embeddings)
+
+    def describe(self) -> str:
+        """The plan: each table's sharding type and ranks."""
+        return str(self.plan)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """The ranker's state dict with whole tables (collective: every rank calls it)."""
+        return whole(dict(self.dmp.state_dict()))
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any:
+        """Whole tables (a state dict of the single-process ranker) into this rank's shards."""
+        fill(dict(self.dmp.state_dict()), state_dict, "model")
+
+
+def updated_in_backward(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters an optimizer inside the backward updates (sharded tables): the step leaves
+    them out of its gradient lists and optimizers, and runs a full backward to reach them."""
+    return model.updated_in_backward() if isinstance(model, ShardedRanker) else []
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, ShardedRanker)
+
+
+def table_optimizer(model: nn.Module) -> TableOptimizer | None:
+    return model.table_optimizer if isinstance(model, ShardedRanker) else None
