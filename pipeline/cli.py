@@ -23,7 +23,7 @@ from mtlrec.pipeline import config as config_mod
 BENCHES = {"ingest": "ingest", "census": "census", "census_methods": "census_methods",
            "methods": "methods", "adatask": "adatask_synthetic", "train": "train", "serve": "serve",
            "multimnist": "multimnist", "qm9": "qm9", "qm9_steps": "qm9_steps", "scale": "scale",
-           "conflict": "conflict", "dtjs_alpha": "dtjs_alpha"}
+           "conflict": "conflict", "dtjs_alpha": "dtjs_alpha", "distributed": "distributed"}
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,9 @@ class BenchConfig(Strict):
     serve_workers: list[int] = Field([1, 2], min_length=1, description="bench serve: the server's "
                                      "worker processes (serve.workers), each count driven in turn; "
                                      "the goals are judged at the last")
+    distributed_rows_per_day: int = Field(5000, ge=1000, description="bench distributed: synthetic "
+                                          "rows per day (4 days)")
+    distributed_epochs: int = Field(2, ge=1, description="bench distributed: epochs of each run")
     scale_rows: list[int] = Field([1_000_000, 10_000_000, 50_000_000], min_length=1,
                                   description="bench scale: synthetic log sizes (rows)")
     scale_days: int = Field(10, ge=3, description="bench scale: days the rows are spread over")
@@ -205,6 +208,19 @@ class Config(Strict):
         if self.model.arch not in archs:
             raise ValueError(f"model={self.model.arch} does not fit data={self.data.name} "
                              f"({self.data.kind} data): use model={' or model='.join(archs)}")
+        return self
+
+    @model_validator(mode="after")
+    def _dtjs_reaches_its_tables(self) -> "Config":
+        """DTJS differentiates through the gradient of the dense parameters, tables with dense
+        gradients included: torchrec's unsharded EmbeddingBag has no double backward."""
+        unsharded = getattr(self.model, "embedding_impl", None) == "torchrec" and \
+            self.trainer.sharding.tables == "replicated"
+        if self.method.outer == "dtjs" and unsharded:
+            raise ValueError("method.outer=dtjs needs the second derivative of the embedding lookup, "
+                             "which torchrec's unsharded EmbeddingBagCollection lacks: use "
+                             "model.embedding_impl=fused, or shard the tables under torchrun "
+                             "(trainer.sharding.tables)")
         return self
 
     @model_validator(mode="after")

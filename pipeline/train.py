@@ -25,7 +25,7 @@ from mtlrec.pipeline.config import Config, to_yaml
 from mtlrec.pipeline.diagnostics import DiagnosticsLog
 from mtlrec.pipeline.run_folder import MULTI_TASK, RunFolder, RunState, model_groups
 from mtlrec.pipeline.targets import Target, load_target
-from mtlrec.training.distributed import shard_from_env
+from mtlrec.training import distributed
 from mtlrec.training.loop import NonFiniteLoss, Trainer, TrainResult, pick_device, seed_everything
 from mtlrec.training.mtl.step import make_step
 from mtlrec.training.sharding import ShardedRanker
@@ -50,7 +50,7 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
     training (retrain's warm start from the champion; a resumed checkpoint overrides it)."""
     target = load_target(cfg)
     run = RunFolder(cfg.paths.run_dir)
-    shard = shard_from_env(pick_device(cfg.trainer.device))
+    shard = distributed.shard_from_env(pick_device(cfg.trainer.device))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     train, valid = target.split("train"), target.split("valid")
@@ -63,6 +63,7 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
             trainer = _trainer(cfg, target, run, name, index, init, shard)
             results[name] = trainer.fit(train, valid)
             trainer.model.state_dict()  # with sharded tables a collective gather: join rank 0's
+        distributed.close()
         return TrainedRun(run, "", results, score_name)
     resumed = _resumable_state(run, cfg.train.force)
     run.save_config(to_yaml(cfg), cfg.model)
@@ -90,6 +91,7 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
                             r.best_valid_score for name, r in results.items()})
         run.log_training(target.artifacts, CHECKPOINT_ARTIFACT_MAX_MB)
         run.save_state(RunState(run_id, "trained", features))
+    distributed.close()
     log.info("train: %s done (MLflow run %s)", run.path, run_id)
     return TrainedRun(run, run_id, results, score_name)
 

@@ -163,3 +163,20 @@ def test_a_paper_table_stopped_half_way_reports_the_runs_it_finished():
     assert [s["method"] for s in result["summary"]] == ["STL", "EW"]  # PCGrad has not run yet
     assert "**Partial: 3 of 6 runs finished**" in text and "| EW | 0.80 ± 0.00 |" in text
     assert "Partial" not in paper_tables.markdown(table, {**result, "planned_runs": 3})
+
+
+def test_bench_distributed_counts_what_a_rank_sends_by_hand():
+    """HPS, 2 tables of 10 rows × dim 3, 1 dense feature, bottom [4], towers [2] → 1:
+    θ = 7·4 + 4 = 32 shared, towers 2 × (4·2 + 2 + 2 + 1) = 26, D = 58, tables 60. Two ranks
+    of 4 rows: a ring all-reduce sends 2(N−1)/N = 1× its size; the all-to-all sends half of
+    the 4·2·3 pooled lookups, forward and backward = 24."""
+    from mtlrec.models.config import model_config
+    from mtlrec.models.ranker import MultiTaskRanker
+    from mtlrec.pipeline.benchmarks.distributed import volume
+
+    model = MultiTaskRanker(model_config(arch="hps", embedding_dim=3, expert_hidden=[4], tower_hidden=[2]),
+                            {"a": 10, "b": 10}, 1, 2)
+    v = volume(model, local_batch=4, ranks=2)
+    assert (v["shared_params"], v["dense_params"], v["table_params"]) == (32, 58, 60)
+    assert v["floats_per_step"] == {"EW, replicated": 118, "gradient-level, replicated": 150,
+                                    "EW, DMP": 82, "gradient-level, DMP": 114}

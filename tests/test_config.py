@@ -30,6 +30,14 @@ def test_a_key_the_architecture_does_not_use_is_an_error_naming_its_keys():
     assert "model.n_experts: unknown key" in msg and "expert_hidden" in msg and "levels" not in msg
 
 
+def test_dtjs_on_unsharded_torchrec_tables_is_refused_before_training():
+    """Its hypergradient needs the lookup's second derivative, which EmbeddingBag lacks."""
+    with pytest.raises(config.ConfigError, match="model.embedding_impl=fused"):
+        config.load(["method=dtjs", "model.embedding_impl=torchrec"])
+    config.load(["method=dtjs", "model.embedding_impl=torchrec", "trainer.sharding.tables=table_wise"])
+    config.load(["method=dtjs"])
+
+
 def test_an_unknown_top_level_key_suggests_the_key_it_resembles(capsys):
     assert main(["serve", "port=8001"]) == 2
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,7 +91,8 @@ def test_sharded_tables_train_like_one_rank_export_and_resume_after_a_rank_is_ki
     """DMP (table-wise) on two ranks = on one rank with the global batch (the tables' fused
     row-wise Adagrad both times), to 1e-5 epoch by epoch; against the single-process path,
     whose tables Adam trains, the validation AUC agrees to 0.02. A run whose rank 1 is
-    killed mid-epoch resumes from the gathered checkpoint to the uninterrupted result."""
+    killed mid-epoch resumes from the gathered checkpoint to the uninterrupted result, on
+    two ranks again or on one."""
     args = [f"paths.work_dir={tmp_path}", *SMALL, "model.embedding_impl=torchrec"]
     assert main(["synth", *args]) == 0 and main(["ingest", *args]) == 0
     sharded = [*args, "trainer.sharding.tables=table_wise"]
@@ -107,3 +109,31 @@ def test_sharded_tables_train_like_one_rank_export_and_resume_after_a_rank_is_ki
     _kill_rank_mid_epoch(_launch(2, "train", *interrupted), killed / "checkpoint-all.pt", rank=1, batch=5)
     _torchrun(2, "train", *interrupted)
     _assert_same(_history(killed), _history(two), atol=1e-5)
+
+    resized = tmp_path / "resized"  # killed on 2 ranks, resumed on 1 with the same global batch
+    on_two = [*sharded, f"paths.run_dir={resized}", "trainer.checkpoint_minutes=0"]
+    _kill_rank_mid_epoch(_launch(2, "train", *on_two, "trainer.batch_size=128"), resized / "checkpoint-all.pt",
+                         rank=1, batch=5)
+    _torchrun(1, "train", *on_two, "trainer.batch_size=256")
+    _assert_same(_history(resized), _history(two), atol=1e-5)
+
+
+def test_two_nodes_of_one_rank_train_as_one_rank(tmp_path):
+    """Two localhost torchruns with --nnodes=2 (c10d rendezvous): the multi-node launch."""
+    args = [f"paths.work_dir={tmp_path}", *SMALL, "model.embedding_impl=torchrec",
+            "trainer.sharding.tables=table_wise"]
+    assert main(["synth", *args]) == 0 and main(["ingest", *args]) == 0
+    one, nodes = tmp_path / "one", tmp_path / "nodes"
+    _torchrun(1, "train", *args, "trainer.batch_size=256", f"paths.run_dir={one}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launches = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=mtlrec-test",
+         "-m", "mtlrec.pipeline.cli", "train", *args, "trainer.batch_size=128", f"paths.run_dir={nodes}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for proc in launches:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+    _assert_same(_history(nodes), _history(one), atol=1e-5)

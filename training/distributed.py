@@ -50,3 +50,12 @@ def rank0_decides(flag: bool, shard: Shard) -> bool:
     out = torch.tensor([int(flag)])
     dist.broadcast(out, src=0)
     return bool(out.item())
+
+
+def close() -> None:
+    """At the end of a torchrun job: every rank waits until all are done (rank 0 writes the
+    run folder last), then the process group closes. A rank that exits with it open can
+    abort at interpreter exit ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -191,7 +191,7 @@ class Trainer:
                         self.on_diagnostics(record)
                 self.step.diagnostics.clear()
                 total += losses.sum()
-                seen += len(batch)
+                seen += len(batch) * self.shard.world  # the global batch's rows (± a short last one)
                 status = {}
                 if i % 50 == 0:  # reading the loss synchronises a GPU: not every batch
                     rate = (seen - progress.seen) / max(time.perf_counter() - start, 1e-9)
