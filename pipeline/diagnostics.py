@@ -1,7 +1,8 @@
 """Conflict diagnostics of a training run: logged to MLflow as they are sampled, kept as
 JSON lines in the run folder, and plotted into the evaluation report.
 
-The step samples every `method.diagnostics_every` steps (training/mtl/step.py): pairwise
+The step samples every `method.diagnostics_every` steps, and at least 10 times an epoch
+(training/mtl/step.py): pairwise
 gradient cosine and magnitude similarity, and each part's own state — AdaTask's rAU
 histograms, the grouped updates' affinity and groups, DTJS's φ and α, SuperLoss σ
 histograms, learnt task weights (UW, FAMO, GradNorm).

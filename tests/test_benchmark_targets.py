@@ -21,7 +21,8 @@ from mtlrec.pipeline.tracking import tracking_uri
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.loop import Trainer
 from mtlrec.training.mtl.step import make_step
-from mtlrec.training.tasks import ClassTasks, RegressionTasks, validation_score
+from mtlrec.features.errors import DataError
+from mtlrec.training.tasks import BinaryTasks, ClassTasks, RegressionTasks, validation_score
 
 TINY = {
     "multimnist": ["data=multimnist", "data.rows.train=256", "data.rows.valid=128", "data.rows.test=128"],
@@ -186,3 +187,18 @@ def load_qm9_std(cfg) -> np.ndarray:
 def test_export_refuses_a_benchmark_run(tmp_path, capsys):
     assert main(["export", "data=multimnist", f"paths.work_dir={tmp_path}"]) == 2
     assert "export is for rankers" in capsys.readouterr().err
+
+
+def test_a_task_without_a_defined_auc_is_left_out_of_selection_with_a_warning(caplog):
+    """A task whose validation labels are all one class has no AUC: the score is the other
+    tasks' mean (not NaN, which would leave every epoch unselected), and says so."""
+    kind = BinaryTasks()
+    labels = np.array([[0, 0], [1, 0], [1, 0], [0, 0]], np.float32)  # task "purchase": all 0
+    outputs = np.array([[-1.0, 0.2], [2.0, 0.1], [0.5, -0.3], [0.1, 0.0]], np.float32)
+    metrics = kind.metrics(labels, outputs, ["click", "purchase"])
+    assert np.isnan(metrics["purchase"]["auc"]) and metrics["click"]["auc"] == 1.0
+    with caplog.at_level("WARNING"):
+        assert validation_score(kind, metrics, ["click", "purchase"]) == 1.0
+    assert "purchase" in caplog.text and "selected on click" in caplog.text
+    with pytest.raises(DataError, match="no task has a defined validation auc"):
+        validation_score(kind, kind.metrics(labels[:, [1, 1]], outputs, ["a", "b"]), ["a", "b"])

@@ -321,3 +321,18 @@ def test_dtjs_alpha_learns_to_weigh_a_corrupted_task_down():
     before, after = phi(start, d, m), phi(alpha, d, m)
     assert after[2] < before[2]
     assert after[0] > before[0] and after[1] > before[1]
+
+
+def test_a_short_epoch_is_still_sampled_about_ten_times():
+    """diagnostics_every=200 in a 22-step epoch would give one point, or none: the cadence
+    follows the epoch's length (every 22 // 10 = 2 steps), so its plots have lines."""
+    model = Tiny(3)
+    step = make_step(preset("pcgrad"), model, TrainerConfig(lr=1e-2), 3, seed=0)
+    assert step.method.diagnostics_every == 200
+    for i in range(22):
+        step.train_batch(forward_on(model, i), epoch_batches=22)
+    assert [r["step"] for r in step.diagnostics] == list(range(2, 23, 2))
+    long = make_step(preset("pcgrad", diagnostics_every=5), model, TrainerConfig(lr=1e-2), 3, seed=0)
+    for i in range(20):
+        long.train_batch(forward_on(model, i), epoch_batches=1000)  # a long epoch: every 5 steps
+    assert [r["step"] for r in long.diagnostics] == [5, 10, 15, 20]

@@ -136,7 +136,7 @@ class MethodConfig(Strict):
                                 "on the CPU: `mtlrec bench methods`)")
     task_weights: list[float] | None = None
     diagnostics_every: int = Field(200, ge=0, description="steps between conflict "
-                                   "diagnostics (0: off)")
+                                   "diagnostics, at most an epoch's tenth (0: off)")
     dbmtl: DBMTLConfig = DBMTLConfig()
     mocograd: MoCoGradConfig = MoCoGradConfig()
     cagrad: CAGradConfig = CAGradConfig()

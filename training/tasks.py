@@ -16,6 +16,7 @@ numpy, computed on a whole split.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -23,7 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtlrec.features.errors import DataError
 from mtlrec.training.metrics import task_metrics
+
+log = logging.getLogger(__name__)
 
 
 class TaskKind(Protocol):
@@ -39,8 +43,21 @@ class TaskKind(Protocol):
 
 
 def validation_score(kind: TaskKind, metrics: dict[str, dict], tasks: list[str]) -> float:
-    """The mean over tasks of `kind.select`."""
-    return float(np.mean([metrics[t][kind.select] for t in tasks]))
+    """The mean over tasks of `kind.select`, over the tasks where it is defined: a task whose
+    validation labels are all one class has no AUC, and a NaN mean would leave every epoch
+    unselected (training would return its initial weights). Warns naming the tasks left
+    out; raises when no task is left."""
+    values = {t: metrics[t][kind.select] for t in tasks}
+    undefined = [t for t, v in values.items() if not np.isfinite(v)]
+    if len(undefined) == len(tasks):
+        raise DataError(f"no task has a defined validation {kind.select} ({', '.join(undefined)}: e.g. "
+                        "validation labels all of one class), so no epoch can be selected: use a "
+                        "larger validation split or another split of the data")
+    if undefined:
+        log.warning("validation %s is undefined for task(s) %s (e.g. labels all of one class): the "
+                    "best epoch is selected on %s", kind.select, ", ".join(undefined),
+                    ", ".join(t for t in tasks if t not in undefined))
+    return float(np.mean([v for v in values.values() if np.isfinite(v)]))
 
 
 def validation_key(kind: TaskKind) -> str:

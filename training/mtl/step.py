@@ -44,6 +44,7 @@ from mtlrec.training.mtl.parts import Context
 from mtlrec.training.step import Forward, Pass
 
 PARTS = ("transform", "weighting", "aggregator", "schedule")
+DIAGNOSTICS_PER_EPOCH = 10
 STATE_FORMAT = 2  # 1: the single MethodState struct of mtlrec ≤ 0.x (read by `legacy`)
 
 
@@ -113,10 +114,11 @@ class ComposedStep:
         self.count += 1
         ctx = Context(self.generator, self.count, epoch, self.optimizers.plain.param_groups[0]["lr"])
         outer_due = self.outer is not None and dev is not None and self.outer.due(self.count, epoch_batches)
+        diagnose = self._diagnostics_due(self.count, epoch_batches)
 
         def update(tasks: list[int]) -> torch.Tensor:
             p = forward(self.split)
-            self._update(p, tasks, ctx, dev if outer_due else None, forward)
+            self._update(p, tasks, ctx, dev if outer_due else None, forward, diagnose)
             return collective.batch_mean(p.losses.detach())
 
         def measure() -> torch.Tensor:
@@ -129,14 +131,15 @@ class ComposedStep:
         return raw
 
     def _update(self, p: Pass, tasks: list[int], ctx: Context, dev: Forward | None,
-                forward: Forward) -> None:
-        """One update of `tasks` from the forward pass `p` (dev: learn α on it too)."""
+                forward: Forward, diagnose: bool = False) -> None:
+        """One update of `tasks` from the forward pass `p` (dev: learn α on it too;
+        diagnose: sample the diagnostics, once a step)."""
         m = self.method
         self.optimizers.zero_grad()
         ell_all, self.states["transform"], transformed = self.transform.apply(
             p.losses, self.states["transform"], tasks, train=True)
         ell = ell_all[tasks]
-        sample = self._sampling(ctx.step)
+        sample = diagnose and not (self.diagnostics and self.diagnostics[-1]["step"] == ctx.step)
         record: dict[str, Any] = {}
         if self.aggregator is None:
             w, self.states["weighting"] = self.weighting.weights(ell.detach(), self.states["weighting"],
@@ -204,10 +207,13 @@ class ComposedStep:
                                             for leaf in p.leaves])
 
     # ---------------------------------------------------------------- diagnostics
-    def _sampling(self, step: int) -> bool:
+    def _diagnostics_due(self, step: int, epoch_batches: int | None) -> bool:
+        """Every `diagnostics_every` steps, and at least DIAGNOSTICS_PER_EPOCH times an epoch
+        when its length is known, so that a short run's plots still have points."""
         every = self.method.diagnostics_every
-        return bool(every and step % every == 0
-                    and not (self.diagnostics and self.diagnostics[-1]["step"] == step))
+        if every and epoch_batches:
+            every = min(every, max(1, epoch_batches // DIAGNOSTICS_PER_EPOCH))
+        return bool(every and step % every == 0)
 
     def _note(self, events: dict[str, list]) -> None:
         """Keep what happened between samples (regroupings, α updates) for the next one."""
