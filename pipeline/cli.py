@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=sorted(_help()), metavar="stage")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data=census")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="[mtlrec] %(message)s", stream=sys.stderr)
-    logging.getLogger("mtlrec").setLevel(logging.INFO)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 reports, the others warn
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="[mtlrec] %(message)s" if rank == 0 else f"[mtlrec rank {rank}] %(message)s")
+    logging.getLogger("mtlrec").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     overrides = expand(args.stage, list(args.overrides))
     try:

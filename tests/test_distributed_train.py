@@ -35,6 +35,7 @@ def test_two_ranks_train_as_one_process_on_the_global_batch(tmp_path):
     assert main(["train", *args, "trainer.batch_size=256", f"paths.run_dir={one}"]) == 0
     done = _torchrun(2, "train", *args, "trainer.batch_size=128", f"paths.run_dir={two}")
     assert done.stdout.count("train all: best validation") == 1  # rank 0 reports, once
+    assert done.stderr.count("epoch 0: train loss") == 1  # and logs; rank 1 only warns
     want, got = (json.loads((run / "history.json").read_text())["all"] for run in (one, two))
     assert len(got) == len(want) == 2
     for key in ("train_loss", "valid_mean_auc", "valid_ctr_auc", "valid_ctcvr_logloss"):
