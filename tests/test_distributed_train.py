@@ -105,6 +105,7 @@ def test_sharded_tables_train_like_one_rank_export_and_resume_after_a_rank_is_ki
     assert abs(_history(two)[-1]["valid_mean_auc"] - _history(plain)[-1]["valid_mean_auc"]) < 0.02
 
     assert main(["export", *args, f"paths.run_dir={two}"]) == 0  # whole tables in the run folder
+    _assert_checkpoint_folders(two, ranks=2)
 
     interrupted = [*sharded, "trainer.batch_size=128", f"paths.run_dir={killed}", "trainer.checkpoint_minutes=0"]
     _kill_rank_mid_epoch(_launch(2, "train", *interrupted), killed / "checkpoint-all.pt", rank=1, batch=5)
@@ -117,6 +118,20 @@ def test_sharded_tables_train_like_one_rank_export_and_resume_after_a_rank_is_ki
                          rank=1, batch=5)
     _torchrun(1, "train", *on_two, "trainer.batch_size=256")
     _assert_same(_history(resized), _history(two), atol=1e-5)
+
+
+def _assert_checkpoint_folders(run: Path, ranks: int) -> None:
+    """The shards are written by torch.distributed.checkpoint, one file per rank, into the
+    folders the current and previous checkpoints name (weights and best weights); older
+    folders are pruned."""
+    named = set()
+    for name in ("checkpoint-all.pt", "checkpoint-all.previous.pt"):
+        saved = torch.load(run / name, weights_only=True)
+        named |= {saved["model"], saved["best_weights"]}
+    folders = {p.name for p in run.glob("checkpoint-all.*") if p.is_dir()}
+    assert folders == named and len(folders) >= 2
+    for folder in folders:
+        assert len(list((run / folder).glob("*.distcp"))) == ranks
 
 
 def test_two_nodes_of_one_rank_train_as_one_rank(tmp_path):

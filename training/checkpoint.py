@@ -11,6 +11,7 @@ epoch (weights, optimizer moments, scheduler, RNG, early-stopping counters, hist
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from mtlrec import files
 from mtlrec.features.errors import DataError
@@ -73,3 +75,21 @@ def load(path: Path) -> dict[str, Any]:
         f"no readable checkpoint: {', '.join(problems)} cannot be read; remove {path} (and "
         f"{previous(path).name}) to restart this model from its first epoch, or pass "
         "train.force=true to train the whole run again from scratch")
+
+
+class StateDictWeights:
+    """A model's weights as its state dict, held in the checkpoint file itself (what the
+    trainer keeps of its current and best weights; `sharding.ShardedWeights` is the other
+    keeper, for tables sharded over the ranks)."""
+
+    def current(self, model: nn.Module, tag: str) -> dict[str, torch.Tensor]:
+        return model.state_dict()
+
+    def snapshot(self, model: nn.Module, tag: str) -> dict[str, torch.Tensor]:
+        return copy.deepcopy(model.state_dict())
+
+    def load(self, model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+        model.load_state_dict(saved)
+
+    def prune(self, checkpoint_path: Path, keep: list[Any]) -> None:
+        """Nothing outside the checkpoint file to remove."""

@@ -21,14 +21,13 @@ run would see them, so a run killed in the middle of a 50M-row epoch resumes the
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from mtlrec.features.batches import Shard
 from mtlrec.features.errors import DataError
 from mtlrec.features.stream import Loader, StreamSplit, make_loader
 from mtlrec.progress import Progress
-from mtlrec.training import checkpoint
+from mtlrec.training import checkpoint, sharding
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.distributed import gather_batches, rank0_decides
 from mtlrec.training.step import Forward, MultiTaskStep, Pass
@@ -120,6 +119,11 @@ class Trainer:
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for o in self.optimizers]
         self.autocast = cfg.bf16 and self.device.type == "cuda"
         self.shard = shard
+        if sharding.is_sharded(model) and checkpoint_path is None:
+            raise ValueError("a model with sharded tables keeps its weights beside its checkpoint: "
+                             "give the Trainer a checkpoint_path")
+        self.weights = (sharding.ShardedWeights(checkpoint_path) if sharding.is_sharded(model)
+                        else checkpoint.StateDictWeights())
 
     def _lr_factor(self, epoch: int) -> float:
         if self.cfg.lr_schedule == "cosine":
@@ -151,7 +155,7 @@ class Trainer:
             history.append(row)
             if self.sign * score > best:
                 best, best_epoch, stale = self.sign * score, epoch, 0
-                best_weights = copy.deepcopy(self.model.state_dict())
+                best_weights = self.weights.snapshot(self.model, f"best-e{epoch}")
             else:
                 stale += 1
             log.info("epoch %d: train loss %.5f, %s %.5f%s", epoch, train_loss, self.score_key,
@@ -164,7 +168,7 @@ class Trainer:
             if stop:
                 log.info("early stop: no validation gain for %d epochs", stale)
                 break
-        self.model.load_state_dict(best_weights)
+        self.weights.load(self.model, best_weights)
         speeds = [h["samples_per_s"] for h in history]
         return TrainResult(best_epoch, self.sign * best, len(history), history,
                            float(np.median(speeds)) if speeds else float("nan"))
@@ -264,14 +268,16 @@ class Trainer:
         return self.kind.metrics(labels, outputs, self.tasks)
 
     def _checkpoint(self, epoch: int, done: bool, best: float, best_epoch: int, stale: int,
-                    best_weights: dict, history: list[dict], progress: "EpochProgress") -> None:
+                    best_weights: Any, history: list[dict], progress: "EpochProgress") -> None:
         """`epoch` is the epoch to continue, from batch `progress.batch` of it. Every rank
-        builds the state (sharded tables are gathered collectively); rank 0 writes it."""
+        builds the state (each writes its table shards, `sharding.ShardedWeights`); rank 0
+        writes the checkpoint file."""
         if self.checkpoint_path is None:
             return
         state = {
             "epoch": epoch, "done": done, "best": best, "best_epoch": best_epoch, "stale": stale,
-            "model": self.model.state_dict(), "best_weights": best_weights,
+            "model": self.weights.current(self.model, f"state-e{epoch}-b{progress.batch}"),
+            "best_weights": best_weights,
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "step": self.step.state_dict(), "rng": torch.get_rng_state(), "history": history,
@@ -279,17 +285,17 @@ class Trainer:
         }
         if self.shard.rank == 0:
             checkpoint.save(state, self.checkpoint_path)
+            self.weights.prune(self.checkpoint_path, [state["model"], best_weights])
 
     def _resume(self) -> dict:
         if self.shard.world > 1:
             dist.barrier()  # rank 0 has resumed or cleared the run folder: read it only now
         fresh = {"epoch": 0, "done": False, "best": -math.inf, "best_epoch": -1, "stale": 0,
-                 "best_weights": copy.deepcopy(self.model.state_dict()), "history": [],
-                 "progress": EpochProgress()}
+                 "best_weights": None, "history": [], "progress": EpochProgress()}
         if self.checkpoint_path is None or not checkpoint.exists(self.checkpoint_path):
-            return fresh
+            return fresh | {"best_weights": self.weights.snapshot(self.model, "best-initial")}
         state = checkpoint.load(self.checkpoint_path)
-        self.model.load_state_dict(state["model"])
+        self.weights.load(self.model, state["model"])
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
         for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):

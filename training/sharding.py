@@ -16,21 +16,25 @@ undivided sum of the ranks' contributions is the global gradient: a 2-rank run t
 takes the 1-rank run's steps (tests/test_distributed_sharding.py).
 
 `ShardedRanker` keeps the ranker's interface (forward, shared/task parameters) and its
-state-dict keys. Its state dict holds whole tables (the shards gathered), and loading one
-copies each rank's slices out of whole tables: checkpoints, best weights, the run
-folder's weights and the export read and write plain single-process tensors, and a run
-resumes on any number of ranks. The price: a gather holds every table on every rank
-while it lasts; tables larger than one host need torch.distributed.checkpoint instead.
+state-dict keys; its state dict holds whole tables (the shards gathered) and loading one
+copies each rank's slices out of whole tables, which is what the run folder's weights, the
+export and retrain's warm start read and write. Checkpoints do not gather: `ShardedWeights`
+writes each rank's shards (and the tables' optimizer moments) with
+torch.distributed.checkpoint into a folder beside the checkpoint file, the trainer's best
+weights too, and a run saved on N ranks resumes on M (DCP reshards on load).
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
@@ -108,8 +112,8 @@ class TableOptimizer(torch.optim.Optimizer):
     """DMP's fused table optimizer as one more optimizer of the run: the shards are updated
     inside the backward, so `step` only hands the fused optimizer the scheduled learning
     rate (for the next backward). It shows the scheduler one param group whatever tables a
-    rank holds (a rank's fused optimizer has a group per table it holds, maybe none), and its
-    state dict holds whole tensors, gathered over the union of the ranks' tables."""
+    rank holds (a rank's fused optimizer has a group per table it holds, maybe none); its
+    moments are checkpointed with the shards (`ShardedWeights`), its state dict is the lr."""
 
     def __init__(self, fused: torch.optim.Optimizer, lr: float) -> None:
         self.fused = fused
@@ -125,36 +129,64 @@ class TableOptimizer(torch.optim.Optimizer):
         self.fused.step()
 
     def state_dict(self) -> dict[str, Any]:
-        local = {(param, name): value for param, states in self.fused.state_dict()["state"].items()
-                 for name, value in states.items()}
-        state: dict[str, dict[str, torch.Tensor]] = {}
-        for (param, name), value in _whole_union(local).items():
-            state.setdefault(param, {})[name] = value
-        return {"state": state, "lr": self.param_groups[0]["lr"]}
+        return {"lr": self.param_groups[0]["lr"]}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        for param, states in self.fused.state_dict()["state"].items():
-            for name, value in states.items():
-                fill(value, state_dict["state"][param][name], f"table optimizer {param}.{name}")
         self.param_groups[0]["lr"] = state_dict["lr"]
         self.step()
 
 
-def _whole_union(local: dict[tuple[str, str], Any]) -> dict[tuple[str, str], torch.Tensor]:
-    """Whole tensors of every rank's sharded tensors, keyed as the ranks key them."""
-    shapes = {key: (tuple(value.size()), value.dtype) for key, value in local.items()}
-    everyone: list[dict] = [{} for _ in range(dist.get_world_size())]
-    dist.all_gather_object(everyone, shapes)
-    union = {key: spec for ranks in everyone for key, spec in ranks.items()}
-    out = {}
-    for key in sorted(union):
-        shape, dtype = union[key]
-        whole_tensor = torch.zeros(shape, dtype=dtype)
-        for shard in local[key].local_shards() if key in local else []:
-            whole_tensor[_where(shard)] = shard.tensor.detach().cpu()
-        dist.all_reduce(whole_tensor)
-        out[key] = whole_tensor
-    return out
+class ShardedWeights:
+    """A sharded model's weights (and its tables' optimizer moments) written with
+    torch.distributed.checkpoint: every rank writes its own shards into a folder beside the
+    checkpoint file (`<checkpoint>.<tag>/`), and the checkpoint holds the folder's name, so
+    no rank ever holds a whole table. Loading reshards: a run saved on N ranks resumes on M.
+    The trainer keeps its best weights the same way (on disk, not in memory)."""
+
+    def __init__(self, checkpoint_path: Path) -> None:
+        self.root, self.stem = Path(checkpoint_path).parent, Path(checkpoint_path).stem
+
+    def current(self, model: "ShardedRanker", tag: str) -> str:
+        return self._save(model, tag, optimizer=True)
+
+    def snapshot(self, model: "ShardedRanker", tag: str) -> str:
+        return self._save(model, tag, optimizer=False)
+
+    def _save(self, model: "ShardedRanker", tag: str, optimizer: bool) -> str:
+        name = f"{self.stem}.{tag}"
+        dcp.save(_dcp_state(model, optimizer), checkpoint_id=self.root / name)
+        return name
+
+    def load(self, model: "ShardedRanker", saved: str) -> None:
+        folder = self.root / saved
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: the sharded weights this checkpoint names are missing")
+        saved_keys = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
+        optimizer = any(key.startswith("tables") for key in saved_keys)  # a checkpoint's, not a best's
+        state = _dcp_state(model, optimizer)
+        dcp.load(state, checkpoint_id=folder)
+        model.dmp.load_state_dict(state["model"])
+        if optimizer:
+            model.table_optimizer.fused.load_state_dict(state["tables"])
+
+    def prune(self, checkpoint_path: Path, keep: list[Any]) -> None:
+        """Rank 0, after the checkpoint file is written: remove the folders that neither it
+        nor the previous checkpoint (its fallback) names."""
+        names = {k for k in keep if isinstance(k, str)}
+        previous = checkpoint_path.with_name(f"{checkpoint_path.stem}.previous{checkpoint_path.suffix}")
+        if previous.exists():
+            saved = torch.load(previous, map_location="cpu", weights_only=True)
+            names |= {saved.get("model"), saved.get("best_weights")} - {None}
+        for folder in self.root.glob(f"{self.stem}.*"):
+            if folder.is_dir() and folder.name not in names:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _dcp_state(model: "ShardedRanker", optimizer: bool) -> dict[str, Any]:
+    state: dict[str, Any] = {"model": model.dmp.state_dict()}
+    if optimizer:
+        state["tables"] = model.table_optimizer.fused.state_dict()
+    return state
 
 
 class ShardedRanker(nn.Module):
