@@ -63,7 +63,7 @@ def load(path: Path) -> dict[str, Any]:
         if not candidate.exists():
             continue
         try:
-            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            state = _read(candidate)
         except _UNREADABLE as exc:
             problems.append(f"{candidate} ({type(exc).__name__})")
             continue
@@ -75,6 +75,18 @@ def load(path: Path) -> dict[str, Any]:
         f"no readable checkpoint: {', '.join(problems)} cannot be read; remove {path} (and "
         f"{previous(path).name}) to restart this model from its first epoch, or pass "
         "train.force=true to train the whole run again from scratch")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path` exactly (no fallback), or None when it is missing or unreadable."""
+    try:
+        return _read(path) if Path(path).exists() else None
+    except _UNREADABLE:
+        return None
 
 
 class StateDictWeights:
@@ -91,5 +103,5 @@ class StateDictWeights:
     def load(self, model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
         model.load_state_dict(saved)
 
-    def prune(self, checkpoint_path: Path, keep: list[Any]) -> None:
+    def prune(self, keep: list[Any]) -> None:
         """Nothing outside the checkpoint file to remove."""

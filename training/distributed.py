@@ -44,7 +44,7 @@ def gather_batches(pieces: list[np.ndarray | None], shard: Shard) -> np.ndarray:
 
 def rank0_decides(flag: bool, shard: Shard) -> bool:
     """Rank 0's `flag` on every rank: a decision from a rank's own clock (a mid-epoch
-    checkpoint, which gathers sharded tables collectively) must be the same everywhere."""
+    checkpoint, whose table shards every rank writes) must be the same everywhere."""
     if shard.world == 1:
         return flag
     out = torch.tensor([int(flag)])

@@ -285,7 +285,7 @@ class Trainer:
         }
         if self.shard.rank == 0:
             checkpoint.save(state, self.checkpoint_path)
-            self.weights.prune(self.checkpoint_path, [state["model"], best_weights])
+            self.weights.prune([state["model"], best_weights])
 
     def _resume(self) -> dict:
         if self.shard.world > 1:

@@ -45,6 +45,7 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.types import ShardingType
 
 from mtlrec.models.embedding import TorchrecEmbeddings
+from mtlrec.training import checkpoint
 from mtlrec.training.config import ShardingConfig
 
 # DMP's state dicts are ShardedTensors (torchrec's format); their deprecation notice is
@@ -55,42 +56,37 @@ TABLE_OPTIMIZERS = {"rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
                     "adagrad": EmbOptimType.EXACT_ADAGRAD, "sgd": EmbOptimType.EXACT_SGD}
 
 
-def whole(value: Any) -> Any:
-    """`value` (a state dict, nested) with every ShardedTensor replaced by the whole tensor
-    on every rank. Collective: every rank calls it with the same structure. Shards never
-    overlap, so each rank writes its own into zeros and the sum over ranks is the whole."""
-    if isinstance(value, ShardedTensor):
-        out = torch.zeros(value.size(), dtype=value.dtype)
-        for shard in value.local_shards():
-            out[_where(shard)] = shard.tensor.detach().cpu()
-        dist.all_reduce(out)
-        return out
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, Mapping):
-        return {k: whole(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(whole(v) for v in value)
-    return value
+def whole(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """A state dict with every ShardedTensor replaced by the whole tensor, on every rank.
+    Collective: every rank calls it with the same keys. Shards never overlap, so each rank
+    writes its own into zeros and the sum over ranks is the whole."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, ShardedTensor):
+            tensor = torch.zeros(value.size(), dtype=value.dtype)
+            for shard in value.local_shards():
+                tensor[_where(shard)] = shard.tensor.detach().cpu()
+            dist.all_reduce(tensor)
+            out[key] = tensor
+        else:
+            out[key] = value.detach().clone()
+    return out
 
 
-def fill(live: Any, saved: Any, where: str = "state") -> None:
-    """Copy whole tensors `saved` into the live state `live` in place: a ShardedTensor takes
-    this rank's slices. Local: no collective."""
-    if isinstance(live, ShardedTensor):
-        for shard in live.local_shards():
-            shard.tensor.detach().copy_(saved[_where(shard)])
-    elif isinstance(live, torch.Tensor):
-        if tuple(saved.shape) != tuple(live.shape):
-            raise ValueError(f"{where}: saved shape {tuple(saved.shape)}, the model's {tuple(live.shape)}")
-        live.detach().copy_(saved)
-    elif isinstance(live, Mapping):
-        if set(live) != set(saved):
-            raise ValueError(f"{where}: saved keys differ from the model's: missing "
-                             f"{sorted(set(live) - set(saved), key=str)[:5]}, unexpected "
-                             f"{sorted(set(saved) - set(live), key=str)[:5]}")
-        for key, value in live.items():
-            fill(value, saved[key], f"{where}.{key}")
+def fill(live: Mapping[str, Any], saved: Mapping[str, torch.Tensor]) -> None:
+    """Copy the whole tensors of `saved` into the live state dict in place: a ShardedTensor
+    takes this rank's slices. Local: no collective."""
+    if set(live) != set(saved):
+        raise ValueError(f"saved keys differ from the model's: missing {sorted(set(live) - set(saved))[:5]}, "
+                         f"unexpected {sorted(set(saved) - set(live))[:5]}")
+    for key, value in live.items():
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                shard.tensor.detach().copy_(saved[key][_where(shard)])
+        elif tuple(saved[key].shape) != tuple(value.shape):
+            raise ValueError(f"{key}: saved shape {tuple(saved[key].shape)}, the model's {tuple(value.shape)}")
+        else:
+            value.detach().copy_(saved[key])
 
 
 def _where(shard) -> tuple[slice, ...]:
@@ -144,7 +140,7 @@ class ShardedWeights:
     The trainer keeps its best weights the same way (on disk, not in memory)."""
 
     def __init__(self, checkpoint_path: Path) -> None:
-        self.root, self.stem = Path(checkpoint_path).parent, Path(checkpoint_path).stem
+        self.path = Path(checkpoint_path)
 
     def current(self, model: "ShardedRanker", tag: str) -> str:
         return self._save(model, tag, optimizer=True)
@@ -153,12 +149,12 @@ class ShardedWeights:
         return self._save(model, tag, optimizer=False)
 
     def _save(self, model: "ShardedRanker", tag: str, optimizer: bool) -> str:
-        name = f"{self.stem}.{tag}"
-        dcp.save(_dcp_state(model, optimizer), checkpoint_id=self.root / name)
+        name = f"{self.path.stem}.{tag}"
+        dcp.save(_dcp_state(model, optimizer), checkpoint_id=self.path.parent / name)
         return name
 
     def load(self, model: "ShardedRanker", saved: str) -> None:
-        folder = self.root / saved
+        folder = self.path.parent / saved
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: the sharded weights this checkpoint names are missing")
         saved_keys = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
@@ -169,15 +165,15 @@ class ShardedWeights:
         if optimizer:
             model.table_optimizer.fused.load_state_dict(state["tables"])
 
-    def prune(self, checkpoint_path: Path, keep: list[Any]) -> None:
+    def prune(self, keep: list[Any]) -> None:
         """Rank 0, after the checkpoint file is written: remove the folders that neither it
-        nor the previous checkpoint (its fallback) names."""
-        names = {k for k in keep if isinstance(k, str)}
-        previous = checkpoint_path.with_name(f"{checkpoint_path.stem}.previous{checkpoint_path.suffix}")
-        if previous.exists():
-            saved = torch.load(previous, map_location="cpu", weights_only=True)
-            names |= {saved.get("model"), saved.get("best_weights")} - {None}
-        for folder in self.root.glob(f"{self.stem}.*"):
+        (`keep`) nor the previous checkpoint (its fallback) names; while the previous one
+        cannot be read, remove nothing."""
+        previous = checkpoint.read(checkpoint.previous(self.path))
+        if previous is None and checkpoint.previous(self.path).exists():
+            return
+        names = set(keep) | ({previous["model"], previous["best_weights"]} if previous else set())
+        for folder in self.path.parent.glob(f"{self.path.stem}.*"):
             if folder.is_dir() and folder.name not in names:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -215,7 +211,6 @@ class ShardedRanker(nn.Module):
         self.dmp = DistributedModelParallel(ranker, device=device, plan=self.plan, sharders=[sharder],
                                             init_data_parallel=False)
         fill(self.dmp.state_dict(), initial)  # the single-process initialisation, on any world size
-        self.ranker = [ranker]  # a list: not registered twice (DMP holds it)
         # Tables DMP shards (all but data_parallel ones) are updated in the backward by the
         # fused optimizer, never by ours; data-parallel tables are plain replicated parameters.
         named = dict(ranker.named_parameters())
@@ -225,13 +220,13 @@ class ShardedRanker(nn.Module):
         self.table_optimizer = TableOptimizer(self.dmp.fused_optimizer, cfg.lr)
 
     def forward(self, sparse, dense: torch.Tensor) -> torch.Tensor:
-        return self.ranker[0](sparse, dense)
+        return self.dmp.module(sparse, dense)
 
     def updated_in_backward(self) -> list[nn.Parameter]:
         return list(self._in_backward)
 
     def task_parameters(self, k: int) -> list[nn.Parameter]:
-        return self.ranker[0].task_parameters(k)
+        return self.dmp.module.task_parameters(k)
 
     def shared_parameters(self, include_embeddings: bool = True) -> list[nn.Parameter]:
         """θ without the sharded tables (their per-task gradients are not taken)."""
@@ -239,7 +234,7 @@ class ShardedRanker(nn.Module):
             raise ValueError("method.grad_on=shared_and_embeddings takes per-task gradients of the "
                              "tables, which sharded tables do not give (their optimizer runs in the "
                              "backward): use grad_on=shared, or trainer.sharding.tables=replicated")
-        return self.ranker[0].shared_parameters(include_embeddings)
+        return self.dmp.module.shared_parameters(include_embeddings)
 
     def describe(self) -> str:
         """The plan: each table's sharding type and ranks."""
@@ -247,12 +242,12 @@ class ShardedRanker(nn.Module):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """The ranker's state dict with whole tables (collective: every rank calls it)."""
-        return whole(dict(self.dmp.state_dict()))
+        return whole(self.dmp.state_dict())
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
                         assign: bool = False) -> Any:
         """Whole tables (a state dict of the single-process ranker) into this rank's shards."""
-        fill(dict(self.dmp.state_dict()), state_dict, "model")
+        fill(self.dmp.state_dict(), state_dict)
 
 
 def updated_in_backward(model: nn.Module) -> list[nn.Parameter]:
