@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from mtlrec.features.folder import FeatureInfo, FeaturesFolder
+from mtlrec.features.folder import WEIGHT_COL, FeatureInfo, FeaturesFolder
 from mtlrec.features.lists import pad_lists
 
 
@@ -39,7 +39,9 @@ class Slots:
 @dataclass
 class Batch:
     """ids [B, S] int64 (one column per single-valued field; see `Slots`), dense [B, D]
-    float32, labels [B, K] float32, lengths [B, M] int64 of the multi-valued fields."""
+    float32, labels [B, K] float32 (NaN where a task skips the row), lengths [B, M] int64
+    of the multi-valued fields, weights [B, K] float32 of each row in each task's loss and
+    metrics (None: all 1)."""
 
     keys: list[str]
     ids: torch.Tensor
@@ -47,6 +49,7 @@ class Batch:
     labels: torch.Tensor
     lengths: torch.Tensor | None = None
     slots: Slots | None = None  # None: every field holds one id
+    weights: torch.Tensor | None = None
 
     @property
     def sparse(self) -> KeyedJaggedTensor:
@@ -80,7 +83,8 @@ class Batch:
 
     def _map(self, fn) -> "Batch":
         return Batch(self.keys, fn(self.ids), fn(self.dense), fn(self.labels),
-                     None if self.lengths is None else fn(self.lengths), self.slots)
+                     None if self.lengths is None else fn(self.lengths), self.slots,
+                     None if self.weights is None else fn(self.weights))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -96,12 +100,13 @@ class Batch:
 @dataclass
 class Rows:
     """Rows of a split as tensors (see `Batch` for the shapes); lengths has M = 0 columns
-    when no field is multi-valued."""
+    when no field is multi-valued; weights is None when every row weighs 1."""
 
     ids: torch.Tensor
     lengths: torch.Tensor
     dense: torch.Tensor
     labels: torch.Tensor
+    weights: torch.Tensor | None = None
 
     def index_select(self, index: torch.Tensor) -> "Rows":
         return Rows(*(t.index_select(0, index) for t in self._all))
@@ -115,7 +120,8 @@ class Rows:
 
     @property
     def _all(self) -> tuple[torch.Tensor, ...]:
-        return self.ids, self.lengths, self.dense, self.labels
+        tensors = self.ids, self.lengths, self.dense, self.labels
+        return tensors if self.weights is None else (*tensors, self.weights)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -123,20 +129,47 @@ class Rows:
 
 @dataclass(frozen=True)
 class RowLayout:
-    """Which model-ready columns become which tensor, in the order the model expects."""
+    """Which model-ready columns become which tensor, in the order the model expects.
+
+    Weights: a row's sample weight (`weighted`), times 1/rate in every task but the sampled
+    one on the kept rows whose sampled task is 0, when this split was negative-downsampled
+    (`importance`: the sampled task's index and 1/rate; the training split only)."""
 
     categorical: list[str]
     numeric: list[str]
     tasks: list[str]
     max_len: dict[str, int] = field(default_factory=dict)  # the multi-valued fields
+    weighted: bool = False
+    importance: tuple[int, float] | None = None
 
     @classmethod
-    def of(cls, info: FeatureInfo) -> "RowLayout":
-        return cls(list(info.categorical), list(info.numeric), list(info.tasks), info.max_len)
+    def of(cls, info: FeatureInfo, split: str = "train") -> "RowLayout":
+        importance = None
+        if info.sampled is not None and split == "train":
+            importance = (info.tasks.index(info.sampled.task), 1.0 / info.sampled.rate)
+        return cls(list(info.categorical), list(info.numeric), list(info.tasks), info.max_len,
+                   info.weighted, importance)
 
     @property
     def columns(self) -> list[str]:
-        return self.categorical + self.numeric + self.tasks
+        return self.categorical + self.numeric + self.tasks + ([WEIGHT_COL] if self.weighted else [])
+
+    @property
+    def has_weights(self) -> bool:
+        return self.weighted or self.importance is not None
+
+    def weights(self, table: pa.Table, labels: np.ndarray) -> np.ndarray | None:
+        """[N, K] weights of the rows of `table` (None: all 1)."""
+        if not self.has_weights:
+            return None
+        n, k = labels.shape
+        row = table.column(WEIGHT_COL).to_numpy().astype(np.float32) if self.weighted else np.ones(n, np.float32)
+        out = np.repeat(row[:, None], k, axis=1)
+        if self.importance is not None:
+            task, factor = self.importance
+            others = np.arange(k) != task
+            out[np.ix_(labels[:, task] == 0.0, others)] *= np.float32(factor)
+        return out
 
     @property
     def slots(self) -> Slots | None:
@@ -153,7 +186,8 @@ class RowLayout:
     @property
     def row_bytes(self) -> int:
         """Bytes one row takes as tensors (int64 ids and lengths, float32 dense and labels)."""
-        return 8 * (self.n_slots + len(self.max_len)) + 4 * (len(self.numeric) + len(self.tasks))
+        weights = len(self.tasks) if self.has_weights else 0
+        return 8 * (self.n_slots + len(self.max_len)) + 4 * (len(self.numeric) + len(self.tasks) + weights)
 
     def rows(self, table: pa.Table) -> Rows:
         ids, lengths = [], []
@@ -165,15 +199,17 @@ class RowLayout:
             else:
                 ids.append(table.column(name).to_numpy().astype(np.int64)[:, None])
         n_rows = table.num_rows
+        labels = matrix(table, self.tasks, np.float32)
+        weights = self.weights(table, labels)
         return Rows(torch.from_numpy(np.concatenate(ids, axis=1) if ids else np.empty((n_rows, 0), np.int64)),
                     torch.from_numpy(np.stack(lengths, axis=1) if lengths else np.empty((n_rows, 0), np.int64)),
                     torch.from_numpy(matrix(table, self.numeric, np.float32)),
-                    torch.from_numpy(matrix(table, self.tasks, np.float32)))
+                    torch.from_numpy(labels), None if weights is None else torch.from_numpy(weights))
 
     def batch(self, rows: Rows) -> Batch:
         multi = bool(self.max_len)
         return Batch(self.categorical, rows.ids, rows.dense, rows.labels,
-                     rows.lengths if multi else None, self.slots)
+                     rows.lengths if multi else None, self.slots, rows.weights)
 
 
 def split_filter(split: str) -> ds.Expression:
@@ -189,7 +225,7 @@ class SplitData:
 
     def __init__(self, features: FeaturesFolder, split: str,
                  extra_columns: tuple[str, ...] = ()) -> None:
-        layout = RowLayout.of(features.info())
+        layout = RowLayout.of(features.info(), split)
         table = open_dataset(features).to_table(columns=layout.columns + list(extra_columns),
                                                 filter=split_filter(split))
         self._fill(layout, layout.rows(table),
@@ -219,6 +255,10 @@ class SplitData:
     @property
     def labels(self) -> torch.Tensor:
         return self.rows.labels
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        return self.rows.weights
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -309,5 +349,5 @@ def matrix(table: pa.Table, names: list[str], dtype: type) -> np.ndarray:
     """The named columns as one row-major [N, len(names)] array."""
     out = np.empty((table.num_rows, len(names)), dtype=dtype)
     for j, name in enumerate(names):
-        out[:, j] = table.column(name).to_numpy()
+        out[:, j] = table.column(name).to_numpy(zero_copy_only=False)  # a null becomes NaN
     return out

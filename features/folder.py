@@ -27,12 +27,55 @@ from mtlrec import files
 from mtlrec.features.errors import DataError
 
 INFO_FILE = "artifacts.json"
+WEIGHT_COL = "__weight"  # the model-ready column of sample weights (data.weight), when there is one
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task as training, export and serving need it: its kind and what turns the
+    model's outputs into the task's answer.
+
+    - binary: one logit; the probability is σ(logit + `logit_offset`), where the offset
+      log(r) undoes negative downsampling at rate r (p / (p + (1 − p)/r)), 0 otherwise;
+    - regression: one value in standardised units; the answer is value·std + mean, then
+      expm1 when the target was learnt as log1p;
+    - multiclass: one logit per class of `classes`; the answer is their softmax.
+    """
+
+    name: str
+    kind: str = "binary"
+    classes: list[str] | None = None
+    logit_offset: float = 0.0
+    mean: float = 0.0
+    std: float = 1.0
+    log1p: bool = False
+    loss: str = "mse"
+    huber_delta: float = 1.0
+    unit: str = ""
+    may_be_missing: bool = False  # optional or masked: some rows have no label
+
+    @property
+    def width(self) -> int:
+        """Model outputs of the task."""
+        return len(self.classes) if self.classes else 1
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """Negative downsampling of the training split (data.sampling): rows with `task` = 0
+    kept at `rate`. The task is calibrated by its logit offset; every other task weighs
+    the kept rows with `task` = 0 by 1/rate, so its loss is the full data's."""
+
+    task: str
+    rate: float
 
 
 @dataclass(frozen=True)
 class FeatureInfo:
     """What a model needs to know about the features: field and task order, embedding
-    table sizes, the group column, and the polars version that hashed any hashed field."""
+    table sizes, the group column, the polars version that hashed any hashed field, each
+    task's kind (`TaskInfo`; binary for folders of mtlrec ≤ 0.x), whether rows carry a
+    sample weight, and the training split's negative downsampling."""
 
     categorical: list[str]
     numeric: list[str]
@@ -41,6 +84,15 @@ class FeatureInfo:
     group: str | None = None
     polars_version: str | None = None
     multi: dict[str, dict] = field(default_factory=dict)  # multi-valued field → max_len, pooling
+    task_info: list[TaskInfo] = field(default_factory=list)  # per task, in `tasks` order
+    weighted: bool = False  # the rows hold WEIGHT_COL
+    sampled: Sampled | None = None
+
+    def __post_init__(self) -> None:
+        if not self.task_info:  # folders written before task kinds: every task binary
+            object.__setattr__(self, "task_info", [TaskInfo(t) for t in self.tasks])
+        if [t.name for t in self.task_info] != list(self.tasks):
+            raise DataError(f"task_info {[t.name for t in self.task_info]} does not match tasks {self.tasks}")
 
     @property
     def max_len(self) -> dict[str, int]:
@@ -60,8 +112,11 @@ class FeatureInfo:
         if not path.is_file():
             raise DataError(f"{artifacts_dir}: feature artifact {INFO_FILE} is missing")
         info = json.loads(path.read_text())
+        sampled = info.get("sampled")
         return cls(info["categorical"], info["numeric"], info["tasks"], info["table_sizes"],
-                   info.get("group"), info.get("polars_version"), info.get("multi", {}))
+                   info.get("group"), info.get("polars_version"), info.get("multi", {}),
+                   [TaskInfo(**t) for t in info.get("task_info", [])], info.get("weighted", False),
+                   Sampled(**sampled) if sampled else None)
 
 
 @dataclass(frozen=True)

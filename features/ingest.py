@@ -29,9 +29,9 @@ from pydantic import Field
 from mtlrec import __version__
 from mtlrec.configbase import Strict
 from mtlrec.files import atomic_folder
-from mtlrec.features import numeric, validate, vocab
+from mtlrec.features import labels, numeric, validate, vocab
 from mtlrec.features.errors import DataError
-from mtlrec.features.folder import FeaturesFolder
+from mtlrec.features.folder import WEIGHT_COL, FeaturesFolder
 from mtlrec.features.sources import (
     EXTRA_COL,
     FILE_COL,
@@ -155,14 +155,16 @@ def _build(
         return manifest | {"status": "rejected"}
 
     staged = staged.with_columns(_split(spec, files, staged, counts))
+    staged, n_downsampled = _downsample(spec, staged)
     t1 = time.perf_counter()
     transform = _fit(spec, staged, base_artifacts)
     timings["fit"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     split_rows = _write_model_ready(spec, transform, staged, work.data_dir, options.compression)
     timings["transform_write"] = time.perf_counter() - t2
-    if sum(split_rows.values()) != manifest["rows_good"]:
-        raise RuntimeError(f"ingest lost rows: {split_rows} vs {manifest['rows_good']} good rows")
+    if sum(split_rows.values()) + n_downsampled != manifest["rows_good"]:
+        raise RuntimeError(f"ingest lost rows: {split_rows} + {n_downsampled} downsampled vs "
+                           f"{manifest['rows_good']} good rows")
     transform.save(work.artifacts_dir)
     truncated = _truncated(spec, staged)  # before the staged rows are removed
     _drop_staging(work.path)
@@ -170,6 +172,8 @@ def _build(
     return manifest | {
         "status": "ok",
         "split_rows": split_rows,
+        **({"rows_downsampled": n_downsampled, "sampling": spec.sampling.model_dump()}
+           if spec.sampling is not None else {}),
         "table_sizes": transform.table_sizes,
         "lists_truncated": truncated,
         "tasks": spec.task_names,
@@ -270,6 +274,19 @@ def _split(spec: DataSpec, files: list[InputFile], staged: pl.LazyFrame, counts:
     )
 
 
+def _downsample(spec: DataSpec, staged: pl.LazyFrame) -> tuple[pl.LazyFrame, int]:
+    """Negative downsampling of the training split (data.sampling); returns the rows kept
+    and how many were dropped (counted in the manifest: nothing leaves unrecorded)."""
+    if labels.sampled_info(spec) is None:
+        return staged, 0
+    row = pl.col(FILE_COL).cast(pl.Int64) * 2**40 + pl.col(LINE_COL)
+    drop = (pl.col(SPLIT_COL) == "train") & labels.downsampled(spec, row)
+    n = int(staged.select(drop.sum()).collect(engine="streaming").item())
+    log.info("ingest: negative downsampling of '%s' at rate %g dropped %s training rows",
+             spec.sampling.task, spec.sampling.negative_rate, f"{n:,}")
+    return staged.filter(~drop), n
+
+
 def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> FeatureTransform:
     """Pass 3: vocabularies and numeric statistics from the training split only."""
     train = good.filter(pl.col(SPLIT_COL) == "train")
@@ -289,10 +306,11 @@ def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> Fea
         for f in spec.categorical if f.hash_buckets is not None
     }
     stats: dict[str, dict] = {}
+    exprs = numeric.stats_exprs(spec.numeric) + labels.stats_exprs(spec)
+    row = train.select(exprs).collect(engine="streaming").row(0, named=True) if exprs else {}
     if spec.numeric:
-        row = train.select(numeric.stats_exprs(spec.numeric)).collect(engine="streaming").row(0, named=True)
         stats = numeric.collect_stats(row, spec.numeric)
-    return FeatureTransform(spec, vocabularies, stats)
+    return FeatureTransform(spec, vocabularies, stats, labels.fit(spec, row))
 
 
 def _write_model_ready(
@@ -303,7 +321,8 @@ def _write_model_ready(
     keep = [c for c in (spec.id, spec.group) if c is not None]
     good = staged.select(
         *keep, *([pl.col(spec.day).cast(pl.String)] if spec.day else []), SPLIT_COL,
-        *transform.expressions(), *spec.task_names,
+        *transform.expressions(), *labels.encode(spec, transform.label_stats),
+        *([WEIGHT_COL] if spec.weight is not None else []),
     )
     keys = [SPLIT_COL] + ([spec.day] if spec.day else [])
     good.sink_parquet(pl.PartitionBy(folder, key=keys, include_key=False), mkdir=True,

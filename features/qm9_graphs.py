@@ -104,6 +104,7 @@ class GraphBatch:
     """A torch_geometric `Batch` of molecules in the trainer's batch interface."""
 
     graphs: Batch
+    weights: None = None  # every molecule weighs 1 (the trainer's batch interface)
 
     @property
     def inputs(self) -> tuple[Batch]:
@@ -124,6 +125,8 @@ class GraphSplit:
     """A QM9 split for the trainer (`features.batches.BatchLoader`): `labels` [N, 11] and
     `batch(rows)`. Each molecule's graph is built the first time a batch needs it and
     kept (bond graphs of all 130k molecules hold ~5M edges; complete graphs ~40M)."""
+
+    weights = None  # every molecule weighs 1
 
     def __init__(self, graphs: QM9Graphs, rows: int | None = None) -> None:
         """rows: use the first `rows` molecules only (reduced schedules, tests)."""

@@ -62,19 +62,39 @@ class NumericField(Strict):
 
 
 class Label(Strict):
-    """A binary task label, read from one column or derived from several.
+    """A task label, read from one column or derived from several, of one kind.
 
+    Kinds (`kind`): `binary` (log loss; AUC, log loss, calibration), `regression` (MSE or
+    Huber on the target after the optional `log1p` and standardisation fitted on the
+    training split; MAE and RMSE in original units), `multiclass` (cross-entropy over
+    `classes`; accuracy, macro-F1).
+
+    Binary sources:
     - `column` with neither `positive` nor `all_of`: the column must hold 0 or 1.
     - `column` + `positive` (+ optional `negative`): 1 when the value is in `positive`;
       with `negative` given, any value in neither list is a bad row.
     - `all_of`: 1 when every listed 0/1 column is 1 (e.g. ctcvr = click AND conversion).
+    A regression label reads a number from `column`; a multiclass label one of `classes`.
+
+    Missing labels: a row whose label is missing is a bad row unless `optional: true`, when
+    the row is kept and this task's loss and metrics skip it. `mask_by: <label>` trains and
+    scores the task only on rows where that binary label is 1 (CVR on the click space).
     """
 
     name: str
+    kind: Literal["binary", "regression", "multiclass"] = "binary"
     column: str | None = None
     positive: list[str] | None = None
     negative: list[str] | None = None
     all_of: list[str] | None = None
+    classes: list[str] | None = Field(None, description="multiclass: the class values, in output order")
+    loss: Literal["mse", "huber"] = Field("mse", description="regression loss (in standardised units)")
+    huber_delta: float = Field(1.0, gt=0, description="Huber's delta, in standard deviations")
+    log1p: bool = Field(False, description="regression: learn log1p(y) (y ≥ 0; negative y is a bad row)")
+    standardize: bool = Field(True, description="regression: learn (y − mean) / std of the training split")
+    unit: str = Field("", description="regression: the unit metrics are reported in")
+    optional: bool = Field(False, description="a missing label keeps the row (the task skips it)")
+    mask_by: str | None = Field(None, description="a binary label: this task sees only its positive rows")
 
     @model_validator(mode="after")
     def _one_source(self) -> "Label":
@@ -84,14 +104,41 @@ class Label(Strict):
             raise ValueError(f"label '{self.name}': `positive`/`negative` only apply to `column`")
         if self.negative is not None and self.positive is None:
             raise ValueError(f"label '{self.name}': `negative` needs `positive`")
+        if self.kind != "binary" and (self.all_of or self.positive or self.negative):
+            raise ValueError(f"label '{self.name}': `all_of`/`positive`/`negative` are for binary "
+                             f"labels; a {self.kind} label reads `column`")
+        if (self.kind == "multiclass") != (self.classes is not None):
+            raise ValueError(f"label '{self.name}': `classes` lists the values of a multiclass "
+                             "label (and only of one)")
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise ValueError(f"label '{self.name}': `classes` needs at least 2 distinct values, "
+                             f"got {self.classes}")
         return self
 
     @property
     def binary_columns(self) -> list[str]:
         """Columns that must hold 0/1 for this label to be computed."""
+        if self.kind != "binary":
+            return []
         if self.all_of is not None:
             return list(self.all_of)
         return [self.column] if self.positive is None else []
+
+    @property
+    def width(self) -> int:
+        """Model outputs of this task: one logit or value, or one logit per class."""
+        return len(self.classes) if self.classes else 1
+
+
+class Sampling(Strict):
+    """Negative downsampling at ingest: keep each training row whose `task` label is 0 with
+    probability `negative_rate` (seeded by the row, so a re-ingest keeps the same rows).
+    Validation and test keep every row; predictions are calibrated back to the full-data
+    rate (p / (p + (1 − p) / r)) by evaluation, export and serving."""
+
+    task: str
+    negative_rate: float = Field(gt=0.0, le=1.0)
+    seed: int = 2026
 
 
 class Source(Strict):
@@ -164,6 +211,9 @@ class DataSpec(Strict):
     group: str | None = Field(None, description="column to slice metrics by (e.g. country)")
     day: str | None = Field(None, description="column holding the partition day (YYYY-MM-DD)")
     ignore: list[str] = Field(default_factory=list, description="columns present in the input but not used")
+    weight: str | None = Field(None, description="a column of non-negative sample weights for the "
+                               "loss and the metrics (may also be listed in `ignore`)")
+    sampling: Sampling | None = None
     split: Split = Split()
     checks: Checks = Checks()
 
@@ -209,6 +259,20 @@ class DataSpec(Strict):
                     raise ValueError(f"checks.implies names '{c}', which is not a label column")
         if self.checks.unique_id and self.id is None:
             raise ValueError("checks.unique_id needs an `id` column")
+        by_name = {lab.name: lab for lab in self.labels}
+        for lab in self.labels:
+            if lab.mask_by is not None:
+                other = by_name.get(lab.mask_by)
+                if other is None or other.kind != "binary" or other.name == lab.name:
+                    raise ValueError(f"label '{lab.name}': mask_by names '{lab.mask_by}', which is "
+                                     f"not another binary label ({sorted(by_name)})")
+        if self.weight is not None and self.weight in set(names) | label_cols:
+            raise ValueError(f"weight column '{self.weight}' must not also be a feature or label")
+        if self.sampling is not None:
+            task = by_name.get(self.sampling.task)
+            if task is None or task.kind != "binary":
+                raise ValueError(f"sampling.task '{self.sampling.task}' is not a binary label "
+                                 f"({sorted(by_name)})")
         return self
 
     @property
@@ -250,6 +314,7 @@ class DataSpec(Strict):
             + [f.name for f in self.categorical]
             + [f.name for f in self.numeric]
             + self.label_source_columns
+            + [self.weight]
             + list(self.ignore)
         ):
             if c is not None and c not in cols:

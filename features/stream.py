@@ -38,7 +38,7 @@ import torch
 
 from mtlrec.features.batches import (Batch, Batchable, BatchLoader, EpochLoader, RowLayout, Rows,
                                      Shard, SplitData, matrix, open_dataset, split_filter)
-from mtlrec.features.folder import FeaturesFolder
+from mtlrec.features.folder import WEIGHT_COL, FeaturesFolder
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class StreamSplit:
                  extra_columns: tuple[str, ...] = (), prefetch: int = 2) -> None:
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
-        self.layout = RowLayout.of(features.info())
+        self.layout = RowLayout.of(features.info(), split)
         self.keys = self.layout.categorical
         self.extra_columns, self.prefetch, self.split = tuple(extra_columns), prefetch, split
         self._dataset = open_dataset(features)
@@ -86,6 +86,14 @@ class StreamSplit:
     def labels(self) -> torch.Tensor:
         """[N, K] in file order, only these columns read (what evaluation compares with)."""
         return torch.from_numpy(matrix(self._columns(self.layout.tasks), self.layout.tasks, np.float32))
+
+    @cached_property
+    def weights(self) -> torch.Tensor | None:
+        """[N, K] in file order (None: every row weighs 1)."""
+        if not self.layout.has_weights:
+            return None
+        table = self._columns(self.layout.tasks + ([WEIGHT_COL] if self.layout.weighted else []))
+        return torch.from_numpy(self.layout.weights(table, matrix(table, self.layout.tasks, np.float32)))
 
     @cached_property
     def extra(self) -> dict[str, np.ndarray]:

@@ -35,6 +35,13 @@ or not the row was clicked), and `like` / `share`, two more labels whose effects
 0.8 × the click's / the buy's plus 0.6 × their own: the tasks {click, like} and
 {buy, share} agree within and conflict across when ρ < 0. Their effects come from a
 generator of their own, so switching them on changes none of the other columns.
+
+`mixed_labels` writes two labels of other kinds, for multi-task models that mix them
+(from a generator of their own too): `dwell`, seconds on the item after a click
+(regression, heavy-tailed: exp(2 + 0.4·CVR signal + 0.5·noise); empty when there was no
+click, and for `dwell_missing` of the clicks, as when a client's beacon is lost), and
+`intent` ∈ {browse, buy, other} (multiclass: the largest of the CTR signal, the CVR
+signal and 0, each plus Gumbel noise).
 """
 
 from __future__ import annotations
@@ -94,6 +101,9 @@ class SynthParams(Strict):
     conflict_labels: bool = Field(False, description="also write buy (without the click), like "
                                   "and share: labels that conflict for ρ < 0 (module docstring)")
     like_rate: float = Field(0.1, gt=0, lt=1, description="target rate of like and of share")
+    mixed_labels: bool = Field(False, description="also write dwell (regression, empty without a "
+                               "click) and intent (multiclass): module docstring")
+    dwell_missing: float = Field(0.2, ge=0, lt=1, description="share of clicked rows whose dwell is lost")
     tags: int = Field(5_000, ge=0, description="distinct tags of the multi-valued `tags` column "
                       "(0: no such column)")
     max_tags: int = Field(8, ge=1, description="tags per row are uniform on 0..max_tags")
@@ -225,6 +235,8 @@ def _frame(truth: GroundTruth, rng: np.random.Generator, n: int, first_id: int, 
         cols |= {"buy": buy.astype(np.int8)}
         cols |= {name: (own.random(n) < 1.0 / (1.0 + np.exp(-d[f"{name}_logit"]))).astype(np.int8)
                  for name in ("like", "share")}
+    if p.mixed_labels:
+        cols |= _mixed_labels(d, click, truth, p, np.random.default_rng([p.seed, 11, first_id]))
     cols |= {
         "click": click.astype(np.int8),
         "conversion": (click & buy).astype(np.int8),
@@ -240,6 +252,22 @@ def _frame(truth: GroundTruth, rng: np.random.Generator, n: int, first_id: int, 
         if p.format == "csv":
             frame = frame.with_columns(pl.col("tags").list.join("|"))
     return _corrupt(frame, rng, p.corrupt_fraction) if p.corrupt_fraction else frame
+
+
+INTENTS = ("browse", "buy", "other")
+
+
+def _mixed_labels(d: dict[str, np.ndarray], click: np.ndarray, truth: GroundTruth, p: SynthParams,
+                  rng: np.random.Generator) -> dict[str, object]:
+    """dwell (seconds, None without a click or when lost) and intent (module docstring)."""
+    n = click.size
+    ctr, cvr = d["ctr_logit"] - truth.b_ctr, d["cvr_logit"] - truth.b_cvr
+    dwell = np.exp(2.0 + 0.4 * cvr + 0.5 * rng.standard_normal(n)).round(2)
+    kept = click & (rng.random(n) >= p.dwell_missing)
+    gumbel = rng.gumbel(size=(n, 3))
+    intent = np.argmax(np.stack([ctr, cvr, np.zeros(n)], axis=1) + gumbel, axis=1)
+    return {"dwell": pl.Series(np.where(kept, dwell, np.nan)).fill_nan(None),
+            "intent": np.asarray(INTENTS)[intent]}
 
 
 # Defects a real log pipeline produces: (column, bad value). ("click", "0") is written

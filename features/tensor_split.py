@@ -12,6 +12,7 @@ import torch
 class TensorBatch:
     x: torch.Tensor
     labels: torch.Tensor
+    weights: None = None  # every row weighs 1 (the trainer's batch interface)
 
     @property
     def inputs(self) -> tuple[torch.Tensor]:
@@ -26,7 +27,9 @@ class TensorBatch:
 
 
 class TensorSplit:
-    """Rows of `x` [N, …] with their `labels` [N, K]."""
+    """Rows of `x` [N, …] with their `labels` [N, K]; every row weighs 1."""
+
+    weights = None
 
     def __init__(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         if x.shape[0] != labels.shape[0]:

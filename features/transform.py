@@ -8,14 +8,14 @@ files (JSON + Parquet), never pickles.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from mtlrec.features import numeric, vocab
+from mtlrec.features import labels, numeric, vocab
 from mtlrec.features.errors import DataError
 from mtlrec.features.folder import FeatureInfo
 from mtlrec.features.lists import pad_lists
@@ -24,6 +24,7 @@ from mtlrec.features.spec import DataSpec
 SPEC_FILE = "feature_spec.json"
 VOCAB_FILE = "vocab.parquet"
 STATS_FILE = "numeric_stats.json"
+LABEL_STATS_FILE = "label_stats.json"  # regression targets' mean/std (absent before task kinds)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class FeatureTransform:
     spec: DataSpec
     vocabularies: dict[str, pl.DataFrame]  # field → (value, id, count)
     numeric_stats: dict[str, dict]  # field → mean, std, min, max, missing, rows
+    label_stats: dict[str, dict] = field(default_factory=dict)  # regression task → mean, std
 
     @property
     def categorical_names(self) -> list[str]:
@@ -114,13 +116,16 @@ class FeatureTransform:
         )
         table.select("field", *vocab.VOCAB_COLUMNS).write_parquet(folder / VOCAB_FILE)
         (folder / STATS_FILE).write_text(json.dumps(self.numeric_stats, indent=2))
+        (folder / LABEL_STATS_FILE).write_text(json.dumps(self.label_stats, indent=2))
         self.info.save(folder)
 
     @property
     def info(self) -> FeatureInfo:
         multi = {f.name: {"max_len": f.max_len, "pooling": f.pooling} for f in self.spec.multi_fields}
         return FeatureInfo(self.categorical_names, self.numeric_names, self.spec.task_names,
-                           self.table_sizes, self.spec.group, pl.__version__, multi)
+                           self.table_sizes, self.spec.group, pl.__version__, multi,
+                           labels.task_info(self.spec, self.label_stats), self.spec.weight is not None,
+                           labels.sampled_info(self.spec))
 
     @classmethod
     def load(cls, folder: Path) -> "FeatureTransform":
@@ -142,4 +147,6 @@ class FeatureTransform:
             for f in spec.categorical
         }
         stats = json.loads((folder / STATS_FILE).read_text())
-        return cls(spec, vocabularies, stats)
+        label_stats = folder / LABEL_STATS_FILE
+        return cls(spec, vocabularies, stats,
+                   json.loads(label_stats.read_text()) if label_stats.is_file() else {})

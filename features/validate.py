@@ -16,6 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
+from mtlrec.features import labels
+from mtlrec.features.folder import WEIGHT_COL
 from mtlrec.features.sources import EXTRA_COL, FILE_COL, LINE_COL, InputFile
 from mtlrec.features.spec import CategoricalField, DataSpec
 
@@ -23,8 +25,6 @@ DUP_COL = "__dup"  # computed over all input rows before validation (ingest)
 NUM_PREFIX = "__num:"  # numeric fields parsed once (see `with_parsed_numbers`)
 REPLACEMENT_CHAR = "\ufffd"  # what utf8-lossy decoding puts in place of invalid bytes
 MAX_ECHO = 200  # characters of a value shown in a reason (the quarantine keeps it whole)
-_BINARY_TRUE = ["1", "1.0", "true", "True"]
-_BINARY_FALSE = ["0", "0.0", "false", "False"]
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,6 @@ def with_parsed_numbers(lf: pl.LazyFrame, spec: DataSpec) -> pl.LazyFrame:
     )
 
 
-def _binary(col: str) -> pl.Expr:
-    """0/1 label column → 0.0/1.0, anything else → null."""
-    raw = pl.col(col)
-    return (
-        pl.when(raw.is_in(_BINARY_TRUE)).then(pl.lit(1.0))
-        .when(raw.is_in(_BINARY_FALSE)).then(pl.lit(0.0))
-        .otherwise(None)
-    )
-
-
 def split_elements(field: CategoricalField) -> pl.Expr:
     """A multi field's string → its list of elements (null for a missing or empty string)."""
     raw = pl.col(field.name)
@@ -77,7 +67,8 @@ def split_elements(field: CategoricalField) -> pl.Expr:
 
 
 def typed_columns(spec: DataSpec) -> list[pl.Expr]:
-    """Typed values of a raw row: categorical strings, numeric floats, task labels 0/1.
+    """Typed values of a raw row: categorical strings, numeric floats, task labels
+    (`labels.typed`: null where a task skips the row), the sample weight as WEIGHT_COL.
 
     Non-finite numbers become missing when the field allows it (`nonfinite: missing`);
     rows with problems get some nulls here, which is harmless: they are quarantined.
@@ -88,14 +79,7 @@ def typed_columns(spec: DataSpec) -> list[pl.Expr]:
         if f.nonfinite == "missing":
             x = pl.when(x.is_finite()).then(x).otherwise(None)
         exprs.append(x.alias(f.name))
-    for lab in spec.labels:
-        if lab.all_of is not None:
-            y = pl.min_horizontal(_binary(c) for c in lab.all_of)
-        elif lab.positive is not None:
-            y = pl.col(lab.column).is_in(lab.positive).cast(pl.Float64)
-        else:
-            y = _binary(lab.column)
-        exprs.append(y.cast(pl.Float32).alias(lab.name))
+    exprs += labels.typed(spec) + labels.typed_weight(spec, WEIGHT_COL)
     for c in (spec.id, spec.group, spec.day):
         if c is not None:
             exprs.append(pl.col(c))
@@ -207,28 +191,12 @@ def _numeric_problems(spec: DataSpec) -> list[Problem]:
 
 
 def _label_problems(spec: DataSpec) -> list[Problem]:
-    out = []
-    for c in spec.label_source_columns:
-        out.append(_missing(c))
-    for c in spec.binary_columns:
-        out.append(Problem(
-            "label not 0/1",
-            pl.col(c).is_not_null() & _binary(c).is_null(),
-            pl.format("{}: label must be 0 or 1, got {}", pl.lit(c), _quoted(c)),
-        ))
-    for lab in spec.labels:
-        if lab.negative is not None:
-            allowed = lab.positive + lab.negative
-            out.append(Problem(
-                "label value unknown",
-                pl.col(lab.column).is_not_null() & ~pl.col(lab.column).is_in(allowed),
-                pl.format("{}: value {} is in neither positive nor negative list",
-                          pl.lit(lab.column), _quoted(lab.column)),
-            ))
+    out = [Problem(kind, condition, message) for kind, condition, message in
+           labels.problems(spec, _quoted) + labels.weight_problems(spec, _quoted)]
     for a, b in spec.checks.implies:
         out.append(Problem(
             f"{a} without {b}",
-            (_binary(a) == 1.0) & (_binary(b) == 0.0),
+            (labels.binary(a) == 1.0) & (labels.binary(b) == 0.0),
             pl.lit(f"{a} = 1 requires {b} = 1"),
         ))
     return out

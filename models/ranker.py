@@ -1,6 +1,8 @@
 """The multi-task ranker: embeddings + dense features → backbone → one tower per task.
 
-forward(sparse, dense) → logits [B, K]. `sparse` is a torchrec KeyedJaggedTensor (real
+forward(sparse, dense) → outputs [B, W]: each task's tower gives `widths[k]` of them
+(one logit or value, or one logit per class of a multiclass task; W = K when every task
+has one). `sparse` is a torchrec KeyedJaggedTensor (real
 lengths for the multi-valued fields named in `pooling`) or, when every field is
 single-valued, the equivalent ids tensor [B, F]. With `esmm` (Ma et al., SIGIR 2018),
 task 1 is CTCVR = CTR × CVR: its tower predicts pCVR and the returned logit is
@@ -9,7 +11,7 @@ logit(pCTR · pCVR), so the CVR tower learns from the whole impression space.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -39,11 +41,15 @@ def _backbone(cfg: RankerConfig, in_dim: int, n_tasks: int) -> nn.Module:
 
 class MultiTaskRanker(nn.Module):
     def __init__(self, cfg: RankerConfig, table_sizes: dict[str, int], n_dense: int,
-                 n_tasks: int, pooling: Mapping[str, str] | None = None) -> None:
+                 n_tasks: int, pooling: Mapping[str, str] | None = None,
+                 widths: Sequence[int] | None = None) -> None:
         super().__init__()
-        if cfg.esmm and n_tasks != 2:
-            raise ValueError(f"model.esmm needs exactly 2 tasks (CTR, CTCVR), got {n_tasks}")
-        self.cfg, self.n_tasks = cfg, n_tasks
+        widths = [1] * n_tasks if widths is None else list(widths)
+        if len(widths) != n_tasks or min(widths, default=1) < 1:
+            raise ValueError(f"widths {widths} must give each of the {n_tasks} tasks at least one output")
+        if cfg.esmm and widths != [1, 1]:
+            raise ValueError(f"model.esmm needs exactly 2 tasks (CTR, CTCVR), both binary; got widths {widths}")
+        self.cfg, self.n_tasks, self.widths = cfg, n_tasks, widths
         self.pooling = dict(pooling or {})  # the export twin lays out its inputs from it
         self.embeddings = make_embeddings(table_sizes, cfg.embedding_dim, cfg.embedding_impl,
                                           cfg.embedding_grad, self.pooling)
@@ -52,8 +58,8 @@ class MultiTaskRanker(nn.Module):
         out, p = self.backbone.out_dim, cfg.dropout
         self.towers = nn.ModuleList(
             nn.Sequential(mlp(out, cfg.tower_hidden, p),
-                          nn.Linear(cfg.tower_hidden[-1] if cfg.tower_hidden else out, 1))
-            for _ in range(n_tasks)
+                          nn.Linear(cfg.tower_hidden[-1] if cfg.tower_hidden else out, width))
+            for width in widths
         )
 
     def representation(self, sparse, dense: torch.Tensor) -> torch.Tensor:
@@ -73,10 +79,10 @@ class MultiTaskRanker(nn.Module):
         return self.heads(self.backbone.decode(parts))
 
     def heads(self, hidden: list[torch.Tensor]) -> torch.Tensor:
-        logits = [tower(h).squeeze(-1) for tower, h in zip(self.towers, hidden)]
+        outputs = [tower(h) for tower, h in zip(self.towers, hidden)]
         if self.cfg.esmm:
-            logits[1] = _product_logit(logits[0], logits[1])
-        return torch.stack(logits, dim=1)
+            outputs[1] = _product_logit(outputs[0], outputs[1])
+        return torch.cat(outputs, dim=1)
 
     def task_parameters(self, k: int) -> list[nn.Parameter]:
         """ψ_k: parameters only task k's loss reaches (its tower, gate, own experts)."""

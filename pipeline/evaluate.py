@@ -33,7 +33,6 @@ from mtlrec.pipeline.targets import Target, load_target
 from mtlrec.serving.bundle import Bundle
 from mtlrec.training.loop import Split, predict
 from mtlrec.training.metrics import delta_m, group_auc, task_metrics
-from mtlrec.training.tasks import RegressionTasks
 
 _UNSAFE = re.compile(r"[^\w.-]+")  # what a file name of the evaluated model's label may not hold
 _P_CLIP = 1e-7  # probabilities → logits for the logloss; float32 1.0 would be an infinite logit
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def predict_run(run: RunFolder, data: Split, target: Target) -> np.ndarray:
     """Outputs [N, K, …] of a trained run (STL: each task from its own model)."""
-    models = run.load_models(target.model, len(target.tasks))
+    models = run.load_models(target.model, target.tasks)
     return np.concatenate([predict(m, data, target.eval_batch_size) for m in models.values()], axis=1)
 
 
@@ -59,29 +58,33 @@ def evaluate_run(cfg: Config) -> dict:
         raise DataError(f"data={cfg.data.name}: the test split is empty")
     outputs = predict_run(run, test, target)
     labels = test.labels.numpy()
-    kind, tasks = target.kind, target.tasks
-    metrics: dict = {"split": "test", "rows": len(test), "metric": kind.metric,
-                     "tasks": kind.metrics(labels, outputs, tasks)}
-    if isinstance(kind, RegressionTasks):
-        metrics["units"] = kind.unit
-    values = {t: m[kind.metric] for t, m in metrics["tasks"].items()}
-    for name in dict.fromkeys((kind.metric, kind.select)):  # QM9: MAE in original and in std units
-        metrics[f"mean_{name}"] = float(np.mean([m[name] for m in metrics["tasks"].values()]))
-    if target.group:
-        metrics["group_auc"] = group_auc(labels, outputs, test.extra[target.group], tasks)
-    stl = _stl_metric(RunFolder(cfg.evaluate.stl_run), run, kind.metric)
+    weights = None if test.weights is None else test.weights.numpy()
+    kind = target.kind
+    headline = {t.name: t.metric for t in kind.tasks}  # each task's own: AUC, MAE, accuracy
+    metrics: dict = {"split": "test", "rows": len(test), "metric": "/".join(kind.metric_names),
+                     "headline": headline, "tasks": kind.metrics(labels, outputs, weights)}
+    if kind.units:
+        metrics["units"] = kind.units
+    values = {t: m[headline[t]] for t, m in metrics["tasks"].items()}
+    for name in dict.fromkeys(kind.metric_names + [kind.select]):  # QM9: MAE in original and std units
+        having = [m[name] for m in metrics["tasks"].values() if name in m]
+        metrics[f"mean_{name}"] = float(np.nanmean(having)) if having else float("nan")
+    scores = kind.binary_scores(labels, outputs)
+    if target.group and scores:
+        names, ys, zs = zip(*scores)
+        metrics["group_auc"] = group_auc(np.stack(ys, 1), np.stack(zs, 1), test.extra[target.group], list(names))
+    stl = _stl_metric(RunFolder(cfg.evaluate.stl_run), run, headline)
     if stl is not None:
         metrics["stl"] = stl
-        lower = frozenset() if kind.higher_is_better else frozenset(tasks)
-        metrics["delta_m_pct"] = delta_m(values, stl, lower)
+        metrics["delta_m_pct"] = delta_m(values, stl, kind.lower_is_better)
     run.save_metrics(metrics)
-    plots = report.plots(run.evaluation, labels, outputs, tasks, run.history(), kind,
-                         run.diagnostics_files())
+    plots = report.plots(run.evaluation, labels, outputs, run.history(), kind, run.diagnostics_files())
     files.write_text(run.report_file, report.markdown(cfg, run.path.name, metrics, plots))
     with tracking.run(cfg.paths.work_dir, cfg.data.name, run.path.name, state.run_id):
         mlflow.log_metrics({f"test_{t}_{k}": v for t, m in metrics["tasks"].items()
                             for k, v in m.items() if np.isfinite(v)})
-        mlflow.log_metric(f"test_mean_{kind.metric}", metrics[f"mean_{kind.metric}"])
+        mlflow.log_metrics({f"test_mean_{name}": metrics[f"mean_{name}"] for name in kind.metric_names
+                            if np.isfinite(metrics[f"mean_{name}"])})
         if "delta_m_pct" in metrics:
             mlflow.log_metric("test_delta_m_pct", metrics["delta_m_pct"])
         mlflow.log_artifacts(str(run.evaluation), run.evaluation.name)
@@ -89,15 +92,16 @@ def evaluate_run(cfg: Config) -> dict:
     return metrics
 
 
-def _stl_metric(stl: RunFolder, run: RunFolder, metric: str) -> dict[str, float] | None:
-    """Per-task test metric of the STL baseline run, evaluated on the same test split."""
+def _stl_metric(stl: RunFolder, run: RunFolder, metric: dict[str, str]) -> dict[str, float] | None:
+    """Per-task test metric (`metric[task]`) of the STL baseline run, evaluated on the same
+    test split."""
     if stl.path.resolve() == run.path.resolve():
         return None
     metrics = stl.metrics()
     if metrics is None:
         log.info("evaluate: no evaluated STL run at %s, so no Δm%%", stl.path)
         return None
-    return {t: m[metric] for t, m in metrics["tasks"].items()}
+    return {t: m[metric[t]] for t, m in metrics["tasks"].items()}
 
 
 def served_metrics(model: Bundle, rows: raw.RawRows, chunk_rows: int = 65_536) -> dict:

@@ -28,7 +28,6 @@ from mtlrec.pipeline.targets import build_ranker
 from mtlrec.serving import bundle as bundle_mod
 from mtlrec.serving.export import export_bundle
 from mtlrec.serving.source import DIGEST_TAG
-from mtlrec.training.tasks import BinaryTasks
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 def load_ranker(run: RunFolder, features: FeaturesFolder) -> MultiTaskRanker:
     """The run's multi-task ranker with its best weights, for the features it trained on."""
     info = features.info()
-    return run.load_multi_task_model(lambda cfg, n: build_ranker(cfg, info, n), len(info.tasks))
+    return run.load_multi_task_model(lambda cfg, index: build_ranker(cfg, info, index), len(info.tasks))
 
 
 def export_run(cfg: Config, run: RunFolder) -> bundle_mod.Bundle:
@@ -53,7 +52,7 @@ def export_run(cfg: Config, run: RunFolder) -> bundle_mod.Bundle:
             log.warning("export: re-exporting, the existing bundle does not verify: %s", exc)
     features = FeaturesFolder(Path(state.features)).require(cfg.data.name)
     ranker = load_ranker(run, features)
-    metrics = {"validation": run.best_row(BinaryTasks()), "test": run.metrics()}
+    metrics = {"validation": run.best_row(), "test": run.metrics()}
     identity = {"model_name": cfg.registry.model_name, "run_id": state.run_id,
                 "data": cfg.data.name, "data_fingerprint": features.fingerprint,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

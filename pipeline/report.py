@@ -16,32 +16,34 @@ from mtlrec.pipeline import diagnostics  # noqa: E402
 from mtlrec.pipeline.config import Config  # noqa: E402
 from mtlrec.pipeline.run_folder import MULTI_TASK  # noqa: E402
 from mtlrec.training.metrics import sigmoid  # noqa: E402
-from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_key  # noqa: E402
+from mtlrec.training.tasks import TaskSet, validation_key  # noqa: E402
 
 
-def plots(folder: Path, labels: np.ndarray, outputs: np.ndarray, tasks: list[str],
-          history: dict[str, list[dict]], kind: TaskKind, diagnostics_files: list[Path]
-          ) -> dict[str, str]:
+def plots(folder: Path, labels: np.ndarray, outputs: np.ndarray, history: dict[str, list[dict]],
+          kind: TaskSet, diagnostics_files: list[Path]) -> dict[str, str]:
     """Write the PNGs into folder (the run's evaluation folder); returns {title: file name}.
-    The run's conflict diagnostics are plotted too."""
+    ROC and calibration of the binary tasks (their labelled rows, calibrated logits); the
+    run's conflict diagnostics are plotted too."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {"Training curves": "curves.png"}
     _curves(folder / out["Training curves"], history, validation_key(kind))
-    if isinstance(kind, BinaryTasks):
+    scores = kind.binary_scores(labels, outputs)
+    if scores:
         out |= {"ROC per task": "roc.png", "Calibration": "calibration.png"}
-        _roc(folder / out["ROC per task"], labels, outputs, tasks)
-        _calibration(folder / out["Calibration"], labels, outputs, tasks)
+        _roc(folder / out["ROC per task"], scores)
+        _calibration(folder / out["Calibration"], scores)
     for path in diagnostics_files:
         out |= diagnostics.plot(path, folder)
     return out
 
 
-def _roc(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str]) -> None:
+def _roc(path: Path, scores: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
     fig, ax = plt.subplots(figsize=(5, 5))
-    for k, task in enumerate(tasks):
-        if labels[:, k].min() == labels[:, k].max():
+    for task, y, z in scores:
+        y, z = y[np.isfinite(y)], z[np.isfinite(y)]
+        if y.size == 0 or y.min() == y.max():
             continue
-        fpr, tpr, _ = roc_curve(labels[:, k], logits[:, k])
+        fpr, tpr, _ = roc_curve(y, z)
         ax.plot(fpr, tpr, label=task)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
@@ -65,17 +67,19 @@ def _curves(path: Path, history: dict[str, list[dict]], score_key: str) -> None:
     plt.close(fig)
 
 
-def _calibration(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list[str],
-                 bins: int = 10) -> None:
+def _calibration(path: Path, scores: list[tuple[str, np.ndarray, np.ndarray]], bins: int = 10) -> None:
     """Reliability diagram on prediction deciles (log-log: rates are small for CTCVR)."""
     fig, ax = plt.subplots(figsize=(5, 5))
     lo, hi = 1.0, 0.0
-    for k, task in enumerate(tasks):
-        p = sigmoid(logits[:, k])
+    for task, y, z in scores:
+        y, z = y[np.isfinite(y)], z[np.isfinite(y)]
+        if y.size == 0:
+            continue
+        p = sigmoid(z)
         edges = np.quantile(p, np.linspace(0, 1, bins + 1))
         which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, bins - 1)
         mean_p = np.bincount(which, p, bins) / np.maximum(np.bincount(which, minlength=bins), 1)
-        rate = np.bincount(which, labels[:, k], bins) / np.maximum(np.bincount(which, minlength=bins), 1)
+        rate = np.bincount(which, y, bins) / np.maximum(np.bincount(which, minlength=bins), 1)
         keep = (mean_p > 0) & (rate > 0)
         ax.plot(mean_p[keep], rate[keep], marker="o", label=task)
         if keep.any():
@@ -90,7 +94,7 @@ def _calibration(path: Path, labels: np.ndarray, logits: np.ndarray, tasks: list
 
 def markdown(cfg: Config, run_name: str, metrics: dict, plots: dict[str, str]) -> str:
     metric, tasks = metrics["metric"], metrics["tasks"]
-    columns = list(next(iter(tasks.values())))
+    columns = list(dict.fromkeys(c for m in tasks.values() for c in m))  # mixed kinds: the union
     units, stl = metrics.get("units", {}), metrics.get("stl")
     lines = [
         f"# Evaluation: {run_name}", "",
@@ -100,8 +104,8 @@ def markdown(cfg: Config, run_name: str, metrics: dict, plots: dict[str, str]) -
         "| --- | " + " | ".join("---:" for _ in columns) + (" | ---:" if stl else "") + (" | --- |" if units else " |"),
     ]
     for task, m in tasks.items():
-        cells = [f"{m[c]:.4g}" for c in columns] + ([f"{stl[task]:.4g}"] if stl else [])
-        lines.append(f"| {task} | " + " | ".join(cells) + (f" | {units[task]} |" if units else " |"))
+        cells = [f"{m[c]:.4g}" if c in m else "–" for c in columns] + ([f"{stl[task]:.4g}"] if stl else [])
+        lines.append(f"| {task} | " + " | ".join(cells) + (f" | {units.get(task, '')} |" if units else " |"))
     means = [f"{name} **{value:.4f}**" for name, value in metrics.items() if name.startswith("mean_")]
     lines += ["", "Mean over tasks: " + ", ".join(means) + "."]
     if "delta_m_pct" in metrics:
@@ -110,7 +114,7 @@ def markdown(cfg: Config, run_name: str, metrics: dict, plots: dict[str, str]) -
         lines.append(f"Δm%: no evaluated STL run for this data and seed at `{cfg.evaluate.stl_run}` "
                      "(train and evaluate `method=stl` first).")
     if "group_auc" in metrics:
-        tasks = list(metrics["tasks"])
+        tasks = list(next(iter(metrics["group_auc"].values()), {}))  # the binary tasks
         lines += ["", "## AUC per group", "", "| group | " + " | ".join(tasks) + " |",
                   "| --- | " + " | ".join("---:" for _ in tasks) + " |"]
         for group, aucs in metrics["group_auc"].items():

@@ -230,7 +230,7 @@ def warm_start_from(champion: RunFolder) -> Callable[[MultiTaskRanker], None]:
     """An `init` for train_run: copy the champion's weights into a fresh model."""
     state = champion.trained()
     info = FeatureInfo.load(Path(state.features))
-    old = champion.load_multi_task_model(lambda cfg, n: build_ranker(cfg, info, n), len(info.tasks))
+    old = champion.load_multi_task_model(lambda cfg, index: build_ranker(cfg, info, index), len(info.tasks))
 
     def init(model: MultiTaskRanker) -> None:
         warm_start(model, old)

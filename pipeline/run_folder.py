@@ -38,7 +38,7 @@ from torch import nn
 from mtlrec import files
 from mtlrec.features.errors import DataError
 from mtlrec.models.config import ModelConfig, load_model_config
-from mtlrec.training.tasks import TaskKind, validation_key
+from mtlrec.training.tasks import selection_of
 
 #: the model of a multi-task run (an STL run has one model per task, named after it)
 MULTI_TASK = "all"
@@ -152,24 +152,25 @@ class RunFolder:
         with files.atomic_file(self.weights(model)) as tmp:
             torch.save(state_dict, tmp)
 
-    def load_models(self, build: Callable[[ModelConfig, int], nn.Module], n_tasks: int
+    def load_models(self, build: Callable[[ModelConfig, list[int]], nn.Module], tasks: list[str]
                     ) -> dict[str, nn.Module]:
         """Every trained model of the run, best weights loaded, in eval mode: {"all": the
-        multi-task model} or {task: its STL model}. `build(config, heads)` makes a fresh one."""
+        multi-task model} or {task: its STL model}. `build(config, task indices)` makes a
+        fresh one with a head for each of `tasks` it is given."""
         config, out = self.model_config(), {}
         for name in self.history():
-            model = build(config, n_tasks if name == MULTI_TASK else 1)
+            model = build(config, list(range(len(tasks))) if name == MULTI_TASK else [tasks.index(name)])
             model.load_state_dict(torch.load(self.weights(name), weights_only=True))
             out[name] = model.eval()
         return out
 
-    def load_multi_task_model(self, build: Callable[[ModelConfig, int], nn.Module], n_tasks: int
+    def load_multi_task_model(self, build: Callable[[ModelConfig, list[int]], nn.Module], n_tasks: int
                               ) -> nn.Module:
         """The run's one multi-task model (export, warm start); an STL run has none."""
         if not self.weights(MULTI_TASK).is_file():
             raise DataError(f"{self.path}: needs one multi-task model ({self.weights(MULTI_TASK).name}); "
                             "an STL run trains one model per task")
-        model = build(self.model_config(), n_tasks)
+        model = build(self.model_config(), list(range(n_tasks)))
         model.load_state_dict(torch.load(self.weights(MULTI_TASK), weights_only=True))
         return model.eval()
 
@@ -186,11 +187,13 @@ class RunFolder:
         """{model: rows per epoch}, models in training order."""
         return json.loads(self._history_file.read_text())
 
-    def best_row(self, kind: TaskKind, model: str = MULTI_TASK) -> dict:
-        """The epoch whose weights were kept: best validation score of the task kind (the
-        first one on a tie, as the trainer keeps it)."""
-        key, sign = validation_key(kind), 1.0 if kind.higher_is_better else -1.0
-        return max(self.history()[model], key=lambda row: sign * row[key])
+    def best_row(self, model: str = MULTI_TASK) -> dict:
+        """The epoch whose weights were kept: best validation score (the first one on a
+        tie, as the trainer keeps it)."""
+        rows = self.history()[model]
+        key, higher = selection_of(rows[0])
+        sign = 1.0 if higher else -1.0
+        return max(rows, key=lambda row: sign * row[key])
 
     # ------------------------------------------------------------------ later stages' folders
 

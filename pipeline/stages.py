@@ -63,10 +63,11 @@ def run_evaluate(cfg: Config) -> None:
         _print_served_evaluation(cfg)
         return
     metrics = evaluate_run(cfg)
-    metric = metrics["metric"]
-    values = ", ".join(f"{t} {m[metric]:.4g}" for t, m in metrics["tasks"].items())
+    headline = metrics["headline"]  # each task's own metric (AUC, MAE, accuracy)
+    values = ", ".join(f"{t} {headline[t]} {m[headline[t]]:.4g}" for t, m in metrics["tasks"].items())
+    means = ", ".join(f"mean {name} {metrics[f'mean_{name}']:.4f}" for name in dict.fromkeys(headline.values()))
     delta = f"; Δm% {metrics['delta_m_pct']:+.3f}" if "delta_m_pct" in metrics else ""
-    print(f"evaluate: test {metric} {values}; mean {metrics[f'mean_{metric}']:.4f}{delta}")
+    print(f"evaluate: test {values}; {means}{delta}")
     print(f"  report: {RunFolder(cfg.paths.run_dir).report_file}")
 
 

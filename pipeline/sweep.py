@@ -35,11 +35,9 @@ from mtlrec.pipeline.evaluate import evaluate_run
 from mtlrec.pipeline.run_folder import RunFolder
 from mtlrec.pipeline.targets import ingest_logs
 from mtlrec.pipeline.train import train_run
-from mtlrec.training.tasks import BinaryTasks, ClassTasks, RegressionTasks, validation_key
+from mtlrec.training.tasks import SELECTION_KEYS as HIGHER_IS_BETTER
 
 log = logging.getLogger(__name__)
-HIGHER_IS_BETTER = {validation_key(kind): kind.higher_is_better
-                    for kind in (BinaryTasks, ClassTasks, RegressionTasks)}
 
 
 class SweepSpec(Strict):

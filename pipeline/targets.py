@@ -30,7 +30,7 @@ from mtlrec.models.lenet import MultiLeNet
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline.config import Config, to_yaml
 from mtlrec.training.loop import Split
-from mtlrec.training.tasks import BinaryTasks, ClassTasks, RegressionTasks, TaskKind
+from mtlrec.training.tasks import MulticlassTask, TaskSet, qm9_tasks
 
 SPLITS = ("train", "valid", "test")
 
@@ -38,9 +38,9 @@ SPLITS = ("train", "valid", "test")
 @dataclass(frozen=True)
 class Target:
     tasks: list[str]
-    kind: TaskKind
+    kind: TaskSet  # the tasks, in `tasks` order
     split: Callable[[str], Split]  # "train" | "valid" | "test" → the split's data
-    model: Callable[[ModelConfig, int], nn.Module]  # a fresh model with this many task heads
+    model: Callable[[ModelConfig, list[int]], nn.Module]  # a fresh model with heads for these tasks
     fingerprint: str  # identifies the data (an MLflow tag of every run)
     artifacts: list[Path] = field(default_factory=list)  # logged with the run's model
     group: str | None = None  # test-split column the metrics are sliced by
@@ -61,8 +61,11 @@ def ingest_logs(cfg: Config) -> FeaturesFolder:
     return ingest(cfg.data, Path(cfg.paths.features), cfg.ingest, resolved_config=to_yaml(cfg))
 
 
-def build_ranker(model_cfg: ModelConfig, info: FeatureInfo, n_tasks: int) -> MultiTaskRanker:
-    return MultiTaskRanker(model_cfg, info.table_sizes, len(info.numeric), n_tasks, info.pooling)
+def build_ranker(model_cfg: ModelConfig, info: FeatureInfo, index: list[int] | None = None) -> MultiTaskRanker:
+    """A fresh ranker with a head for each task of `index` (default: every task)."""
+    index = list(range(len(info.tasks))) if index is None else index
+    return MultiTaskRanker(model_cfg, info.table_sizes, len(info.numeric), len(index), info.pooling,
+                           [info.task_info[k].width for k in index])
 
 
 def _logs(cfg: Config) -> Target:
@@ -74,8 +77,8 @@ def _logs(cfg: Config) -> Target:
         return open_split(features, name, mode=cfg.trainer.data, budget_mb=cfg.trainer.memory_budget_mb,
                           extra_columns=extra)
 
-    return Target(list(info.tasks), BinaryTasks(), split,
-                  lambda model_cfg, n: build_ranker(model_cfg, info, n), features.fingerprint,
+    return Target(list(info.tasks), TaskSet.of(info.task_info), split,
+                  lambda model_cfg, index: build_ranker(model_cfg, info, index), features.fingerprint,
                   [features.artifacts_dir, features.manifest_file], info.group)
 
 
@@ -102,7 +105,9 @@ def _multimnist(cfg: Config) -> Target:
 
     fingerprint = cache_folder(Path("."), mnist, spec.construction_seed, spec.n_valid, None,
                                spec.layout).name
-    return Target(list(DIGIT_TASKS), ClassTasks(), split, lambda _, n: MultiLeNet(n_tasks=n), fingerprint)
+    digits = tuple(str(d) for d in range(10))
+    kind = TaskSet(tuple(MulticlassTask(t, digits) for t in DIGIT_TASKS))
+    return Target(list(DIGIT_TASKS), kind, split, lambda _, index: MultiLeNet(n_tasks=len(index)), fingerprint)
 
 
 def _qm9(cfg: Config) -> Target:
@@ -113,15 +118,14 @@ def _qm9(cfg: Config) -> Target:
 
     spec: QM9Spec = cfg.data  # type: ignore[assignment]
     qm9 = load_qm9(Path(spec.path), seed=spec.split_seed)
-    scale = {t.name: float(s) * t.paper_scale for t, s in zip(TARGETS, qm9.stats.std)}
-    kind = RegressionTasks(scale, {t.name: t.paper_unit for t in TARGETS})
+    kind = qm9_tasks(TARGETS, qm9.stats.std)
 
     def split(name: str) -> GraphSplit:
         graphs = QM9Graphs(qm9.splits[name], cutoff=spec.cutoff, bonds_only=spec.edges == "bonds")
         return GraphSplit(graphs, _prefix(spec.rows, name, len(graphs)))
 
-    def model(model_cfg: ModelConfig, n: int) -> MPNN:
-        return MPNN(len(NODE_FEATURES), len(EDGE_FEATURES), n_tasks=n, hidden=model_cfg.hidden)
+    def model(model_cfg: ModelConfig, index: list[int]) -> MPNN:
+        return MPNN(len(NODE_FEATURES), len(EDGE_FEATURES), n_tasks=len(index), hidden=model_cfg.hidden)
 
     fingerprint = f"qm9-{Path(spec.path).stat().st_size}-seed{spec.split_seed}-{spec.edges}-cutoff{spec.cutoff}"
     return Target([t.name for t in TARGETS], kind, split, model, fingerprint, eval_batch_size=512)

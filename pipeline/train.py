@@ -87,8 +87,10 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
                 raise
             run.save_weights(name, trainer.model.state_dict())
         run.save_history({name: r.history for name, r in results.items()})
-        mlflow.log_metrics({f"{'' if name == MULTI_TASK else name + '.'}best_{validation_key(target.kind)}":
-                            r.best_valid_score for name, r in results.items()})
+        groups = model_groups(target.tasks, cfg.method.single_task)
+        mlflow.log_metrics({f"{'' if name == MULTI_TASK else name + '.'}best_"
+                            f"{validation_key(target.kind.subset(groups[name]))}": r.best_valid_score
+                            for name, r in results.items()})
         run.log_training(target.artifacts, CHECKPOINT_ARTIFACT_MAX_MB)
         run.save_state(RunState(run_id, "trained", features))
     distributed.close()
@@ -102,7 +104,7 @@ def _trainer(cfg: Config, target: Target, run: RunFolder, name: str, index: list
     epochs go to MLflow and its diagnostics to the run folder (rank 0)."""
     seed_everything(cfg.seed)
     tasks = [target.tasks[k] for k in index]
-    model = target.model(cfg.model, len(index))
+    model = target.model(cfg.model, index)
     if init is not None:
         init(model)
     if cfg.trainer.sharding.tables != "replicated":
@@ -117,7 +119,7 @@ def _trainer(cfg: Config, target: Target, run: RunFolder, name: str, index: list
         on_epoch=(lambda epoch, row: mlflow.log_metrics(
             {prefix + k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)) if observed else None,
         on_diagnostics=DiagnosticsLog(run.diagnostics(name), tasks, prefix) if observed else None,
-        kind=target.kind, eval_batch_size=target.eval_batch_size, shard=shard,
+        kind=target.kind.subset(index), eval_batch_size=target.eval_batch_size, shard=shard,
     )
 
 

@@ -22,7 +22,7 @@ from mtlrec.training.config import TrainerConfig
 from mtlrec.training.loop import Trainer
 from mtlrec.training.mtl.step import make_step
 from mtlrec.features.errors import DataError
-from mtlrec.training.tasks import BinaryTasks, ClassTasks, RegressionTasks, validation_score
+from mtlrec.training.tasks import MulticlassTask, RegressionTask, TaskSet, binary_tasks, validation_score
 
 TINY = {
     "multimnist": ["data=multimnist", "data.rows.train=256", "data.rows.valid=128", "data.rows.test=128"],
@@ -38,23 +38,24 @@ def test_class_tasks_loss_is_per_task_cross_entropy_and_accuracy_counts_argmax()
     logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]],
                            [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])  # [B=2, K=2, C=3]
     labels = torch.tensor([[0, 2], [0, 1]])
-    kind = ClassTasks()
+    kind = TaskSet((MulticlassTask("left", ("0", "1", "2")), MulticlassTask("right", ("0", "1", "2"))))
     expected = torch.stack([nn.functional.cross_entropy(logits[:, k], labels[:, k], reduction="none")
                             for k in range(2)], dim=1)
     assert torch.allclose(kind.loss(logits, labels), expected)
-    metrics = kind.metrics(labels.numpy(), logits.numpy(), ["left", "right"])
+    metrics = kind.metrics(labels.numpy(), logits.numpy())
     assert metrics["left"]["accuracy"] == 0.5  # row 1 predicts class 1, label 0
     assert metrics["right"]["accuracy"] == 0.5  # row 1 predicts class 0, label 1
     assert validation_score(kind, metrics, ["left", "right"]) == 0.5
 
 
 def test_regression_tasks_report_mae_in_original_units_and_select_on_std_units():
-    kind = RegressionTasks(scale={"a": 10.0, "b": 0.5}, unit={"a": "meV", "b": "D"})
+    kind = TaskSet((RegressionTask("a", std=10.0, unit="meV"), RegressionTask("b", std=0.5, unit="D")))
     labels = np.array([[0.0, 1.0], [1.0, 1.0]], np.float32)
     outputs = np.array([[0.5, 1.0], [1.0, 3.0]], np.float32)  # |err|: a 0.5, 0; b 0, 2
-    metrics = kind.metrics(labels, outputs, ["a", "b"])
-    assert metrics["a"] == {"mae": pytest.approx(2.5), "mae_std_units": pytest.approx(0.25)}
-    assert metrics["b"] == {"mae": pytest.approx(0.5), "mae_std_units": pytest.approx(1.0)}
+    metrics = kind.metrics(labels, outputs)
+    assert metrics["a"]["mae"] == pytest.approx(2.5) and metrics["a"]["mae_std_units"] == pytest.approx(0.25)
+    assert metrics["b"]["mae"] == pytest.approx(0.5) and metrics["b"]["mae_std_units"] == pytest.approx(1.0)
+    assert metrics["a"]["rmse"] == pytest.approx(10 * np.sqrt(0.125)) and metrics["b"]["rmse"] == pytest.approx(0.5 * np.sqrt(2))
     assert validation_score(kind, metrics, ["a", "b"]) == pytest.approx(0.625)
     assert not kind.higher_is_better
     assert torch.equal(kind.loss(torch.tensor(outputs), torch.tensor(labels)),
@@ -111,11 +112,11 @@ def test_every_method_trains_the_benchmark_models_to_finite_weights(target, spec
                     grouped={"warmup_steps": 2, "regroup_every": 2})
     index = [0] if method.single_task else list(range(len(t.tasks)))
     torch.manual_seed(0)
-    model = t.model(config.load([f"data={name}"]).model, len(index))
+    model = t.model(config.load([f"data={name}"]).model, index)
     before = [p.detach().clone() for p in model.parameters()]
     cfg = TrainerConfig(max_epochs=1, batch_size=32 if name == "qm9" else 64, lr=1e-3, device="cpu")
     trainer = Trainer(model, make_step(method, model, cfg, len(index), 0), cfg,
-                      [t.tasks[k] for k in index], index, seed=0, kind=t.kind)
+                      [t.tasks[k] for k in index], index, seed=0, kind=t.kind.subset(index))
     result = trainer.fit(t.split("train"), t.split("valid"))
     assert np.isfinite(result.history[0]["train_loss"]) and np.isfinite(result.best_valid_score)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -127,7 +128,7 @@ def test_multimnist_lenet_learns_both_digits():
     cfg = config.load(["data=multimnist", "data.rows.train=3000", "data.rows.valid=500"])
     t = load_target(cfg)
     torch.manual_seed(0)
-    model = t.model(cfg.model, 2)
+    model = t.model(cfg.model, [0, 1])
     trainer_cfg = TrainerConfig(max_epochs=2, batch_size=64, lr=3e-3, device="cpu")
     trainer = Trainer(model, make_step(cfg.method, model, trainer_cfg, 2, 0), trainer_cfg, t.tasks,
                       [0, 1], seed=0, kind=t.kind)
@@ -192,13 +193,13 @@ def test_export_refuses_a_benchmark_run(tmp_path, capsys):
 def test_a_task_without_a_defined_auc_is_left_out_of_selection_with_a_warning(caplog):
     """A task whose validation labels are all one class has no AUC: the score is the other
     tasks' mean (not NaN, which would leave every epoch unselected), and says so."""
-    kind = BinaryTasks()
+    kind = binary_tasks(["click", "purchase"])
     labels = np.array([[0, 0], [1, 0], [1, 0], [0, 0]], np.float32)  # task "purchase": all 0
     outputs = np.array([[-1.0, 0.2], [2.0, 0.1], [0.5, -0.3], [0.1, 0.0]], np.float32)
-    metrics = kind.metrics(labels, outputs, ["click", "purchase"])
+    metrics = kind.metrics(labels, outputs)
     assert np.isnan(metrics["purchase"]["auc"]) and metrics["click"]["auc"] == 1.0
     with caplog.at_level("WARNING"):
         assert validation_score(kind, metrics, ["click", "purchase"]) == 1.0
     assert "purchase" in caplog.text and "selected on click" in caplog.text
     with pytest.raises(DataError, match="no task has a defined validation auc"):
-        validation_score(kind, kind.metrics(labels[:, [1, 1]], outputs, ["a", "b"]), ["a", "b"])
+        validation_score(kind, kind.metrics(labels[:, [1, 1]], outputs), ["click", "purchase"])

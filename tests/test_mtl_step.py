@@ -18,7 +18,7 @@ from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline import config
 from mtlrec.training.config import MethodConfig, TrainerConfig
 from mtlrec.training.loop import Trainer
-from mtlrec.training.tasks import BinaryTasks
+from mtlrec.training.tasks import binary_tasks
 from mtlrec.training.mtl.gradients import per_task_gradients
 from mtlrec.training.mtl.step import make_step
 from mtlrec.training.step import Pass
@@ -126,10 +126,10 @@ def test_gradients_on_the_representation_reach_the_shared_parameters_like_autogr
     def forward(split):
         rep = model.encode(batch.sparse, batch.dense)
         leaves = [t.detach().requires_grad_() for t in rep]
-        return Pass(BinaryTasks().loss(model.decode(leaves), labels), rep, leaves)
+        return Pass(binary_tasks(['a', 'b']).loss(model.decode(leaves), labels), rep, leaves)
 
     step.train_batch(forward)  # .grad keeps the gradients the step applied
-    BinaryTasks().loss(reference(batch.sparse, batch.dense), labels).mean(0).sum().backward()
+    binary_tasks(['a', 'b']).loss(reference(batch.sparse, batch.dense), labels).mean(0).sum().backward()
     for (name, a), b in zip(model.named_parameters(), reference.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
 
@@ -138,7 +138,7 @@ def test_gradients_on_the_representation_reach_the_shared_parameters_like_autogr
 def test_vectorised_per_task_gradients_equal_the_loop(census, arch):
     info, batch = _census_batch(census)
     model = small_model(info, arch=arch)
-    losses = BinaryTasks().loss(model(batch.sparse, batch.dense), batch.labels).mean(0)
+    losses = binary_tasks(['a', 'b']).loss(model(batch.sparse, batch.dense), batch.labels).mean(0)
     shared = model.shared_parameters(include_embeddings=True)
     looped = per_task_gradients(losses, shared, batched=False)
     batched = per_task_gradients(losses, shared, batched=True)

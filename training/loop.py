@@ -42,7 +42,7 @@ from mtlrec.training import checkpoint, sharding
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.distributed import gather_batches, rank0_decides
 from mtlrec.training.step import Forward, MultiTaskStep, Pass
-from mtlrec.training.tasks import BinaryTasks, TaskKind, validation_key, validation_score
+from mtlrec.training.tasks import TaskSet, binary_tasks, validation_key, validation_score
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def seed_everything(seed: int) -> None:
 
 class Split(Protocol):
     labels: torch.Tensor  # [N, K, …], the labels of the split's batches in file order
+    weights: torch.Tensor | None  # [N, K] the rows' weights per task (None: all 1)
 
     def __len__(self) -> int: ...
 
@@ -103,11 +104,15 @@ class Trainer:
                  checkpoint_path: Path | None = None,
                  on_epoch: Callable[[int, dict], None] | None = None,
                  on_diagnostics: Callable[[dict], None] | None = None,
-                 kind: TaskKind = BinaryTasks(), eval_batch_size: int = 8192,
+                 kind: TaskSet | None = None, eval_batch_size: int = 8192,
                  shard: Shard = Shard()) -> None:
         """`step` must have been built on `model` already moved to the training device.
+        `kind`: the tasks `task_index` selects (default: binary tasks named `tasks`).
         `shard`: this rank's part of every batch under torchrun (`training.distributed`);
         only rank 0 writes checkpoints."""
+        kind = binary_tasks(tasks) if kind is None else kind
+        if kind.names != list(tasks):
+            raise ValueError(f"the task set {kind.names} is not the trained tasks {tasks}")
         self.device = pick_device(cfg.device)
         self.model = model.to(self.device)
         self.step, self.cfg, self.seed = step, cfg, seed
@@ -185,8 +190,9 @@ class Trainer:
         with Progress(len(loader), "batches", f"epoch {epoch}", initial=progress.batch) as bar:
             for i, batch in enumerate(loader.iterate(progress.batch), start=progress.batch):
                 step = epoch * len(loader) + i
-                losses = self.step.train_batch(self.batch_forward(batch), epoch, self.dev_forward(dev, step),
-                                               epoch_batches=len(loader))
+                forward, labelled = self._prepare(batch)
+                losses = self.step.train_batch(forward, epoch, self.dev_forward(dev, step),
+                                               epoch_batches=len(loader), labelled=labelled)
                 if not bool(torch.isfinite(losses).all()):
                     raise self._diverged(losses, epoch, step, last_finite)
                 last_finite = (step, losses.detach())
@@ -222,21 +228,28 @@ class Trainer:
 
     def batch_forward(self, batch) -> Forward:
         """The model on one batch, as the closure the step calls (once or several times)."""
+        return self._prepare(batch)[0]
+
+    def _prepare(self, batch) -> tuple[Forward, torch.Tensor | None]:
+        """The batch's forward closure, and each task's labelled weight in it [K] (None
+        when every row counts for every task)."""
         if self.device.type == "cuda" and hasattr(batch, "pin_memory"):
             batch = batch.pin_memory()  # page-locked: the copy below does not block the host
         batch = batch.to(self.device, non_blocking=True)
         labels = batch.labels[:, self.task_index]
+        weights = None if batch.weights is None else batch.weights[:, self.task_index]
+        weights = self.kind.row_weights(labels, weights)
 
         def forward(split: bool) -> Pass:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 if not split:
-                    return Pass(self.kind.loss(self.model(*batch.inputs).float(), labels))
+                    return Pass(self.kind.loss(self.model(*batch.inputs).float(), labels), weights=weights)
                 rep = self.model.encode(*batch.inputs)
                 leaves = [t.detach().requires_grad_() for t in rep]
                 outputs = self.model.decode(leaves)
-            return Pass(self.kind.loss(outputs.float(), labels), rep, leaves)
+            return Pass(self.kind.loss(outputs.float(), labels), rep, leaves, weights)
 
-        return forward
+        return forward, None if weights is None else weights.sum(0)
 
     def _dev_split(self, valid: Split) -> Split:
         """Where outer-loop methods draw dev batches: the validation split, or, when it is
@@ -264,8 +277,9 @@ class Trainer:
 
     def evaluate(self, data: Split) -> dict[str, dict]:
         labels = data.labels.numpy()[:, self.task_index]
+        weights = None if data.weights is None else data.weights.numpy()[:, self.task_index]
         outputs = predict(self.model, data, self.eval_batch_size, self.device, self.autocast, self.shard)
-        return self.kind.metrics(labels, outputs, self.tasks)
+        return self.kind.metrics(labels, outputs, weights)
 
     def _checkpoint(self, epoch: int, done: bool, best: float, best_epoch: int, stale: int,
                     best_weights: Any, history: list[dict], progress: "EpochProgress") -> None:

@@ -8,13 +8,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (Mann-Whitney U): tied scores share their average rank.
+def auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Exact ROC AUC (Mann-Whitney U): tied scores share their average rank; with
+    `weights`, each (positive, negative) pair counts the product of their weights.
 
-    NaN when only one class is present.
+    NaN when only one class is present (or carries weight).
     """
     y = np.asarray(labels, dtype=np.float64).ravel() > 0.5
     s = np.asarray(scores, dtype=np.float64).ravel()
+    if weights is not None:
+        return _weighted_auc(y, s, np.asarray(weights, dtype=np.float64).ravel())
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -30,38 +33,72 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((pos_rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def logloss_from_logits(labels: np.ndarray, logits: np.ndarray) -> float:
-    """Mean binary cross-entropy, computed stably from logits: softplus(z) − y·z."""
+def _weighted_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> float:
+    """Σ over pairs of w_pos·w_neg·([s_pos > s_neg] + ½[s_pos = s_neg]) / (W_pos·W_neg),
+    by groups of tied scores: a positive beats the negative weight of every lower group
+    and half of its own group's."""
+    w_pos, w_neg = w * y, w * ~y
+    if w_pos.sum() <= 0 or w_neg.sum() <= 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_scores = s[order]
+    group = np.cumsum(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]) - 1
+    neg_in_group = np.bincount(group, weights=w_neg[order])
+    pos_in_group = np.bincount(group, weights=w_pos[order])
+    neg_below = np.cumsum(neg_in_group) - neg_in_group
+    wins = (pos_in_group * (neg_below + 0.5 * neg_in_group)).sum()
+    return float(wins / (w_pos.sum() * w_neg.sum()))
+
+
+def weighted_mean(x: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The mean of x, weighted when `weights` is given (NaN when they sum to 0)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if weights is None:
+        return float(x.mean()) if x.size else float("nan")
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    total = w.sum()
+    return float((w * x).sum() / total) if total > 0 else float("nan")
+
+
+def logloss_from_logits(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean binary cross-entropy (weighted with `weights`), computed stably from logits:
+    softplus(z) − y·z."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     z = np.asarray(logits, dtype=np.float64).ravel()
-    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+    return weighted_mean(np.logaddexp(0.0, z) - y * z, weights)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
 
 
+def binary_metrics(y: np.ndarray, z: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """auc, logloss, mean prediction, base rate, calibration (= mean p / base rate) of
+    labels y and logits z (weighted with `weights`)."""
+    p_mean, base = weighted_mean(sigmoid(z), weights), weighted_mean(y, weights)
+    return {"auc": auc(y, z, weights), "logloss": logloss_from_logits(y, z, weights),
+            "mean_prediction": p_mean, "base_rate": base,
+            "calibration": p_mean / base if base > 0 else float("nan")}
+
+
 def task_metrics(labels: np.ndarray, logits: np.ndarray, tasks: list[str]) -> dict[str, dict]:
-    """Per task: auc, logloss, mean prediction, base rate, calibration (= mean p / base rate)."""
+    """`binary_metrics` per task, on the rows where the task's label is present."""
     out = {}
     for k, name in enumerate(tasks):
-        y, z = labels[:, k], logits[:, k]
-        p_mean, base = float(sigmoid(z).mean()), float(y.mean())
-        out[name] = {
-            "auc": auc(y, z), "logloss": logloss_from_logits(y, z),
-            "mean_prediction": p_mean, "base_rate": base,
-            "calibration": p_mean / base if base > 0 else float("nan"),
-        }
+        present = np.isfinite(labels[:, k])
+        out[name] = binary_metrics(labels[present, k], logits[present, k])
     return out
 
 
 def group_auc(labels: np.ndarray, logits: np.ndarray, groups: np.ndarray, tasks: list[str]
               ) -> dict[str, dict[str, float]]:
-    """AUC per task within each group (e.g. country)."""
+    """AUC per task within each group (e.g. country), on the rows with the task's label."""
     out: dict[str, dict[str, float]] = {}
+    present = np.isfinite(labels)
     for g in np.unique(groups):
         mask = groups == g
-        out[str(g)] = {name: auc(labels[mask, k], logits[mask, k]) for k, name in enumerate(tasks)}
+        out[str(g)] = {name: auc(labels[mask & present[:, k], k], logits[mask & present[:, k], k])
+                       for k, name in enumerate(tasks)}
     return out
 
 

@@ -28,7 +28,7 @@ from mtlrec.models.mpnn import MPNN
 from mtlrec.training.config import MethodConfig, TrainerConfig
 from mtlrec.training.loop import Trainer, pick_device, seed_everything
 from mtlrec.training.mtl.step import make_step
-from mtlrec.training.tasks import RegressionTasks
+from mtlrec.training.tasks import TaskSet, qm9_tasks
 
 METHODS = {
     "ew": MethodConfig(name="ew", diagnostics_every=0),
@@ -39,7 +39,7 @@ METHODS = {
 }
 
 
-def run_method(label: str, train: GraphSplit, valid: GraphSplit, kind: RegressionTasks, epochs: int,
+def run_method(label: str, train: GraphSplit, valid: GraphSplit, kind: TaskSet, epochs: int,
                batch: int, hidden: int, seed: int) -> dict:
     """One model trained from the same seed on the same molecules; its speed and MAE."""
     seed_everything(seed)
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.toy:
         args.train, args.valid, args.epochs, args.hidden = 300, 100, 1, 16
     qm9 = load_qm9(args.data, limit=max(args.train, args.valid))
-    scale = {t.name: float(s) * t.paper_scale for t, s in zip(TARGETS, qm9.stats.std)}
-    kind = RegressionTasks(scale, {t.name: t.paper_unit for t in TARGETS})
+    kind = qm9_tasks(TARGETS, qm9.stats.std)
     train, valid = (GraphSplit(QM9Graphs(qm9.splits[name], bonds_only=True), n)
                     for name, n in (("train", args.train), ("valid", args.valid)))
     for split in (train, valid):  # every graph built once, before any timing: all methods alike

@@ -21,10 +21,12 @@ import torch
 class Pass:
     """One forward pass: per-sample task losses, and with a split model the shared
     representation `rep` (graph to the shared parameters) next to the detached `leaves`
-    the task-specific part consumed."""
+    the task-specific part consumed; `weights` [B, K]: each row's weight in each task's
+    loss (0 where its label is missing; None: the plain mean)."""
     losses: torch.Tensor  # [B, K]
     rep: list[torch.Tensor] = field(default_factory=list)
     leaves: list[torch.Tensor] = field(default_factory=list)
+    weights: torch.Tensor | None = None
 
 
 Forward = Callable[[bool], Pass]  # the argument: split at the shared representation?
@@ -39,9 +41,11 @@ class MultiTaskStep(Protocol):
         """Batch size of the dev batches an outer loop needs (None: it needs none)."""
 
     def train_batch(self, forward: Forward, epoch: int = 0, dev: Forward | None = None,
-                    epoch_batches: int | None = None) -> torch.Tensor:
-        """One batch (`epoch_batches`: the epoch's length, for cadences set per epoch);
-        returns the batch's mean task losses [K] before any update."""
+                    epoch_batches: int | None = None, labelled: torch.Tensor | None = None) -> torch.Tensor:
+        """One batch (`epoch_batches`: the epoch's length, for cadences set per epoch;
+        `labelled`: this rank's labelled weight per task [K], None when every row has every
+        label); returns the batch's mean task losses [K] before any update (0 for a task
+        with no label in the batch, which the update leaves out)."""
 
     def state_dict(self) -> dict[str, Any]: ...
 

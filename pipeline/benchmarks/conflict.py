@@ -30,7 +30,6 @@ from mtlrec.pipeline.diagnostics import read
 from mtlrec.pipeline.run_folder import MULTI_TASK, RunFolder
 from mtlrec.pipeline.stages import run_synth
 from mtlrec.pipeline.targets import ingest_logs
-from mtlrec.training.tasks import BinaryTasks
 
 RHOS = (0.0, -0.5, -0.9)
 SCHEDULE = ["synth.days=4", "synth.rows_per_day=50000", "model=mmoe",
@@ -93,7 +92,7 @@ def _ew_cosine(base: list[str], seeds: int) -> dict[str, float]:
         if not records:
             continue
         epochs = run.history()[MULTI_TASK]
-        kept = run.best_row(BinaryTasks())["epoch"]
+        kept = run.best_row()["epoch"]
         steps_per_epoch = records[-1]["step"] / len(epochs)  # within one sampling interval
         for r in records:
             pairs = [r["cosine"][i][j] for i in range(len(r["cosine"])) for j in range(i + 1, len(r["cosine"]))]

@@ -95,7 +95,7 @@ def _worker(warmup: int, steps: int, overrides: list[str]) -> dict:
     target = load_target(cfg)
     valid, n = target.split("valid"), len(target.tasks)
     seed_everything(cfg.seed)
-    model = target.model(cfg.model, n)
+    model = target.model(cfg.model, list(range(n)))
     step = make_step(cfg.method, model, cfg.trainer, n, cfg.seed)
     trainer = Trainer(model, step, cfg.trainer, target.tasks, list(range(n)), cfg.seed, kind=target.kind)
     loader = make_loader(target.split("train"), cfg.trainer.batch_size, shuffle=False)

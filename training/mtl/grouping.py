@@ -40,12 +40,14 @@ Measure = Callable[[], torch.Tensor]  # the batch's losses [K] now, without an u
 
 
 def credit(affinity: torch.Tensor, group: list[int], before: torch.Tensor,
-           after: torch.Tensor, beta: float) -> torch.Tensor:
-    """Fold the loss change caused by updating `group` into A [K, K] (returns a new A)."""
+           after: torch.Tensor, beta: float, targets: Sequence[int] | None = None) -> torch.Tensor:
+    """Fold the loss change caused by updating `group` into A [K, K] (returns a new A);
+    `targets`: the tasks whose loss was measured (default all; a task without label in
+    the batch has no loss change to credit)."""
     x = (1.0 - after / before.clamp_min(1e-12)) / len(group)
     out = affinity.clone()
     for s in group:
-        for t in range(affinity.shape[0]):
+        for t in range(affinity.shape[0]) if targets is None else targets:
             value = _within_group(x[s], x[t], s == t) if t in group else x[t]
             if value is not None:
                 out[s, t] = (1.0 - beta) * affinity[s, t] + beta * value
@@ -94,9 +96,10 @@ class JointSchedule:
     def init_state(self, tasks: Sequence[int], generator: torch.Generator) -> TaskState:
         return {}
 
-    def run(self, update: Update, measure: Measure, state: TaskState, ctx: Context, k: int
+    def run(self, update: Update, measure: Measure, state: TaskState, ctx: Context, tasks: list[int]
             ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
-        return update(list(range(k))), state, {}
+        """`tasks`: those with labels in the batch (all, unless some label is missing)."""
+        return update(list(tasks)), state, {}
 
     def describe(self, state: TaskState, tasks: Sequence[int]) -> dict[str, Any]:
         return {}
@@ -117,21 +120,24 @@ class GroupedSchedule:
                              f"{len(tasks)} tasks 0..{len(tasks) - 1}")
         return {"affinity": torch.zeros(len(tasks), len(tasks)), "groups": [list(g) for g in groups]}
 
-    def run(self, update: Update, measure: Measure, state: TaskState, ctx: Context, k: int
+    def run(self, update: Update, measure: Measure, state: TaskState, ctx: Context, tasks: list[int]
             ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
         """M = #groups updates on the batch; each loss change is credited to its cause.
-        Returns the batch's losses before any update, the state, and the new groups when
-        they changed."""
+        `tasks`: those with labels in the batch; a group is updated on its tasks among them
+        (none: skipped), and only their loss changes are credited. Returns the batch's
+        losses before any update, the state, and the new groups when they changed."""
         affinity, groups = state["affinity"], state["groups"]
         order = [groups[i] for i in torch.randperm(len(groups), generator=ctx.generator).tolist()]
+        order = [g for g in ([t for t in group if t in tasks] for group in order) if g]
+        targets = None if len(tasks) == affinity.shape[0] else tasks
         first = before = previous = None
         for group in order:
             losses = update(group).detach().cpu()
             if previous is not None:
-                affinity = credit(affinity, previous, before, losses, self.beta)
+                affinity = credit(affinity, previous, before, losses, self.beta, targets)
             first = losses if first is None else first
             before, previous = losses, group
-        affinity = credit(affinity, previous, before, measure().detach().cpu(), self.beta)
+        affinity = credit(affinity, previous, before, measure().detach().cpu(), self.beta, targets)
         events = {}
         if ctx.step > self.warmup_steps and (ctx.step - self.warmup_steps) % self.regroup_every == 0:
             regrouped = regroup(affinity, groups, self.preference)

@@ -53,10 +53,11 @@ class Transform:
     def init_state(self, tasks: Sequence[int], generator: torch.Generator) -> TaskState:
         return {}
 
-    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool
-              ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
-        """losses [B, K] → (task losses [K], state, record). Only the tasks in `task_ids`
-        learn from this batch (`train`); a dev batch (`train=False`) changes nothing."""
+    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool,
+              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
+        """losses [B, K] (rows weighted by `weights` [B, K], 0 for a missing label; None:
+        all 1) → (task losses [K], state, record). Only the tasks in `task_ids` learn from
+        this batch (`train`); a dev batch (`train=False`) changes nothing."""
         raise NotImplementedError
 
     def describe(self, state: TaskState, tasks: Sequence[int]) -> dict[str, Any]:

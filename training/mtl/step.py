@@ -108,25 +108,34 @@ class ComposedStep:
 
     # ---------------------------------------------------------------- one batch
     def train_batch(self, forward: Forward, epoch: int = 0, dev: Forward | None = None,
-                    epoch_batches: int | None = None) -> torch.Tensor:
+                    epoch_batches: int | None = None, labelled: torch.Tensor | None = None) -> torch.Tensor:
         """Train on one batch; returns its mean task losses [K] (before any update).
-        `epoch_batches`: the epoch's length, which sets the outer loop's cadence."""
+        `epoch_batches`: the epoch's length, which sets the outer loop's cadence.
+        `labelled`: this rank's labelled weight per task [K] (None: every row has every
+        label); a task without label in the global batch is left out of the update, as if
+        its group were not scheduled: the parts neither see nor change its state."""
         self.count += 1
         ctx = Context(self.generator, self.count, epoch, self.optimizers.plain.param_groups[0]["lr"])
+        present = list(range(self.k))
+        if labelled is not None:
+            present = torch.nonzero(collective.total(labelled) > 0).flatten().tolist()
+        if not present:
+            return torch.zeros(self.k)
         outer_due = self.outer is not None and dev is not None and self.outer.due(self.count, epoch_batches)
-        diagnose = self._diagnostics_due(self.count, epoch_batches)
+        diagnose = self._diagnostics_due(self.count, epoch_batches) and len(present) == self.k
 
         def update(tasks: list[int]) -> torch.Tensor:
             p = forward(self.split)
             self._update(p, tasks, ctx, dev if outer_due else None, forward, diagnose)
-            return collective.batch_mean(p.losses.detach())
+            return collective.batch_mean(p.losses.detach(), p.weights)
 
         def measure() -> torch.Tensor:
             with torch.no_grad():
-                return collective.batch_mean(forward(False).losses)
+                p = forward(False)
+                return collective.batch_mean(p.losses, p.weights)
 
         raw, self.states["schedule"], events = self.schedule.run(update, measure, self.states["schedule"],
-                                                                 ctx, self.k)
+                                                                 ctx, present)
         self._note(events)
         return raw
 
@@ -137,7 +146,7 @@ class ComposedStep:
         m = self.method
         self.optimizers.zero_grad()
         ell_all, self.states["transform"], transformed = self.transform.apply(
-            p.losses, self.states["transform"], tasks, train=True)
+            p.losses, self.states["transform"], tasks, train=True, weights=p.weights)
         ell = ell_all[tasks]
         sample = diagnose and not (self.diagnostics and self.diagnostics[-1]["step"] == ctx.step)
         record: dict[str, Any] = {}
@@ -185,15 +194,17 @@ class ComposedStep:
         self.optimizers.step()
         if self.weighting.needs_losses_after:
             with torch.no_grad():
-                after = collective.batch_mean(forward(False).losses)
-            before = collective.batch_mean(p.losses.detach())
+                again = forward(False)
+                after = collective.batch_mean(again.losses, again.weights)
+            before = collective.batch_mean(p.losses.detach(), p.weights)
             self.states["weighting"] = self.weighting.after_update(
                 before[tasks], after[tasks], self.states["weighting"], tasks)
 
     def _learn_outer(self, ell: torch.Tensor, record: dict[str, Any], dev: Forward,
                      tasks: list[int], ctx: Context) -> None:
         """DTJS: α's hypergradient step on a dev batch (the transform learns nothing from it)."""
-        dev_ell = self.transform.apply(dev(False).losses, self.states["transform"], tasks, train=False)[0]
+        d = dev(False)
+        dev_ell = self.transform.apply(d.losses, self.states["transform"], tasks, train=False, weights=d.weights)[0]
         self.states["aggregator"] = self.outer.update(self.states["aggregator"], record, ell,
                                                       dev_ell[tasks], self.dense, ctx.lr, tasks)
         if self.method.diagnostics_every:

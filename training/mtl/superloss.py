@@ -52,18 +52,19 @@ def superloss_sigma(losses: torch.Tensor, tau: torch.Tensor | float, lam: float)
         return torch.exp(-lambert_w0(0.5 * beta.clamp_min(2.0 * BRANCH_POINT)))
 
 
-def superloss(losses: torch.Tensor, tau: torch.Tensor, lam: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample losses [B, K], thresholds τ [K], λ [K] → (task losses [K], σ [B, K])."""
+def superloss(losses: torch.Tensor, tau: torch.Tensor, lam: torch.Tensor,
+              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample losses [B, K], thresholds τ [K], λ [K] (rows weighted by `weights`) →
+    (task losses [K], σ [B, K])."""
     sigma = superloss_sigma(losses, tau, lam)
-    task = batch_mean((losses - tau) * sigma + lam * torch.log(sigma) ** 2)
+    task = batch_mean((losses - tau) * sigma + lam * torch.log(sigma) ** 2, weights)
     return task, sigma
 
 
-def update_threshold(tau: torch.Tensor | None, losses: torch.Tensor, momentum: float = 0.9
-                     ) -> torch.Tensor:
+def update_threshold(tau: torch.Tensor | None, losses: torch.Tensor, momentum: float = 0.9,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """τ ← first batch mean, then 0.9 τ + 0.1 mean(l) (per task)."""
-    mean = batch_mean(losses.detach())
+    mean = batch_mean(losses.detach(), weights)
     return mean if tau is None else momentum * tau + (1.0 - momentum) * mean
 
 
@@ -74,14 +75,14 @@ class SuperLoss(Transform):
     def __init__(self, lam: float = 1.0, momentum: float = 0.9) -> None:
         self.lam, self.momentum = lam, momentum
 
-    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool
-              ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
-        mean = batch_mean(losses.detach())
+    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool,
+              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
+        mean = batch_mean(losses.detach(), weights)
         if train:
-            state = dict(state) | {t: {"tau": update_threshold(state[t]["tau"] if t in state else None,
-                                                              losses[:, t:t + 1], self.momentum)[0]}
-                                   for t in task_ids}
+            state = dict(state) | {t: {"tau": update_threshold(
+                state[t]["tau"] if t in state else None, losses[:, t:t + 1], self.momentum,
+                None if weights is None else weights[:, t:t + 1])[0]} for t in task_ids}
         tau = torch.stack([state[t]["tau"].to(mean) if t in state else mean[t]
                            for t in range(losses.shape[1])])
-        task, sigma = superloss(losses, tau, torch.full_like(tau, self.lam))
+        task, sigma = superloss(losses, tau, torch.full_like(tau, self.lam), weights)
         return task, state, {"superloss_sigma": sigma}

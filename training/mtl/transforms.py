@@ -13,12 +13,12 @@ from mtlrec.training.mtl.parts import TaskState, Transform
 
 
 class Mean(Transform):
-    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool
-              ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
-        return batch_mean(losses), state, {}
+    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool,
+              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
+        return batch_mean(losses, weights), state, {}
 
 
 class LogMean(Transform):
-    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool
-              ) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
-        return torch.log(batch_mean(losses) + 1e-8), state, {}
+    def apply(self, losses: torch.Tensor, state: TaskState, task_ids: Sequence[int], train: bool,
+              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, TaskState, dict[str, Any]]:
+        return torch.log(batch_mean(losses, weights) + 1e-8), state, {}
