@@ -59,6 +59,16 @@ class TaskInfo:
         """Model outputs of the task."""
         return len(self.classes) if self.classes else 1
 
+    @property
+    def columns(self) -> list[str]:
+        """Its columns of served scores: the task's name, or `<task>:<class>` per class."""
+        return [f"{self.name}:{c}" for c in self.classes] if self.classes else [self.name]
+
+    @property
+    def plain(self) -> bool:
+        """A binary task scored σ(logit), as every task of mtlrec ≤ 0.x was."""
+        return self.kind == "binary" and self.logit_offset == 0.0
+
 
 @dataclass(frozen=True)
 class Sampled:

@@ -1,11 +1,11 @@
-"""The export twin: the trained ranker with ONNX-friendly embeddings and probability outputs.
+"""The export twin: the trained ranker with ONNX-friendly embeddings and answer outputs.
 
 Training embeddings (one fused table, or torchrec's EmbeddingBagCollection) take
 KeyedJaggedTensors, which do not export, and an `nn.EmbeddingBag` becomes an ONNX `Loop`
 that onnxruntime runs several times slower (DESIGN.md). The twin shares everything but
 the embeddings with the trained model and holds one `nn.Embedding` per field (one
-Gather each); it returns probabilities [B, K] (sigmoid of the ranker's logits, ESMM's
-product included), the scores serving returns.
+Gather each); it returns each task's answer (`models.outputs`: probabilities for binary
+tasks, ESMM's product included; values; class probabilities), the scores serving returns.
 
 Its inputs are plain tensors with a batch axis. With single-valued fields only: ids
 [B, F]. With multi-valued fields (the ranker's `pooling`): ids [B, S] padded to a fixed
@@ -88,29 +88,32 @@ class PaddedEmbeddings(nn.Module):
 
 
 class ExportModel(nn.Module):
-    """(ids int64 [B, F], dense float32 [B, D]) → probabilities float32 [B, K]."""
+    """(ids int64 [B, F], dense float32 [B, D]) → answers float32 [B, W] (`answers`:
+    models.outputs.TaskAnswers; probabilities σ(logits) by default)."""
 
-    def __init__(self, ranker: MultiTaskRanker) -> None:
+    def __init__(self, ranker: MultiTaskRanker, answers: nn.Module | None = None) -> None:
         super().__init__()
-        self.ranker = ranker
+        self.ranker, self.answers = ranker, nn.Sigmoid() if answers is None else answers
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.ranker(ids, dense))
+        return self.answers(self.ranker(ids, dense))
 
 
 class PaddedExportModel(ExportModel):
-    """(ids int64 [B, S], lengths int64 [B, M], dense float32 [B, D]) → probabilities
-    float32 [B, K], for a ranker with multi-valued fields (ids laid out by `slot_widths`)."""
+    """(ids int64 [B, S], lengths int64 [B, M], dense float32 [B, D]) → answers float32
+    [B, W], for a ranker with multi-valued fields (ids laid out by `slot_widths`)."""
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor,  # type: ignore[override]
                 dense: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.ranker((ids, lengths), dense))
+        return self.answers(self.ranker((ids, lengths), dense))
 
 
-def export_twin(ranker: MultiTaskRanker, max_len: Mapping[str, int] | None = None) -> ExportModel:
+def export_twin(ranker: MultiTaskRanker, max_len: Mapping[str, int] | None = None,
+                answers: nn.Module | None = None) -> ExportModel:
     """A copy of `ranker` in eval mode whose embeddings are per-field `nn.Embedding`s
-    holding the same weights; the original is left untouched. `max_len` gives the slot
-    count of each multi-valued field (exactly the keys of `ranker.pooling`)."""
+    holding the same weights, its outputs turned into `answers`; the original is left
+    untouched. `max_len` gives the slot count of each multi-valued field (exactly the keys
+    of `ranker.pooling`)."""
     max_len = dict(max_len or {})
     if set(max_len) != set(ranker.pooling):
         raise ValueError(f"max_len must name exactly the multi-valued fields "
@@ -119,8 +122,8 @@ def export_twin(ranker: MultiTaskRanker, max_len: Mapping[str, int] | None = Non
     twin = copy.deepcopy(ranker).eval()
     if not ranker.pooling:
         twin.embeddings = PerFieldEmbeddings(tables)
-        return ExportModel(twin).eval()
+        return ExportModel(twin, answers).eval()
     names = ranker.embeddings.keys
     twin.embeddings = PaddedEmbeddings(tables, slot_widths(names, max_len),
                                        [ranker.pooling.get(name) for name in names])
-    return PaddedExportModel(twin).eval()
+    return PaddedExportModel(twin, answers).eval()

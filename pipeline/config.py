@@ -89,11 +89,15 @@ class ExportConfig(Strict):
 
 class GateConfig(Strict):
     """Promotion gate: a candidate replaces the champion when, on the same holdout rows,
-    every task has AUC >= champion - auc_tolerance and logloss <= champion + logloss_tolerance
-    (negative tolerances demand an improvement)."""
+    every binary task has AUC >= champion - auc_tolerance and logloss <= champion +
+    logloss_tolerance, every regression task MAE <= champion · (1 + mae_tolerance), every
+    multiclass task accuracy >= champion - accuracy_tolerance and cross-entropy <= champion
+    + logloss_tolerance (negative tolerances demand an improvement)."""
 
     auc_tolerance: float = Field(0.002, description="ε of the AUC check")
-    logloss_tolerance: float = Field(0.001, description="δ of the logloss check")
+    logloss_tolerance: float = Field(0.001, description="δ of the logloss and cross-entropy checks")
+    mae_tolerance: float = Field(0.01, description="relative slack of a regression task's MAE check")
+    accuracy_tolerance: float = Field(0.002, description="slack of a multiclass task's accuracy check")
     holdout: str | None = Field(None, description="raw logs both models are scored on "
                                 "(default: the newest day partition of data.source.train)")
 

@@ -23,7 +23,8 @@ import mlflow
 import numpy as np
 
 from mtlrec import files
-from mtlrec.features import raw
+from mtlrec.features import labels, raw
+from mtlrec.features.folder import WEIGHT_COL
 from mtlrec.features.errors import DataError
 from mtlrec.pipeline import report, tracking
 from mtlrec.pipeline.config import Config
@@ -32,10 +33,10 @@ from mtlrec.pipeline.run_folder import RunFolder
 from mtlrec.pipeline.targets import Target, load_target
 from mtlrec.serving.bundle import Bundle
 from mtlrec.training.loop import Split, predict
-from mtlrec.training.metrics import delta_m, group_auc, task_metrics
+from mtlrec.training.metrics import delta_m, group_auc
+from mtlrec.training.tasks import TaskSet
 
 _UNSAFE = re.compile(r"[^\w.-]+")  # what a file name of the evaluated model's label may not hold
-_P_CLIP = 1e-7  # probabilities → logits for the logloss; float32 1.0 would be an infinite logit
 
 log = logging.getLogger(__name__)
 
@@ -106,20 +107,27 @@ def _stl_metric(stl: RunFolder, run: RunFolder, metric: dict[str, str]) -> dict[
 
 def served_metrics(model: Bundle, rows: raw.RawRows, chunk_rows: int = 65_536) -> dict:
     """Metrics of a bundle on validated raw rows, scored through its transform + onnxruntime
-    `chunk_rows` rows at a time (what is held is the scores and labels, not the rows)."""
-    spec = model.transform.spec
+    `chunk_rows` rows at a time (what is held is the scores and labels, not the rows): each
+    task's own metrics (AUC and logloss, MAE, accuracy …), weighted by the sample weight
+    when the data has one."""
+    spec, transform = model.transform.spec, model.transform
     if rows.rows_good == 0:
         raise DataError(f"no good rows to score in {rows.files} ({rows.quarantine.height} quarantined)")
-    scores, labels, oov = [], [], np.zeros(len(model.transform.categorical_names), dtype=np.int64)
+    scores, targets, weights = [], [], []
+    oov = np.zeros(len(transform.categorical_names), dtype=np.int64)
     for typed in rows.typed_chunks(spec, chunk_rows):
         s, counts = model.score(typed)
         scores.append(s)
-        labels.append(typed.select(spec.task_names).to_numpy())
+        targets.append(typed.select(labels.encode(spec, transform.label_stats)).to_numpy())
+        if spec.weight is not None:
+            weights.append(typed[WEIGHT_COL].to_numpy())
         oov += counts
-    p = np.clip(np.concatenate(scores).astype(np.float64), _P_CLIP, 1 - _P_CLIP)
+    kind = TaskSet.of(model.task_info)
+    w = np.repeat(np.concatenate(weights)[:, None], len(kind.tasks), axis=1) if weights else None
+    outputs = kind.outputs_from_answers(np.concatenate(scores))
     return {"rows": rows.rows_good, "rows_quarantined": rows.quarantine.height, "files": rows.files,
-            "oov_values": dict(zip(model.transform.categorical_names, oov.tolist())),
-            "tasks": task_metrics(np.concatenate(labels), np.log(p) - np.log1p(-p), spec.task_names)}
+            "oov_values": dict(zip(transform.categorical_names, oov.tolist())),
+            "tasks": kind.metrics(np.concatenate(targets).astype(np.float64), outputs, w)}
 
 
 def evaluate_served(cfg: Config) -> tuple[dict, Path]:

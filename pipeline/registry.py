@@ -109,27 +109,49 @@ class GateResult:
         return {"passed": self.passed, "tasks": self.tasks, "failures": self.failures}
 
 
+@dataclass(frozen=True)
+class GateCheck:
+    """One metric the gate compares: the candidate may be worse than the champion by at
+    most `tolerance` (a GateConfig field), absolute or relative to the champion's value."""
+
+    metric: str
+    higher_is_better: bool
+    tolerance: str
+    relative: bool = False
+
+
+# per task, every check whose metric the task has (binary: AUC and logloss; regression:
+# MAE; multiclass: accuracy and cross-entropy)
+GATE_CHECKS = (GateCheck("auc", True, "auc_tolerance"), GateCheck("logloss", False, "logloss_tolerance"),
+               GateCheck("mae", False, "mae_tolerance", relative=True),
+               GateCheck("accuracy", True, "accuracy_tolerance"),
+               GateCheck("cross_entropy", False, "logloss_tolerance"))
+
+
 def compare(candidate: dict[str, dict], champion: dict[str, dict], gate: GateConfig) -> GateResult:
-    """The gate on per-task metrics ({task: {"auc": …, "logloss": …}}) of the same rows."""
+    """The gate on per-task metrics ({task: {"auc": …, "logloss": …}}, or a regression or
+    multiclass task's) of the same rows: for each check of GATE_CHECKS the row holds
+    candidate_<m>, champion_<m>, <m>_diff and <m>_ok."""
     if set(candidate) != set(champion):
         return GateResult(False, {}, [f"tasks differ: candidate {sorted(candidate)}, "
                                       f"champion {sorted(champion)}"])
     tasks, failures = {}, []
     for task, mine in candidate.items():
-        theirs = champion[task]
-        auc_floor = theirs["auc"] - gate.auc_tolerance
-        ll_ceiling = theirs["logloss"] + gate.logloss_tolerance
-        row = {"candidate_auc": mine["auc"], "champion_auc": theirs["auc"],
-               "auc_diff": mine["auc"] - theirs["auc"], "auc_ok": mine["auc"] >= auc_floor,
-               "candidate_logloss": mine["logloss"], "champion_logloss": theirs["logloss"],
-               "logloss_diff": mine["logloss"] - theirs["logloss"],
-               "logloss_ok": mine["logloss"] <= ll_ceiling}
-        if not row["auc_ok"]:
-            failures.append(f"{task}: AUC {mine['auc']:.4f} < champion {theirs['auc']:.4f} − ε "
-                            f"{gate.auc_tolerance} (short by {auc_floor - mine['auc']:.4f})")
-        if not row["logloss_ok"]:
-            failures.append(f"{task}: logloss {mine['logloss']:.5f} > champion {theirs['logloss']:.5f}"
-                            f" + δ {gate.logloss_tolerance} (over by {mine['logloss'] - ll_ceiling:.5f})")
+        theirs, row = champion[task], {}
+        for check in GATE_CHECKS:
+            if check.metric not in mine or check.metric not in theirs:
+                continue
+            m, ours, best = check.metric, mine[check.metric], theirs[check.metric]
+            slack = getattr(gate, check.tolerance) * (abs(best) if check.relative else 1.0)
+            bound = best - slack if check.higher_is_better else best + slack
+            ok = ours >= bound if check.higher_is_better else ours <= bound
+            row |= {f"candidate_{m}": ours, f"champion_{m}": best, f"{m}_diff": ours - best, f"{m}_ok": ok}
+            if not ok:
+                side = "<" if check.higher_is_better else ">"
+                failures.append(f"{task}: {m} {ours:.5g} {side} champion {best:.5g} "
+                                f"{'−' if check.higher_is_better else '+'} {slack:.5g} "
+                                f"(gate.{check.tolerance} = {getattr(gate, check.tolerance)}; "
+                                f"off by {abs(ours - bound):.5g})")
         tasks[task] = row
     return GateResult(not failures, tasks, failures)
 
@@ -182,14 +204,16 @@ def markdown(result: GateResult, name: str, version: str, champion: str | None, 
             "**failed**: it stays the challenger"
         lines += [f"Candidate version {version} vs champion version {champion} on "
                   f"{holdout['rows']:,} holdout rows ({', '.join(Path(f).name for f in holdout['files'])}); "
-                  f"ε = {gate.auc_tolerance} (AUC), δ = {gate.logloss_tolerance} (logloss): {verdict}.", "",
-                  "| task | AUC candidate | AUC champion | Δ AUC | logloss candidate | logloss champion "
-                  "| Δ logloss | verdict |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  f"ε = {gate.auc_tolerance} (AUC), δ = {gate.logloss_tolerance} (logloss, cross-entropy), "
+                  f"{gate.mae_tolerance:.0%} (MAE, relative), {gate.accuracy_tolerance} (accuracy): {verdict}.", "",
+                  "| task | metric | candidate | champion | Δ | verdict |",
+                  "| --- | --- | ---: | ---: | ---: | --- |"]
         for task, r in result.tasks.items():
-            ok = "ok" if r["auc_ok"] and r["logloss_ok"] else "FAIL"
-            lines.append(f"| {task} | {r['candidate_auc']:.4f} | {r['champion_auc']:.4f} | "
-                         f"{r['auc_diff']:+.4f} | {r['candidate_logloss']:.5f} | "
-                         f"{r['champion_logloss']:.5f} | {r['logloss_diff']:+.5f} | {ok} |")
+            for check in GATE_CHECKS:
+                m = check.metric
+                if f"{m}_ok" in r:
+                    lines.append(f"| {task} | {m} | {r[f'candidate_{m}']:.5g} | {r[f'champion_{m}']:.5g} | "
+                                 f"{r[f'{m}_diff']:+.4g} | {'ok' if r[f'{m}_ok'] else 'FAIL'} |")
         if result.failures:
             lines += ["", "Failed checks:", *[f"- {f}" for f in result.failures]]
     return "\n".join(lines) + "\n"

@@ -73,9 +73,11 @@ def run_evaluate(cfg: Config) -> None:
 
 def _print_served_evaluation(cfg: Config) -> None:
     metrics, out = evaluate_served(cfg)
-    aucs = ", ".join(f"{t} AUC {m['auc']:.4f} logloss {m['logloss']:.5f}" for t, m in metrics["tasks"].items())
+    shown = ("auc", "logloss", "mae", "rmse", "accuracy", "macro_f1")  # each kind's headline metrics
+    values = "; ".join(f"{t} " + ", ".join(f"{k} {m[k]:.5g}" for k in shown if k in m)
+                       for t, m in metrics["tasks"].items())
     print(f"evaluate {cfg.serve.model} (version {metrics['version']}) on {metrics['rows']:,} rows "
-          f"({metrics['rows_quarantined']:,} quarantined): {aucs}")
+          f"({metrics['rows_quarantined']:,} quarantined): {values}")
     print(f"  metrics: {out}")
 
 

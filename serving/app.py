@@ -491,7 +491,7 @@ def _predict_work(body: bytes, served: Served, max_rows: int, model_uri: str) ->
     def finish(scores: np.ndarray) -> bytes:
         _check_scores(scores, batch, inputs, served.bundle)
         return jsonio.dumps({"model": model_uri, "model_version": served.version, "tasks": tasks,
-                             "scores": [dict(zip(tasks, row)) for row in scores.tolist()]})
+                             "scores": served.bundle.answers(scores)})
 
     return inputs, finish
 
@@ -509,7 +509,7 @@ def _v2_work(body: bytes, header: str | None, served: Served, max_rows: int, mod
 
     def finish(scores: np.ndarray) -> tuple[bytes, int | None]:
         _check_scores(scores, batch, inputs, served.bundle)
-        return v2.response(model_name, served.version, parsed, served.bundle.tasks, scores)
+        return v2.response(model_name, served.version, parsed, served.bundle.task_info, scores)
 
     return inputs, finish
 

@@ -44,6 +44,7 @@ import polars as pl
 
 from mtlrec import files
 from mtlrec.features.errors import DataError
+from mtlrec.features.folder import TaskInfo
 from mtlrec.features.online import OnlineTransform
 from mtlrec.features.transform import FeatureTransform, ModelInputs
 from mtlrec.features.vocab import OOV_ID
@@ -67,6 +68,12 @@ class BundleError(DataError):
     """A bundle that must not serve: the message says which check failed."""
 
 
+def score_columns(transform: FeatureTransform) -> list[str]:
+    """The columns of the model's scores: a task's name, or `<task>:<class>` per class of a
+    multiclass task (`features.folder.TaskInfo.columns`)."""
+    return [c for t in transform.info.task_info for c in t.columns]
+
+
 def signature(transform: FeatureTransform) -> dict:
     """What the ONNX model takes and returns, in the feature spec's field and task order."""
     ids = {"dtype": "int64", "shape": [None, sum(transform.slot_widths)],
@@ -77,12 +84,13 @@ def signature(transform: FeatureTransform) -> dict:
     if multi:  # only then: the signature of every bundle before multi-valued fields is kept
         ids["widths"] = transform.slot_widths
         inputs[LENGTHS] = {"dtype": "int64", "shape": [None, len(multi)], "fields": multi}
-    return {
-        "inputs": inputs,
-        "outputs": {SCORES: {"dtype": "float32", "shape": [None, len(transform.spec.task_names)],
-                             "tasks": transform.spec.task_names, "kind": "probability"}},
-        "id_column": transform.spec.id,
-    }
+    tasks = transform.info.task_info
+    scores = {"dtype": "float32", "shape": [None, len(score_columns(transform))],
+              "tasks": transform.spec.task_names, "kind": "probability"}
+    if not all(t.plain for t in tasks):  # only then: every bundle of binary tasks keeps its signature
+        scores |= {"kind": "answer", "columns": score_columns(transform),
+                   "kinds": {t.name: t.kind for t in tasks}}
+    return {"inputs": inputs, "outputs": {SCORES: scores}, "id_column": transform.spec.id}
 
 
 def parity_frame(inputs: ModelInputs, scores: np.ndarray, transform: FeatureTransform) -> pl.DataFrame:
@@ -92,7 +100,7 @@ def parity_frame(inputs: ModelInputs, scores: np.ndarray, transform: FeatureTran
     cols = {c: inputs.ids[:, j] for j, c in enumerate(ids)}
     cols |= {c: inputs.lengths[:, j] for j, c in enumerate(lengths)}
     cols |= {c: inputs.dense[:, j] for j, c in enumerate(dense)}
-    cols |= {f"p:{t}": scores[:, k] for k, t in enumerate(transform.spec.task_names)}
+    cols |= {f"p:{t}": scores[:, k] for k, t in enumerate(score_columns(transform))}
     return pl.DataFrame(cols)
 
 
@@ -151,9 +159,32 @@ class Bundle:
     def tasks(self) -> list[str]:
         return self.transform.spec.task_names
 
+    @cached_property
+    def task_info(self) -> list[TaskInfo]:
+        return self.transform.info.task_info
+
+    @cached_property
+    def columns(self) -> list[str]:
+        """The score columns (see `score_columns`)."""
+        return score_columns(self.transform)
+
     def predict(self, inputs: ModelInputs) -> np.ndarray:
-        """Probabilities [N, K] for model-ready inputs."""
+        """Answers [N, W] for model-ready inputs (probabilities of binary tasks, values of
+        regression tasks, class probabilities of multiclass ones: `models.outputs`)."""
         return self.session.run([SCORES], feeds(inputs))[0]
+
+    def answers(self, scores: np.ndarray) -> list[dict]:
+        """Each row's answer per task: a number, or {class: probability} for a multiclass task."""
+        if all(t.width == 1 for t in self.task_info):
+            return [dict(zip(self.tasks, row)) for row in scores.tolist()]
+        out: list[dict] = [{} for _ in range(len(scores))]
+        start = 0
+        for t in self.task_info:
+            block = scores[:, start:start + t.width].tolist()
+            start += t.width
+            for row, values in zip(out, block):
+                row[t.name] = dict(zip(t.classes, values)) if t.classes else values[0]
+        return out
 
     @cached_property
     def online(self) -> OnlineTransform:
@@ -272,7 +303,7 @@ def _check_signature(folder: Path, session: ort.InferenceSession, transform: Fea
     if stored != json.loads(json.dumps(expected)):
         raise BundleError(f"{folder}: {SIGNATURE_FILE} does not match the bundle's feature spec")
     widths = {IDS: sum(transform.slot_widths), DENSE: len(transform.numeric_names),
-              SCORES: len(transform.spec.task_names)}
+              SCORES: len(score_columns(transform))}
     if transform.spec.multi_fields:
         widths[LENGTHS] = len(transform.spec.multi_fields)
     got = {a.name: a for a in [*session.get_inputs(), *session.get_outputs()]}
@@ -293,8 +324,8 @@ def _recheck_parity(bundle: Bundle, parity_data: bytes, tolerance: float) -> Non
     inputs = ModelInputs(data.select(ids).to_numpy().astype(np.int64),
                          data.select(dense).to_numpy().astype(np.float32).reshape(len(data), len(dense)),
                          data.select(lengths).to_numpy().astype(np.int64) if lengths else None)
-    reference = data.select(f"p:{k}" for k in bundle.tasks).to_numpy()
-    result = parity.compare(reference, bundle.predict(inputs), bundle.tasks, tolerance)
+    reference = data.select(f"p:{k}" for k in bundle.columns).to_numpy()
+    result = parity.compare(reference, bundle.predict(inputs), bundle.columns, tolerance)
     if not result["passed"]:
         raise BundleError(f"{bundle.folder}: parity re-check failed: {result}")
 

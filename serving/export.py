@@ -21,7 +21,9 @@ import torch
 
 from mtlrec.features.batches import Batch, Slots
 from mtlrec.features.transform import FeatureTransform, ModelInputs
+from mtlrec.features.folder import TaskInfo
 from mtlrec.models.export import export_twin
+from mtlrec.models.outputs import Answer, TaskAnswers
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.serving import bundle, parity
 
@@ -32,11 +34,16 @@ class ExportError(bundle.BundleError):
     """The exported model does not reproduce the trained one."""
 
 
+def task_answers(tasks: list[TaskInfo]) -> TaskAnswers:
+    """The module turning the ranker's outputs into the tasks' served answers."""
+    return TaskAnswers([Answer(t.kind, t.width, t.logit_offset, t.mean, t.std, t.log1p) for t in tasks])
+
+
 def to_onnx(ranker: MultiTaskRanker, transform: FeatureTransform, path: Path, opset: int) -> Path:
     """Write the export twin of `ranker` as ONNX with a dynamic batch axis; its inputs are
     `features.transform.ModelInputs` (lengths only with multi-valued fields)."""
     max_len = {f.name: f.max_len for f in transform.spec.multi_fields}
-    model = export_twin(ranker, max_len)
+    model = export_twin(ranker, max_len, task_answers(transform.info.task_info))
     example = _torch_inputs(transform, ModelInputs(
         np.zeros((8, sum(transform.slot_widths)), np.int64),
         np.zeros((8, len(transform.numeric_names)), np.float32),
@@ -91,16 +98,17 @@ def parity_inputs(valid: ModelInputs, transform: FeatureTransform, rows: int, se
 
 @torch.no_grad()
 def reference_scores(ranker: MultiTaskRanker, transform: FeatureTransform, inputs: ModelInputs) -> np.ndarray:
-    """The trained ranker's probabilities on its training-time input (a KeyedJaggedTensor
-    with the rows' real lengths when some field is multi-valued)."""
+    """The trained ranker's answers on its training-time input (a KeyedJaggedTensor with the
+    rows' real lengths when some field is multi-valued)."""
     ranker.eval()
+    answers = task_answers(transform.info.task_info)
     ids, dense = torch.from_numpy(inputs.ids), torch.from_numpy(inputs.dense)
     if inputs.lengths is None:
-        return torch.sigmoid(ranker(ids, dense)).numpy()
+        return answers(ranker(ids, dense)).numpy()
     slots = Slots(tuple(transform.slot_widths), tuple(f.multi for f in transform.spec.categorical))
     batch = Batch(transform.categorical_names, ids, dense, torch.zeros(len(inputs), 0),
                   torch.from_numpy(inputs.lengths), slots)
-    return torch.sigmoid(ranker(batch.sparse, dense)).numpy()
+    return answers(ranker(batch.sparse, dense)).numpy()
 
 
 def export_bundle(ranker: MultiTaskRanker, transform: FeatureTransform, valid: ModelInputs,
@@ -115,7 +123,7 @@ def export_bundle(ranker: MultiTaskRanker, transform: FeatureTransform, valid: M
         session = ort.InferenceSession(str(onnx_file), bundle.session_options(0),
                                        providers=["CPUExecutionProvider"])
         actual = session.run([bundle.SCORES], bundle.feeds(inputs))[0]
-        result = parity.compare(reference, actual, transform.spec.task_names, tolerance) | {
+        result = parity.compare(reference, actual, bundle.score_columns(transform), tolerance) | {
             "validation_rows": n_valid, "random_rows": len(inputs) - n_valid,
             "torch": torch.__version__, "onnxruntime": ort.__version__, "opset": opset,
         }

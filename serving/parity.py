@@ -11,11 +11,15 @@ import numpy as np
 
 
 def compare(reference: np.ndarray, actual: np.ndarray, tasks: list[str], tolerance: float) -> dict:
-    """Max absolute difference overall and per task; `passed` when it is within tolerance."""
+    """Max difference overall and per score column (`tasks`): absolute for answers within
+    [−1, 1] (probabilities), relative to the reference beyond (a value in its units, e.g.
+    seconds of dwell time, carries float32's relative precision); `passed` when it is
+    within tolerance."""
     if reference.shape != actual.shape:
         return {"rows": int(reference.shape[0]), "passed": False, "tolerance": tolerance,
                 "error": f"output shape {list(actual.shape)} != reference {list(reference.shape)}"}
-    diff = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
+    expected = reference.astype(np.float64)
+    diff = np.abs(expected - actual.astype(np.float64)) / np.maximum(1.0, np.abs(expected))
     finite = bool(np.isfinite(actual).all())
     per_task = {t: float(diff[:, k].max()) if len(diff) else 0.0 for k, t in enumerate(tasks)}
     worst = max(per_task.values(), default=0.0)

@@ -75,7 +75,7 @@ def _scored_chunks(model: Bundle, path: str, id_column: str | None, chunk_rows: 
             rows_mod.check_scores(scores, inputs, model.transform, lambda r, f: typed[f][r], offset)
         except rows_mod.RowError as exc:
             raise DataError(f"{path}: {exc}") from None
-        out = pl.DataFrame({t: scores[:, k] for k, t in enumerate(model.tasks)})
+        out = pl.DataFrame({c: scores[:, j] for j, c in enumerate(model.columns)})
         if id_column is not None:
             out = out.insert_column(0, frame[id_column])
         yield out.to_arrow(), counts

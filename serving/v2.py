@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtlrec.features.folder import TaskInfo
 from mtlrec.features.online import RawBatch
 from mtlrec.features.spec import CategoricalField
 from mtlrec.features.transform import FeatureTransform
@@ -80,7 +81,9 @@ def metadata(name: str, versions: list[str], transform: FeatureTransform) -> dic
                 "separator": field.separator,
                 "padded_form": f"BYTES [-1, -1] with {field.name}{LENGTHS_SUFFIX} INT64 [-1]"}
     inputs += [{"name": name, "datatype": "FP32", "shape": [-1]} for name in transform.numeric_names]
-    outputs = [{"name": task, "datatype": "FP32", "shape": [-1]} for task in transform.spec.task_names]
+    outputs = [{"name": t.name, "datatype": "FP32", "shape": [-1]} if t.width == 1 else
+               {"name": t.name, "datatype": "FP32", "shape": [-1, t.width], "parameters": {"classes": t.classes}}
+               for t in transform.info.task_info]
     return {"name": name, "versions": versions, "platform": "onnxruntime_onnx", "inputs": inputs,
             "outputs": outputs}
 
@@ -354,23 +357,28 @@ def _lists(tensor: Tensor, lengths: Tensor | None, field: CategoricalField) -> l
     return rows
 
 
-def response(model: str, version: str, request: InferRequest, tasks: list[str], scores: np.ndarray
-             ) -> tuple[bytes, int | None]:
-    """The infer response for scores [B, K]: its body, and the JSON header's length when
-    binary outputs follow it (None: the body is JSON only)."""
+def response(model: str, version: str, request: InferRequest, task_info: list[TaskInfo],
+             scores: np.ndarray) -> tuple[bytes, int | None]:
+    """The infer response for scores [B, W]: one output per task (FP32 [B], or [B, C] of
+    class probabilities), its body, and the JSON header's length when binary outputs follow
+    it (None: the body is JSON only)."""
+    tasks = [t.name for t in task_info]
     names = tasks if request.outputs is None else request.outputs
     unknown = [n for n in names if n not in tasks]
     if unknown:
         raise ProtocolError(f"output '{unknown[0]}' is not a task of the model ({tasks})")
+    starts = np.cumsum([0] + [t.width for t in task_info]).tolist()
     outputs, blobs = [], []
     for name in names:
-        column = np.ascontiguousarray(scores[:, tasks.index(name)], dtype="<f4")
-        entry = {"name": name, "datatype": "FP32", "shape": [len(column)]}
+        k = tasks.index(name)
+        block = scores[:, starts[k]:starts[k + 1]]
+        column = np.ascontiguousarray(block[:, 0] if block.shape[1] == 1 else block, dtype="<f4")
+        entry = {"name": name, "datatype": "FP32", "shape": list(column.shape)}
         if name in request.binary_outputs or "*" in request.binary_outputs:
             blobs.append(column.tobytes())
             entry["parameters"] = {"binary_data_size": len(blobs[-1])}
         else:
-            entry["data"] = column.tolist()
+            entry["data"] = column.reshape(-1).tolist()
         outputs.append(entry)
     head = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.id is not None:

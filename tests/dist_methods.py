@@ -5,7 +5,10 @@ step state to <folder>/rank<r>.json. `run(name, 0, 1)` is the single-process ref
 
 The data: task 1's labels pull against task 0 in the first half of every batch (rank 0's
 part, with two ranks) and with it, three times as hard, in the second half: the ranks'
-local task gradients conflict, the global ones do not.
+local task gradients conflict, the global ones do not. The `…_missing` runs also lose
+task 1's labels on most of the first half's rows and on every row of every fourth batch:
+each task's loss must be its mean over the global batch's labelled rows (not a mean of
+the ranks' means), and a batch without task 1 must leave it out of the step.
 """
 
 from __future__ import annotations
@@ -26,9 +29,18 @@ from test_mtl_state import Tiny
 METHODS = {
     "ew": "ew", "pcgrad": "pcgrad", "mocograd": "mocograd", "adatask": "adatask", "dbmtl": "dbmtl",
     "dtjs": "dtjs", "grouped": "grouped",
+    "mgda_missing": "mgda", "dbmtl_missing": "dbmtl", "grouped_missing": "grouped",
 }
 STEPS, GLOBAL_BATCH, K = 20, 32, 2
 EPOCH_BATCHES = 5  # DTJS's α: due several times in STEPS
+
+
+def unlabelled(i: int, y: torch.Tensor) -> torch.Tensor:
+    """y with task 1 missing (NaN) on 12 of the first half's 16 rows, or on all of batch i
+    when i % 4 == 3."""
+    y = y.clone()
+    y[:12 if i % 4 != 3 else None, 1] = float("nan")
+    return y
 
 
 def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,14 +71,26 @@ def tiny() -> Tiny:
 
 def run(name: str, rank: int, world: int) -> dict:
     model = tiny()
-    method = preset(METHODS[name], **({"grouped": {"warmup_steps": 5}} if name == "grouped" else {}))
-    step = make_step(method, model, TrainerConfig(lr=1e-2), K, seed=0)
+    grouped = {"grouped": {"warmup_steps": 5}} if METHODS[name] == "grouped" else {}
+    step = make_step(preset(METHODS[name], **grouped), model, TrainerConfig(lr=1e-2), K, seed=0)
+    missing = name.endswith("_missing")
+
+    def labels(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch(i)
+        return part(x, rank, world), part(unlabelled(i, y) if missing else y, rank, world)
 
     def forward_on(i: int):
-        x, y = (part(t, rank, world) for t in batch(i))
-        return lambda split: Pass((model(x) - y) ** 2)
+        x, y = labels(i)
+        if not missing:
+            return lambda split: Pass((model(x) - y) ** 2)
+        w = (~torch.isnan(y)).float()
+        return lambda split: Pass((model(x) - torch.nan_to_num(y)) ** 2, weights=w)
 
-    losses = [step.train_batch(forward_on(i), dev=forward_on(500 + i), epoch_batches=EPOCH_BATCHES).tolist()
+    def labelled(i: int) -> torch.Tensor | None:
+        return (~torch.isnan(labels(i)[1])).float().sum(0) if missing else None
+
+    losses = [step.train_batch(forward_on(i), dev=forward_on(500 + i), epoch_batches=EPOCH_BATCHES,
+                               labelled=labelled(i)).tolist()
               for i in range(STEPS)]
     return {"losses": losses, "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]).tolist(),
             "state": _flat(step.state_dict())}

@@ -17,6 +17,7 @@ from mtlrec.features.ingest import ingest
 from mtlrec.features.online import OnlineTransform
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.transform import FeatureTransform
+from mtlrec.features.folder import TaskInfo
 from mtlrec.serving import rows, v2
 
 ROWS = [{"shop": "s0", "tags": "a|b", "price": 1.5}, {"shop": "s1", "tags": None, "price": None},
@@ -149,13 +150,23 @@ def test_binary_bytes_that_end_early_or_are_not_utf8_name_the_element():
 def test_responses_read_back_through_the_clients_parser(outputs, binary):
     scores = np.array([[0.25, 0.125], [0.5, 1e-7], [0.75, 0.3]])
     request = v2.InferRequest("req-7", {}, outputs, binary)
-    body, header = v2.response("m", "3", request, ["ctr", "ctcvr"], scores)
+    body, header = v2.response("m", "3", request, [TaskInfo("ctr"), TaskInfo("ctcvr")], scores)
     result = triton.InferenceServerClient.parse_response_body(body, header_length=header)
     assert result.get_response()["model_version"] == "3" and result.get_response()["id"] == "req-7"
     for name in outputs or ["ctr", "ctcvr"]:
         np.testing.assert_array_equal(result.as_numpy(name), scores[:, ["ctr", "ctcvr"].index(name)].astype(np.float32))
     with pytest.raises(v2.ProtocolError, match="output 'cvr' is not a task of the model"):
-        v2.response("m", "3", v2.InferRequest(None, {}, ["cvr"], set()), ["ctr", "ctcvr"], scores)
+        v2.response("m", "3", v2.InferRequest(None, {}, ["cvr"], set()), [TaskInfo("ctr"), TaskInfo("ctcvr")], scores)
+
+
+@pytest.mark.parametrize("binary", [set(), {"*"}])
+def test_a_multiclass_output_is_one_tensor_of_class_probabilities_per_row(binary):
+    tasks = [TaskInfo("dwell", "regression"), TaskInfo("intent", "multiclass", classes=["a", "b", "c"])]
+    scores = np.array([[12.5, 0.2, 0.3, 0.5], [3.0, 0.6, 0.3, 0.1]], np.float32)
+    body, header = v2.response("m", "1", v2.InferRequest(None, {}, None, binary), tasks, scores)
+    result = triton.InferenceServerClient.parse_response_body(body, header_length=header)
+    np.testing.assert_array_equal(result.as_numpy("dwell"), scores[:, 0])
+    np.testing.assert_array_equal(result.as_numpy("intent"), scores[:, 1:])  # [2, 3]
 
 
 def test_metadata_lists_every_input_the_spec_needs_and_one_output_per_task(transform):

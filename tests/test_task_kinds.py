@@ -14,7 +14,9 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from helpers import preset, read_quarantine, small_spec, write_csv
+import httpx
+
+from helpers import TINY_SHOP_MODEL, Server, TinyShop, preset, read_quarantine, small_spec, tiny_shop_logs, write_csv
 from mtlrec.features.folder import FeatureInfo
 from mtlrec.features.ingest import ingest
 from mtlrec.pipeline.cli import main
@@ -204,13 +206,15 @@ def _equal(a, b) -> bool:
     return a == b
 
 
-def test_mixed_kinds_train_and_evaluate_from_one_conf_file(tmp_path):
+def test_mixed_kinds_train_evaluate_export_serve_and_score_from_one_conf_file(tmp_path):
     """data=synth_mixed: CTR, CTCVR, dwell time (regression, log1p, Huber, on clicks only,
-    optional) and intent (3 classes) in one MMoE; every kind learns something."""
+    optional) and intent (3 classes) in one MMoE; every kind learns something; the bundle
+    answers each task in its kind (a probability, seconds, class probabilities) over HTTP
+    and in batch, and scoring the test day's raw logs through it gives the offline metrics."""
     args = [f"paths.work_dir={tmp_path}", "data=synth_mixed", "synth.rows_per_day=12000", "synth.days=3",
-            "synth.ctr=0.2", "synth.cvr=0.3", "synth.signal=2.5", "trainer.lr=0.003", "model.expert_hidden=[16]", "model.tower_hidden=[8]",
-            "trainer.max_epochs=2", "trainer.batch_size=256", "trainer.threads=1"]
-    for stage in ("synth", "ingest", "train", "evaluate"):
+            "synth.ctr=0.2", "synth.cvr=0.3", "synth.signal=2.5", "trainer.lr=0.003", "model.expert_hidden=[16]",
+            "model.tower_hidden=[8]", "trainer.max_epochs=2", "trainer.batch_size=256", "trainer.threads=1"]
+    for stage in ("synth", "ingest", "train", "evaluate", "export"):
         assert main([stage, *args]) == 0
     metrics = json.loads(next(tmp_path.glob("runs/synth_mixed/*/evaluation/metrics.json")).read_text())
     tasks = metrics["tasks"]
@@ -218,3 +222,62 @@ def test_mixed_kinds_train_and_evaluate_from_one_conf_file(tmp_path):
     assert tasks["dwell"]["r2"] > 0.05 and metrics["units"] == {"dwell": "s"}
     assert tasks["intent"]["accuracy"] > 0.38  # chance: about 1/3
     assert {"mean_auc", "mean_mae", "mean_accuracy", "mean_skill"} <= set(metrics)
+
+    test_day = next(tmp_path.glob("landing/synth/day=2026-11-03.csv"))
+    model = "model=models:/synth_mixed-ranker@champion"
+    assert main(["evaluate", *args, model, f"evaluate.logs='{test_day}'"]) == 0
+    served = json.loads(next(tmp_path.glob("evaluations/*.json")).read_text())["tasks"]
+    for task, name in (("ctr", "auc"), ("ctcvr", "logloss"), ("dwell", "mae"), ("intent", "accuracy")):
+        assert served[task][name] == pytest.approx(tasks[task][name], rel=1e-4), (task, name)
+
+    raw = pl.read_csv(test_day, n_rows=50, schema_overrides={"search_id": pl.String, "tags": pl.String} | {
+        f"categorical_{j}": pl.String for j in range(1, 17)})
+    raw.write_parquet(tmp_path / "in.parquet")
+    assert main(["score", *args, model, f"input={tmp_path / 'in.parquet'}", f"output={tmp_path / 'out.parquet'}"]) == 0
+    scores = pl.read_parquet(tmp_path / "out.parquet")
+    assert scores.columns == ["search_id", "ctr", "ctcvr", "dwell", "intent:browse", "intent:buy", "intent:other"]
+    assert np.allclose(scores.select("intent:browse", "intent:buy", "intent:other").sum_horizontal(), 1, atol=1e-5)
+    assert (scores["dwell"] > 0).all() and scores["ctr"].is_between(0, 1).all()
+
+    server = Server(["serve", *args, model])
+    try:
+        rows = raw.drop("click", "conversion", "dwell", "intent", "day").head(5).to_dicts()
+        answer = httpx.post(server.url + "/predict", json={"rows": rows}).json()["scores"]
+        for row, batch in zip(answer, scores.head(5).iter_rows(named=True)):
+            assert row["ctr"] == pytest.approx(batch["ctr"], abs=1e-6)
+            assert row["dwell"] == pytest.approx(batch["dwell"], rel=1e-5)
+            assert row["intent"] == pytest.approx({c: batch[f"intent:{c}"] for c in ("browse", "buy", "other")}, abs=1e-6)
+        outputs = httpx.get(server.url + "/v2/models/synth_mixed-ranker").json()["outputs"]
+        assert outputs[3] == {"name": "intent", "datatype": "FP32", "shape": [-1, 3],
+                              "parameters": {"classes": ["browse", "buy", "other"]}}
+    finally:
+        server.stop()
+
+
+def test_negative_downsampling_is_calibrated_back_to_the_full_data_rate(tmp_path):
+    """`data.sampling` keeps 20% of the training rows without a click: the CTR is learnt on
+    the downsampled rows and scored p / (p + (1 − p)/r) (its logit + log r), CTCVR is learnt
+    with weight 1/r on the kept non-click rows. On the full-data test day, with a schedule
+    that converges, both mean predictions are within 5% of the base rate, offline and as
+    served."""
+    sampling = "data.sampling={task:ctr,negative_rate:0.2}"
+    shop = TinyShop(tmp_path, ["data=tinyshop", "model=hps", "model.expert_hidden=[16]", "model.tower_hidden=[8]",
+                               "trainer.max_epochs=10", "trainer.patience=10", "trainer.lr_schedule=cosine",
+                               "trainer.batch_size=256", "trainer.lr=0.003", "trainer.threads=1", sampling])
+    tiny_shop_logs(shop.landing, days=4, rows_per_day=20_000)
+    assert shop.cli("ingest") == 0
+    manifest = json.loads(next(tmp_path.glob("work/features/tinyshop/manifest.json")).read_text())
+    train, dropped = manifest["split_rows"]["train"], manifest["rows_downsampled"]
+    data = pl.read_csv(sorted(shop.landing.glob("day=*.csv"))[:2])  # the training days
+    negatives = int((data["click"] == 0).sum())
+    assert train + dropped == data.height and dropped == pytest.approx(0.8 * negatives, rel=0.03)
+    for stage in ("train", "evaluate", "export"):
+        assert shop.cli(stage) == 0
+    tasks = json.loads(next(tmp_path.glob("work/runs/tinyshop/hps-*/evaluation/metrics.json")).read_text())["tasks"]
+    for task in ("ctr", "ctcvr"):
+        assert tasks[task]["calibration"] == pytest.approx(1.0, abs=0.05), task
+    test_day = sorted(shop.landing.glob("day=*.csv"))[-1]
+    assert shop.cli("evaluate", f"model=models:/{TINY_SHOP_MODEL}@champion", f"evaluate.logs='{test_day}'") == 0
+    served = json.loads(next(tmp_path.glob("work/evaluations/*.json")).read_text())["tasks"]
+    for task in ("ctr", "ctcvr"):
+        assert served[task]["calibration"] == pytest.approx(tasks[task]["calibration"], rel=1e-3), task

@@ -81,15 +81,6 @@ def binary_metrics(y: np.ndarray, z: np.ndarray, weights: np.ndarray | None = No
             "calibration": p_mean / base if base > 0 else float("nan")}
 
 
-def task_metrics(labels: np.ndarray, logits: np.ndarray, tasks: list[str]) -> dict[str, dict]:
-    """`binary_metrics` per task, on the rows where the task's label is present."""
-    out = {}
-    for k, name in enumerate(tasks):
-        present = np.isfinite(labels[:, k])
-        out[name] = binary_metrics(labels[present, k], logits[present, k])
-    return out
-
-
 def group_auc(labels: np.ndarray, logits: np.ndarray, groups: np.ndarray, tasks: list[str]
               ) -> dict[str, dict[str, float]]:
     """AUC per task within each group (e.g. country), on the rows with the task's label."""

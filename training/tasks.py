@@ -221,6 +221,23 @@ class TaskSet:
         return torch.stack([t.loss(flat[:, s].squeeze(1) if t.width == 1 else flat[:, s], labels[:, k])
                             for k, (t, s) in enumerate(zip(self.tasks, self._slices))], dim=1)
 
+    def outputs_from_answers(self, answers: np.ndarray) -> np.ndarray:
+        """The raw outputs [N, W] whose served answers (`models.outputs.TaskAnswers`) are
+        `answers`: what `metrics` reads, so a served model is scored as a trained one.
+        Probabilities are clipped to [1e-7, 1 − 1e-7] (float32 1.0 has no finite logit)."""
+        out = np.asarray(answers, dtype=np.float64).copy()
+        for t, s in zip(self.tasks, self._slices):
+            a = out[:, s]
+            if isinstance(t, BinaryTask):
+                p = np.clip(a, 1e-7, 1 - 1e-7)
+                out[:, s] = np.log(p) - np.log1p(-p) - t.logit_offset
+            elif isinstance(t, RegressionTask):
+                v = a / t.unit_scale
+                out[:, s] = ((np.log1p(v) if t.log1p else v) - t.mean) / t.std
+            else:
+                out[:, s] = np.log(np.clip(a, 1e-12, 1.0))
+        return out
+
     def binary_scores(self, labels: np.ndarray, outputs: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(name, labels, calibrated logits) of each binary task, every row (a missing label
         is NaN): what ROC, calibration and per-group AUC show."""

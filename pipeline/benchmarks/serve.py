@@ -181,9 +181,8 @@ def _request_path(model: bundle_mod.Bundle, raw_rows: list[dict], bodies: dict[s
         "feature transform (served: numpy)": lambda: model.online.encode(batch),
         "feature transform (polars, as in training)": lambda: model.transform.to_numpy(typed),
         "onnxruntime": lambda: model.predict(inputs),
-        "row JSON: response": lambda: jsonio.dumps({"scores": [dict(zip(model.tasks, r))
-                                                               for r in scores.tolist()]}),
-        "v2 binary: response": lambda: v2.response("m", "1", parsed, model.tasks, scores),
+        "row JSON: response": lambda: jsonio.dumps({"scores": model.answers(scores)}),
+        "v2 binary: response": lambda: v2.response("m", "1", parsed, model.task_info, scores),
     }
     return {name: 1e3 * float(np.median(_timed(fn, 300))) for name, fn in steps.items()} | {
         "body_bytes": {fmt: len(b["body"]) for fmt, b in bodies.items()}}
