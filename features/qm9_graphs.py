@@ -90,6 +90,10 @@ class QM9Graphs(Dataset):
     def __init__(self, split: QM9Split, cutoff: float | None = None, bonds_only: bool = False) -> None:
         self.split, self.cutoff, self.bonds_only = split, cutoff, bonds_only
 
+    @property
+    def targets(self) -> np.ndarray:
+        return self.split.targets
+
     def __len__(self) -> int:
         return len(self.split)
 
@@ -122,16 +126,18 @@ class GraphBatch:
 
 
 class GraphSplit:
-    """A QM9 split for the trainer (`features.batches.BatchLoader`): `labels` [N, 11] and
-    `batch(rows)`. Each molecule's graph is built the first time a batch needs it and
-    kept (bond graphs of all 130k molecules hold ~5M edges; complete graphs ~40M)."""
+    """A split of molecular graphs (QM9's, or SMILES' `features.molecules.MoleculeGraphs`:
+    any dataset of graphs with `targets` [N, K]) for the trainer
+    (`features.batches.BatchLoader`): `labels` [N, K] and `batch(rows)`. Each molecule's
+    graph is built the first time a batch needs it and kept (bond graphs of all 130k QM9
+    molecules hold ~5M edges; complete graphs ~40M)."""
 
     weights = None  # every molecule weighs 1
 
-    def __init__(self, graphs: QM9Graphs, rows: int | None = None) -> None:
+    def __init__(self, graphs: Dataset, rows: int | None = None) -> None:
         """rows: use the first `rows` molecules only (reduced schedules, tests)."""
         self.graphs = graphs
-        self.labels = torch.from_numpy(graphs.split.targets[:rows])
+        self.labels = torch.from_numpy(graphs.targets[:rows])
         self._built: list[Data | None] = [None] * len(self.labels)
 
     def __len__(self) -> int:

@@ -358,3 +358,50 @@ class QM9Spec(Strict):
         "complete", description="complete graphs with distances (the papers), or covalent bonds only")
     cutoff: float | None = Field(None, gt=0, description="drop pairs farther apart than this (Å)")
     rows: BenchmarkRows = BenchmarkRows()
+
+
+class MoleculeTarget(Strict):
+    """A target column of a molecules file: a regression value or a 0/1 label; an empty
+    value is a missing label (the task skips the molecule)."""
+
+    name: str
+    column: str | None = Field(None, description="the column (default: the name)")
+    kind: Literal["regression", "binary"] = "regression"
+    unit: str = ""
+
+
+class MoleculeSplit(Strict):
+    """`random` (seeded) or `scaffold` (Bemis–Murcko groups, largest first: features.molecules)."""
+
+    method: Literal["random", "scaffold"] = "random"
+    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> "MoleculeSplit":
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError("split.valid_fraction + split.test_fraction must leave rows to train on")
+        return self
+
+
+class MoleculeSpec(Strict):
+    """Molecules from SMILES (`features.molecules`): any CSV or Parquet with a SMILES column
+    and target columns, one MPNN, every MTL method — from the conf file alone."""
+
+    kind: Literal["molecules"]
+    name: str
+    path: FilePath
+    smiles: str = Field("smiles", description="the column of SMILES strings")
+    targets: list[MoleculeTarget] = Field(min_length=1)
+    explicit_h: bool = Field(True, description="hydrogens as atoms of the graph")
+    split: MoleculeSplit = MoleculeSplit()
+    max_reject_ratio: float = Field(0.01, ge=0.0, le=1.0, description="bad rows tolerated")
+    rows: BenchmarkRows = BenchmarkRows()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "MoleculeSpec":
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"targets named twice: {sorted({n for n in names if names.count(n) > 1})}")
+        return self

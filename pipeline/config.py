@@ -35,7 +35,7 @@ from pydantic.fields import FieldInfo
 from mtlrec import CONF_DIR, checkout_root
 from mtlrec.configbase import RelativeToFile, Strict
 from mtlrec.features.ingest import IngestOptions
-from mtlrec.features.spec import DataSpec, MultiMnistSpec, QM9Spec
+from mtlrec.features.spec import DataSpec, MoleculeSpec, MultiMnistSpec, QM9Spec
 from mtlrec.features.synth import SynthParams
 from mtlrec.models.config import ModelConfig
 from mtlrec.training.config import MethodConfig, TrainerConfig
@@ -180,11 +180,11 @@ def _data_kind(value: Any) -> str:
 
 AnyData = Annotated[
     Annotated[DataSpec, Tag("logs")] | Annotated[MultiMnistSpec, Tag("multimnist")]
-    | Annotated[QM9Spec, Tag("qm9")],
+    | Annotated[QM9Spec, Tag("qm9")] | Annotated[MoleculeSpec, Tag("molecules")],
     Discriminator(_data_kind),
 ]
 #: the model architectures that fit each kind of data
-ARCHS = {"logs": ("hps", "mmoe", "ple"), "multimnist": ("lenet",), "qm9": ("mpnn",)}
+ARCHS = {"logs": ("hps", "mmoe", "ple"), "multimnist": ("lenet",), "qm9": ("mpnn",), "molecules": ("mpnn",)}
 
 
 class Config(Strict):

@@ -1,10 +1,11 @@
 """What `mtlrec train` and `mtlrec evaluate` work on: a data set's splits, its task names
 and kind, and the model that fits it.
 
-`data.kind` picks one of three loaders, and the stages are the same for all of them:
+`data.kind` picks one of four loaders, and the stages are the same for all of them:
 - `logs`: click/conversion logs ingested by `mtlrec ingest` → HPS / MMoE / PLE rankers;
 - `multimnist`: MultiMNIST built from MNIST (`features.multimnist`) → LeNet;
-- `qm9`: QM9 molecules as graphs (`features.qm9`, `features.qm9_graphs`) → MPNN.
+- `qm9`: QM9 molecules as graphs (`features.qm9`, `features.qm9_graphs`) → MPNN;
+- `molecules`: any SMILES file with target columns (`features.molecules`) → MPNN.
 The benchmark data sets need no ingest: they are built from `../shared/data` when a run
 starts (MultiMNIST's construction is cached as .npz under `data.cache_dir`).
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,7 +24,7 @@ from mtlrec.features.folder import FeatureInfo, FeaturesFolder
 from mtlrec.features.ingest import ingest
 from mtlrec.features.multimnist import TASKS as DIGIT_TASKS
 from mtlrec.features.multimnist import cache_folder, load_multimnist
-from mtlrec.features.spec import BenchmarkRows, MultiMnistSpec, QM9Spec
+from mtlrec.features.spec import BenchmarkRows, MoleculeSpec, MultiMnistSpec, QM9Spec
 from mtlrec.features.stream import LogSplit, open_split
 from mtlrec.features.tensor_split import TensorSplit
 from mtlrec.models.config import ModelConfig
@@ -30,7 +32,7 @@ from mtlrec.models.lenet import MultiLeNet
 from mtlrec.models.ranker import MultiTaskRanker
 from mtlrec.pipeline.config import Config, to_yaml
 from mtlrec.training.loop import Split
-from mtlrec.training.tasks import MulticlassTask, TaskSet, qm9_tasks
+from mtlrec.training.tasks import BinaryTask, MulticlassTask, RegressionTask, TaskSet, qm9_tasks
 
 SPLITS = ("train", "valid", "test")
 
@@ -48,7 +50,7 @@ class Target:
 
 
 def load_target(cfg: Config) -> Target:
-    loaders = {"logs": _logs, "multimnist": _multimnist, "qm9": _qm9}
+    loaders = {"logs": _logs, "multimnist": _multimnist, "qm9": _qm9, "molecules": _molecules}
     return loaders[cfg.data.kind](cfg)
 
 
@@ -129,3 +131,36 @@ def _qm9(cfg: Config) -> Target:
 
     fingerprint = f"qm9-{Path(spec.path).stat().st_size}-seed{spec.split_seed}-{spec.edges}-cutoff{spec.cutoff}"
     return Target([t.name for t in TARGETS], kind, split, model, fingerprint, eval_batch_size=512)
+
+
+def _molecules(cfg: Config) -> Target:
+    # deferred like _qm9's: RDKit and torch-geometric cost every other command their import
+    from mtlrec.features import molecules as mol
+    from mtlrec.features.qm9_graphs import GraphSplit
+    from mtlrec.models.mpnn import MPNN
+
+    spec: MoleculeSpec = cfg.data  # type: ignore[assignment]
+    data = mol.load(spec)
+    if data.quarantine.height:  # kept, with their reasons, beside the run's other inputs
+        folder = Path(cfg.paths.features)
+        folder.mkdir(parents=True, exist_ok=True)
+        data.quarantine.write_parquet(folder / "quarantine.parquet")
+    mean, std = data.stats()
+    regression = np.array([t.kind == "regression" for t in spec.targets])
+    targets = np.where(regression, (data.targets - mean) / std, data.targets)
+    kind = TaskSet(tuple(RegressionTask(t.name, float(m), float(s), unit=t.unit) if t.kind == "regression"
+                         else BinaryTask(t.name) for t, m, s in zip(spec.targets, mean, std)),
+                   may_skip=bool(np.isnan(data.targets).any()))
+
+    def split(name: str) -> GraphSplit:
+        rows = data.splits[name]
+        graphs = mol.MoleculeGraphs([data.smiles[i] for i in rows], targets[rows], spec.explicit_h)
+        return GraphSplit(graphs, _prefix(spec.rows, name, len(graphs)))
+
+    def model(model_cfg: ModelConfig, index: list[int]) -> MPNN:
+        return MPNN(len(mol.NODE_FEATURES), len(mol.EDGE_FEATURES), n_tasks=len(index), hidden=model_cfg.hidden)
+
+    path = Path(spec.path)
+    fingerprint = (f"molecules-{path.name}-{path.stat().st_size}-{spec.split.method}{spec.split.seed}-"
+                   f"h{int(spec.explicit_h)}")
+    return Target([t.name for t in spec.targets], kind, split, model, fingerprint, eval_batch_size=512)
