@@ -115,6 +115,7 @@ class GateCheck:
     most `tolerance` (a GateConfig field), absolute or relative to the champion's value."""
 
     metric: str
+    label: str  # as reports name it
     higher_is_better: bool
     tolerance: str
     relative: bool = False
@@ -122,10 +123,11 @@ class GateCheck:
 
 # per task, every check whose metric the task has (binary: AUC and logloss; regression:
 # MAE; multiclass: accuracy and cross-entropy)
-GATE_CHECKS = (GateCheck("auc", True, "auc_tolerance"), GateCheck("logloss", False, "logloss_tolerance"),
-               GateCheck("mae", False, "mae_tolerance", relative=True),
-               GateCheck("accuracy", True, "accuracy_tolerance"),
-               GateCheck("cross_entropy", False, "logloss_tolerance"))
+GATE_CHECKS = (GateCheck("auc", "AUC", True, "auc_tolerance"),
+               GateCheck("logloss", "logloss", False, "logloss_tolerance"),
+               GateCheck("mae", "MAE", False, "mae_tolerance", relative=True),
+               GateCheck("accuracy", "accuracy", True, "accuracy_tolerance"),
+               GateCheck("cross_entropy", "cross-entropy", False, "logloss_tolerance"))
 
 
 def compare(candidate: dict[str, dict], champion: dict[str, dict], gate: GateConfig) -> GateResult:
@@ -147,11 +149,9 @@ def compare(candidate: dict[str, dict], champion: dict[str, dict], gate: GateCon
             ok = ours >= bound if check.higher_is_better else ours <= bound
             row |= {f"candidate_{m}": ours, f"champion_{m}": best, f"{m}_diff": ours - best, f"{m}_ok": ok}
             if not ok:
-                side = "<" if check.higher_is_better else ">"
-                failures.append(f"{task}: {m} {ours:.5g} {side} champion {best:.5g} "
-                                f"{'−' if check.higher_is_better else '+'} {slack:.5g} "
-                                f"(gate.{check.tolerance} = {getattr(gate, check.tolerance)}; "
-                                f"off by {abs(ours - bound):.5g})")
+                side, sign, off = ("<", "−", "short") if check.higher_is_better else (">", "+", "over")
+                failures.append(f"{task}: {check.label} {ours:.5g} {side} champion {best:.5g} {sign} "
+                                f"{slack:.5g} (gate.{check.tolerance}; {off} by {abs(ours - bound):.5g})")
         tasks[task] = row
     return GateResult(not failures, tasks, failures)
 
@@ -212,7 +212,7 @@ def markdown(result: GateResult, name: str, version: str, champion: str | None, 
             for check in GATE_CHECKS:
                 m = check.metric
                 if f"{m}_ok" in r:
-                    lines.append(f"| {task} | {m} | {r[f'candidate_{m}']:.5g} | {r[f'champion_{m}']:.5g} | "
+                    lines.append(f"| {task} | {check.label} | {r[f'candidate_{m}']:.5g} | {r[f'champion_{m}']:.5g} | "
                                  f"{r[f'{m}_diff']:+.4g} | {'ok' if r[f'{m}_ok'] else 'FAIL'} |")
         if result.failures:
             lines += ["", "Failed checks:", *[f"- {f}" for f in result.failures]]

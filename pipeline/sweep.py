@@ -148,9 +148,9 @@ def _best_valid(run: RunFolder) -> tuple[str, float]:
 def _test_metrics(test: dict) -> dict[str, float]:
     """One final run's test metrics: the mean over tasks and each task's selection metric
     (`income.auc`), not counts such as `rows`."""
-    metric = test["metric"]
+    headline = test.get("headline") or {t: test["metric"] for t in test["tasks"]}  # runs before task kinds
     out = {k: v for k, v in test.items() if k.startswith("mean_") and isinstance(v, (int, float))}
-    return out | {f"{task}.{metric}": values[metric] for task, values in test["tasks"].items()}
+    return out | {f"{task}.{headline[task]}": values[headline[task]] for task, values in test["tasks"].items()}
 
 
 def _test_means(finals: list[dict]) -> dict[str, float]:

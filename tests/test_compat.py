@@ -95,7 +95,7 @@ def test_the_legacy_champion_warm_starts_retraining(work):
     assert champion.state().registered_version == "1"
     # the warm start copies the legacy weights into a model of the job's own vocabulary
     info = FeatureInfo.load(job / "features" / "artifacts")
-    fresh = build_ranker(champion.model_config(), info, len(info.tasks))
+    fresh = build_ranker(champion.model_config(), info)
     warm_start_from(champion)(fresh)
     legacy = torch.load(LEGACY / "model" / "model.pt", weights_only=True)
     for name, tensor in fresh.state_dict().items():

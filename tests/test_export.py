@@ -69,7 +69,7 @@ def test_bundle_is_self_contained_checked_and_pickle_free(work):
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert names == {"model.onnx", "signature.json", "metrics.json", "parity.json", "parity.parquet",
                      "bundle.json", "features/feature_spec.json", "features/vocab.parquet",
-                     "features/numeric_stats.json", "features/artifacts.json"}
+                     "features/numeric_stats.json", "features/label_stats.json", "features/artifacts.json"}
     for p in folder.rglob("*"):  # no pickle (protocol 2+ starts with 0x80) and no torch zip
         if p.is_file():
             head = p.read_bytes()[:2]

@@ -64,7 +64,8 @@ def _measure(overrides: list[str]) -> dict:
     r = train_and_evaluate(overrides, reuse=True)
     metrics = r.pop("metrics")
     metric = metrics["metric"]
-    return {"metric": metric, "tasks": {t: m[metric] for t, m in metrics["tasks"].items()},
+    headline = metrics.get("headline") or {t: metric for t in metrics["tasks"]}  # runs before task kinds
+    return {"metric": metric, "tasks": {t: m[headline[t]] for t, m in metrics["tasks"].items()},
             "means": {k: v for k, v in metrics.items() if k.startswith("mean_")},
             "delta_m_pct": metrics.get("delta_m_pct"), **r}
 
