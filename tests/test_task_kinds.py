@@ -281,3 +281,35 @@ def test_negative_downsampling_is_calibrated_back_to_the_full_data_rate(tmp_path
     served = json.loads(next(tmp_path.glob("work/evaluations/*.json")).read_text())["tasks"]
     for task in ("ctr", "ctcvr"):
         assert served[task]["calibration"] == pytest.approx(tasks[task]["calibration"], rel=1e-3), task
+
+
+def test_a_streamed_split_carries_the_same_labels_and_weights_as_one_in_memory(mixed):
+    """trainer.data=stream: the weights and missing labels of every batch equal those of
+    the in-memory split's batches (both in file order)."""
+    from mtlrec.features.batches import SplitData
+    from mtlrec.features.stream import StreamSplit, make_loader
+    _, out = mixed
+    memory = SplitData(out, "train")
+    stream = StreamSplit(out, "train", budget_bytes=1 << 20)
+    assert memory.weights is not None
+    assert torch.equal(stream.weights, memory.weights)
+    assert torch.equal(torch.nan_to_num(stream.labels, -1), torch.nan_to_num(memory.labels, -1))
+    batches = list(make_loader(stream, 7, shuffle=False))
+    assert torch.equal(torch.cat([b.weights for b in batches]), memory.weights)
+
+
+def test_the_gate_checks_each_task_by_its_own_metrics():
+    """AUC and logloss for a binary task, MAE within 1% (relative) for a regression task,
+    accuracy and cross-entropy for a multiclass one; each failure names task and metric."""
+    from mtlrec.pipeline.config import GateConfig
+    from mtlrec.pipeline.registry import compare
+    champion = {"ctr": {"auc": 0.70, "logloss": 0.40}, "dwell": {"mae": 4.00, "rmse": 6.0},
+                "intent": {"accuracy": 0.50, "cross_entropy": 1.00}}
+    close = {"ctr": {"auc": 0.699, "logloss": 0.4005}, "dwell": {"mae": 4.039, "rmse": 9.0},
+             "intent": {"accuracy": 0.499, "cross_entropy": 1.0009}}
+    result = compare(close, champion, GateConfig())
+    assert result.passed and set(result.tasks["dwell"]) == {"candidate_mae", "champion_mae", "mae_diff", "mae_ok"}
+    worse = close | {"dwell": {"mae": 4.05, "rmse": 6.0}, "intent": {"accuracy": 0.49, "cross_entropy": 1.0}}
+    result = compare(worse, champion, GateConfig())
+    assert not result.passed and not result.tasks["dwell"]["mae_ok"] and not result.tasks["intent"]["accuracy_ok"]
+    assert [f.split(" ")[:2] for f in result.failures] == [["dwell:", "MAE"], ["intent:", "accuracy"]]
