@@ -16,7 +16,7 @@ from mtlrec.pipeline import diagnostics  # noqa: E402
 from mtlrec.pipeline.config import Config  # noqa: E402
 from mtlrec.pipeline.run_folder import MULTI_TASK  # noqa: E402
 from mtlrec.training.metrics import sigmoid  # noqa: E402
-from mtlrec.training.tasks import TaskSet, validation_key  # noqa: E402
+from mtlrec.training.tasks import TaskSet, selection_of  # noqa: E402
 
 
 def plots(folder: Path, labels: np.ndarray, outputs: np.ndarray, history: dict[str, list[dict]],
@@ -26,7 +26,7 @@ def plots(folder: Path, labels: np.ndarray, outputs: np.ndarray, history: dict[s
     run's conflict diagnostics are plotted too."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {"Training curves": "curves.png"}
-    _curves(folder / out["Training curves"], history, validation_key(kind))
+    _curves(folder / out["Training curves"], history)
     scores = kind.binary_scores(labels, outputs)
     if scores:
         out |= {"ROC per task": "roc.png", "Calibration": "calibration.png"}
@@ -52,13 +52,20 @@ def _roc(path: Path, scores: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
     plt.close(fig)
 
 
-def _curves(path: Path, history: dict[str, list[dict]], score_key: str) -> None:
+def _curves(path: Path, history: dict[str, list[dict]]) -> None:
+    """Training loss and validation score per epoch of each model of the run (an STL run's
+    models of mixed kinds each follow their own score: the legend names it)."""
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    keys = set()
     for group, rows in history.items():
         epochs = [r["epoch"] for r in rows]
         label = "multi-task" if group == MULTI_TASK else group
+        score_key, _ = selection_of(rows[0])
+        keys.add(score_key)
         loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=label)
-        score_ax.plot(epochs, [r[score_key] for r in rows], marker="o", label=label)
+        score_ax.plot(epochs, [r[score_key] for r in rows], marker="o",
+                      label=label if len(history) == 1 else f"{label} ({score_key.removeprefix('valid_mean_')})")
+    score_key = keys.pop() if len(keys) == 1 else "valid score"
     loss_ax.set(xlabel="epoch", ylabel="train loss (sum over tasks)", title="Training loss")
     score_ax.set(xlabel="epoch", ylabel=score_key.replace("_", " "), title="Validation")
     loss_ax.legend()

@@ -53,7 +53,7 @@ def run_train(cfg: Config) -> None:
     if not trained.run_id:  # a rank > 0 under torchrun: rank 0 reports
         return
     for name, r in trained.results.items():
-        print(f"train {name}: best validation {trained.score_name} {r.best_valid_score:.4f} at epoch "
+        print(f"train {name}: best validation {trained.score_names[name]} {r.best_valid_score:.4f} at epoch "
               f"{r.best_epoch} ({r.epochs_run} epochs, {r.samples_per_s:,.0f} samples/s)")
     print(f"  run folder: {trained.folder.path}  (MLflow run {trained.run_id})")
 

@@ -42,7 +42,7 @@ class TrainedRun:
     folder: RunFolder
     run_id: str
     results: dict[str, TrainResult]  # per model of the run (`run_folder.model_groups`)
-    score_name: str  # what best_valid_score is, e.g. "mean auc"
+    score_names: dict[str, str]  # per model: what best_valid_score is, e.g. "mean auc"
 
 
 def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> TrainedRun:
@@ -56,7 +56,8 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
     train, valid = target.split("train"), target.split("valid")
     if len(valid) == 0:
         raise DataError(f"data={cfg.data.name}: the validation split is empty; early stopping needs one")
-    score_name = f"mean {target.kind.select}"
+    groups = model_groups(target.tasks, cfg.method.single_task)
+    score_names = {name: f"mean {target.kind.subset(index).select}" for name, index in groups.items()}
     if shard.rank != 0:  # trains in step with rank 0 (which resumes or clears the run first)
         results = {}
         for name, index in model_groups(target.tasks, cfg.method.single_task).items():
@@ -64,7 +65,7 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
             results[name] = trainer.fit(train, valid)
             trainer.model.state_dict()  # with sharded tables a collective gather: join rank 0's
         distributed.close()
-        return TrainedRun(run, "", results, score_name)
+        return TrainedRun(run, "", results, score_names)
     resumed = _resumable_state(run, cfg.train.force)
     run.save_config(to_yaml(cfg), cfg.model)
     features = cfg.paths.features if cfg.data.kind == "logs" else None
@@ -87,7 +88,6 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
                 raise
             run.save_weights(name, trainer.model.state_dict())
         run.save_history({name: r.history for name, r in results.items()})
-        groups = model_groups(target.tasks, cfg.method.single_task)
         mlflow.log_metrics({f"{'' if name == MULTI_TASK else name + '.'}best_"
                             f"{validation_key(target.kind.subset(groups[name]))}": r.best_valid_score
                             for name, r in results.items()})
@@ -95,7 +95,7 @@ def train_run(cfg: Config, init: Callable[[nn.Module], None] | None = None) -> T
         run.save_state(RunState(run_id, "trained", features))
     distributed.close()
     log.info("train: %s done (MLflow run %s)", run.path, run_id)
-    return TrainedRun(run, run_id, results, score_name)
+    return TrainedRun(run, run_id, results, score_names)
 
 
 def _trainer(cfg: Config, target: Target, run: RunFolder, name: str, index: list[int],

@@ -214,9 +214,19 @@ def test_mixed_kinds_train_evaluate_export_serve_and_score_from_one_conf_file(tm
     args = [f"paths.work_dir={tmp_path}", "data=synth_mixed", "synth.rows_per_day=12000", "synth.days=3",
             "synth.ctr=0.2", "synth.cvr=0.3", "synth.signal=2.5", "trainer.lr=0.003", "model.expert_hidden=[16]",
             "model.tower_hidden=[8]", "trainer.max_epochs=2", "trainer.batch_size=256", "trainer.threads=1"]
-    for stage in ("synth", "ingest", "train", "evaluate", "export"):
+    for stage in ("synth", "ingest"):
         assert main([stage, *args]) == 0
-    metrics = json.loads(next(tmp_path.glob("runs/synth_mixed/*/evaluation/metrics.json")).read_text())
+    for stage in ("train", "evaluate"):  # the STL baseline: one model per task, each of its kind
+        assert main([stage, *args, "method=stl", "model=hps"]) == 0
+    for stage in ("train", "evaluate", "export"):
+        assert main([stage, *args]) == 0
+    metrics = json.loads(next(tmp_path.glob("runs/synth_mixed/mmoe-*/evaluation/metrics.json")).read_text())
+    stl = json.loads(next(tmp_path.glob("runs/synth_mixed/hps-stl-*/evaluation/metrics.json")).read_text())
+    headline = {"ctr": "auc", "ctcvr": "auc", "dwell": "mae", "intent": "accuracy"}
+    assert metrics["headline"] == headline and metrics["stl"] == {t: stl["tasks"][t][m] for t, m in headline.items()}
+    expected = 100 * np.mean([(-1 if m == "mae" else 1) * (metrics["tasks"][t][m] - stl["tasks"][t][m])
+                              / stl["tasks"][t][m] for t, m in headline.items()])
+    assert metrics["delta_m_pct"] == pytest.approx(expected)  # each metric in its own direction
     tasks = metrics["tasks"]
     assert tasks["ctr"]["auc"] > 0.55 and tasks["ctcvr"]["auc"] > 0.55
     assert tasks["dwell"]["r2"] > 0.05 and metrics["units"] == {"dwell": "s"}
