@@ -64,8 +64,13 @@ def _applies(spec: DataSpec, lab: Label) -> pl.Expr:
 
 def typed(spec: DataSpec) -> list[pl.Expr]:
     """Float32 typed value of every label, named after its task (null: skipped)."""
-    return [pl.when(_applies(spec, lab)).then(_value(lab)).otherwise(None).cast(pl.Float32).alias(lab.name)
-            for lab in spec.labels]
+    out = []
+    for lab in spec.labels:
+        y = _value(lab)
+        if lab.mask_by is not None:
+            y = pl.when(_applies(spec, lab)).then(y).otherwise(None)
+        out.append(y.cast(pl.Float32).alias(lab.name))
+    return out
 
 
 def problems(spec: DataSpec, quoted) -> list[tuple[str, pl.Expr, pl.Expr]]:

@@ -110,7 +110,7 @@ def _read(spec: MoleculeSpec) -> pl.DataFrame:
     path = Path(spec.path)
     if not path.is_file():
         raise DataError(f"data.path {path}: no such file")
-    columns = [spec.smiles, *(t.column or t.name for t in spec.targets)]
+    columns = [spec.smiles, *(t.source for t in spec.targets)]
     try:
         frame = (pl.read_parquet(path, columns=columns) if path.suffix == ".parquet"
                  else pl.read_csv(path, columns=columns, infer_schema=False))
@@ -125,7 +125,7 @@ def load(spec: MoleculeSpec) -> Molecules:
     smiles = frame[spec.smiles].cast(pl.String).to_list()
     values, problems = [], [[] for _ in smiles]
     for t in spec.targets:
-        raw = frame[t.column or t.name]
+        raw = frame[t.source]
         if raw.dtype == pl.String:  # an empty field is a missing label
             raw = raw.str.strip_chars().replace("", None)
         number = raw.cast(pl.Float64, strict=False)
@@ -133,7 +133,7 @@ def load(spec: MoleculeSpec) -> Molecules:
         if t.kind == "binary":
             bad |= (number.is_not_null() & ~number.is_in([0.0, 1.0])).to_numpy()
         for i in np.flatnonzero(bad):
-            problems[i].append(f"{t.column or t.name}: {'0 or 1' if t.kind == 'binary' else 'a number'} "
+            problems[i].append(f"{t.source}: {'0 or 1' if t.kind == 'binary' else 'a number'} "
                                f"expected, got {str(raw[int(i)])[:80]!r}")
         values.append(np.where(bad, np.nan, number.fill_null(np.nan).to_numpy()))
     for i, s in enumerate(smiles):

@@ -369,6 +369,11 @@ class MoleculeTarget(Strict):
     kind: Literal["regression", "binary"] = "regression"
     unit: str = ""
 
+    @property
+    def source(self) -> str:
+        """The column the target is read from."""
+        return self.column or self.name
+
 
 class MoleculeSplit(Strict):
     """`random` (seeded) or `scaffold` (Bemis–Murcko groups, largest first: features.molecules)."""

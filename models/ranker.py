@@ -49,7 +49,7 @@ class MultiTaskRanker(nn.Module):
             raise ValueError(f"widths {widths} must give each of the {n_tasks} tasks at least one output")
         if cfg.esmm and widths != [1, 1]:
             raise ValueError(f"model.esmm needs exactly 2 tasks (CTR, CTCVR), both binary; got widths {widths}")
-        self.cfg, self.n_tasks, self.widths = cfg, n_tasks, widths
+        self.cfg, self.n_tasks = cfg, n_tasks
         self.pooling = dict(pooling or {})  # the export twin lays out its inputs from it
         self.embeddings = make_embeddings(table_sizes, cfg.embedding_dim, cfg.embedding_impl,
                                           cfg.embedding_grad, self.pooling)

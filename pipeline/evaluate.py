@@ -115,10 +115,11 @@ def served_metrics(model: Bundle, rows: raw.RawRows, chunk_rows: int = 65_536) -
         raise DataError(f"no good rows to score in {rows.files} ({rows.quarantine.height} quarantined)")
     scores, targets, weights = [], [], []
     oov = np.zeros(len(transform.categorical_names), dtype=np.int64)
+    encoded = labels.encode(spec, transform.label_stats)
     for typed in rows.typed_chunks(spec, chunk_rows):
         s, counts = model.score(typed)
         scores.append(s)
-        targets.append(typed.select(labels.encode(spec, transform.label_stats)).to_numpy())
+        targets.append(typed.select(encoded).to_numpy())
         if spec.weight is not None:
             weights.append(typed[WEIGHT_COL].to_numpy())
         oov += counts

@@ -154,10 +154,14 @@ class TaskSet:
     tasks: tuple[Task, ...]
     may_skip: bool = False
     _slices: list[slice] = field(init=False, repr=False, compare=False)
+    _one_kernel: bool = field(init=False, repr=False, compare=False)  # one loss call for all tasks
 
     def __post_init__(self) -> None:
         edges = np.cumsum([0] + [t.width for t in self.tasks]).tolist()
         object.__setattr__(self, "_slices", [slice(a, b) for a, b in zip(edges[:-1], edges[1:])])
+        kinds = {type(t) for t in self.tasks}
+        object.__setattr__(self, "_one_kernel", kinds == {BinaryTask} or (
+            kinds == {RegressionTask} and all(t.loss_name == "mse" for t in self.tasks)))
 
     @classmethod
     def of(cls, infos: Sequence[TaskInfo]) -> "TaskSet":
@@ -166,10 +170,6 @@ class TaskSet:
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.tasks]
-
-    @property
-    def widths(self) -> list[int]:
-        return [t.width for t in self.tasks]
 
     def subset(self, index: Sequence[int]) -> "TaskSet":
         return TaskSet(tuple(self.tasks[k] for k in index), self.may_skip)
@@ -196,9 +196,6 @@ class TaskSet:
         """The headline metrics of the tasks, each once (e.g. ["auc", "mae"])."""
         return list(dict.fromkeys(t.metric for t in self.tasks))
 
-    def _flat(self, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs.reshape(outputs.shape[0], -1)
-
     def row_weights(self, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor | None:
         """[B, K] weight of each row in each task's loss: 0 where the label is missing,
         else the sample weight; None when every row counts 1 (no missing labels possible,
@@ -214,10 +211,9 @@ class TaskSet:
         with `row_weights`)."""
         if labels.is_floating_point():
             labels = torch.nan_to_num(labels, nan=0.0)
-        flat = self._flat(outputs)
-        kinds = {type(t) for t in self.tasks}
-        if kinds == {BinaryTask} or (kinds == {RegressionTask} and all(t.loss_name == "mse" for t in self.tasks)):
-            return self.tasks[0].loss(flat, labels.to(flat.dtype))  # one kernel for all tasks
+        flat = _flat(outputs)
+        if self._one_kernel:
+            return self.tasks[0].loss(flat, labels.to(flat.dtype))
         return torch.stack([t.loss(flat[:, s].squeeze(1) if t.width == 1 else flat[:, s], labels[:, k])
                             for k, (t, s) in enumerate(zip(self.tasks, self._slices))], dim=1)
 
@@ -241,7 +237,7 @@ class TaskSet:
     def binary_scores(self, labels: np.ndarray, outputs: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(name, labels, calibrated logits) of each binary task, every row (a missing label
         is NaN): what ROC, calibration and per-group AUC show."""
-        flat = outputs.reshape(outputs.shape[0], -1)
+        flat = _flat(outputs)
         return [(t.name, labels[:, k].astype(np.float64), flat[:, s.start].astype(np.float64) + t.logit_offset)
                 for k, (t, s) in enumerate(zip(self.tasks, self._slices)) if isinstance(t, BinaryTask)]
 
@@ -253,7 +249,7 @@ class TaskSet:
     def metrics(self, labels: np.ndarray, outputs: np.ndarray, weights: np.ndarray | None = None
                 ) -> dict[str, dict]:
         """Per task name: its metrics on the rows where its label is present (weighted)."""
-        flat = outputs.reshape(outputs.shape[0], -1)
+        flat = _flat(outputs)
         out = {}
         for k, (t, s) in enumerate(zip(self.tasks, self._slices)):
             y = labels[:, k].astype(np.float64)
@@ -264,6 +260,12 @@ class TaskSet:
                 m[SKILL] = t.skill(m)
             out[t.name] = m
         return out
+
+
+def _flat(outputs):
+    """[N, K, C] (K tasks of C classes) or [N, W] → [N, W]: the tasks' outputs side by side
+    (a numpy array or a tensor)."""
+    return outputs.reshape(outputs.shape[0], -1)
 
 
 def validation_score(kind: TaskSet, metrics: dict[str, dict], tasks: list[str]) -> float:

@@ -32,20 +32,18 @@ def batch_mean(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Te
     """The mean over dim 0 of the global batch (ranks' batches may differ in size); with
     `weights` (x's shape), Σ w·x / Σ w per column over the global batch, 0 for a column
     without weight (a task with no label in the batch)."""
-    if weights is None:
-        if world_size() == 1:
-            return x.mean(dim=0)
-        local, count = x.sum(dim=0), torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)
-    else:
-        local, count = (x * weights).sum(dim=0), weights.sum(dim=0).double().reshape(-1)
-        if world_size() == 1:
-            return local / count.clamp_min(1e-12).to(local.dtype)
-    stats = torch.cat([local.detach().reshape(-1).double(), count])
+    if weights is None and world_size() == 1:
+        return x.mean(dim=0)
+    local = x.sum(dim=0) if weights is None else (x * weights).sum(dim=0)
+    count = torch.full_like(local, x.shape[0]) if weights is None else weights.sum(dim=0)
+    if world_size() == 1:
+        return local / count.clamp_min(1e-12)
+    stats = torch.cat([local.detach().reshape(-1).double(), count.detach().reshape(-1).double()])
     dist.all_reduce(stats)
-    total = stats[-count.numel():].clamp_min(1e-12)
-    mean = (stats[:-count.numel()] / total).to(local.dtype).view_as(local)
-    total = total.to(local.dtype) if count.numel() == 1 else total.to(local.dtype).view_as(local)
-    return mean + (local - local.detach()) / total  # value: the global mean
+    n = local.numel()
+    total = stats[n:].clamp_min(1e-12)
+    mean = (stats[:n] / total).to(local.dtype).view_as(local)
+    return mean + (local - local.detach()) / total.to(local.dtype).view_as(local)  # value: the global mean
 
 
 def total(x: torch.Tensor) -> torch.Tensor:
