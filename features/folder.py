@@ -7,6 +7,7 @@ one of its file names:
   data/split=<train|valid|test>/[day=…/]*.parquet   model-ready rows
   artifacts/        the fitted transform (feature_spec.json, vocab.parquet,
                     numeric_stats.json) and artifacts.json (`FeatureInfo`)
+  stats/            statistics per day (or split) and of the training split (reference.json)
   quarantine.parquet  every rejected row with its reason
   manifest.json     rows read / quarantined per file, split sizes, fingerprint
   config.yaml       the resolved config of the ingest
@@ -154,6 +155,19 @@ class FeaturesFolder:
     @property
     def config_file(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def stats_dir(self) -> Path:
+        """Statistics of each day (or split) as ingested: `<column>=<value>.json`."""
+        return self.path / "stats"
+
+    def slice_stats_file(self, column: str, value: str) -> Path:
+        return self.stats_dir / f"{column}={value}.json"
+
+    @property
+    def reference_stats_file(self) -> Path:
+        """Statistics of the training split: what a model trained here is compared with."""
+        return self.stats_dir / "reference.json"
 
     @property
     def rejected(self) -> "FeaturesFolder":

@@ -8,6 +8,10 @@ Passes (each a streaming polars query, no Python per row):
    Parquet file in the work folder.
 2. quarantine: bad rows with their original values and every reason.
 3. fit: vocabularies and numeric statistics on the good rows of the training split.
+   Its first query collects the statistics of each (split, day) (`features.stats`) on the
+   rows as they came (before any negative downsampling): saved per day (stats/) and for
+   the training split (the reference drift and skew judge a model's inputs against); the
+   vocabularies are fitted from their value counts (no second count).
 4. transform: good rows → ids and standardised floats, partitioned by split (and day).
 
 The output folder is built under a temporary name and renamed into place at the end,
@@ -29,7 +33,7 @@ from pydantic import Field
 from mtlrec import __version__
 from mtlrec.configbase import Strict
 from mtlrec.files import atomic_folder
-from mtlrec.features import labels, numeric, validate, vocab
+from mtlrec.features import labels, numeric, stats, validate, vocab
 from mtlrec.features.errors import DataError
 from mtlrec.features.folder import WEIGHT_COL, FeaturesFolder
 from mtlrec.features.sources import (
@@ -38,6 +42,7 @@ from mtlrec.features.sources import (
     LINE_COL,
     InputFile,
     collect_inputs,
+    column_types,
     count_rows,
     open_inputs,
     scan,
@@ -70,6 +75,8 @@ class IngestOptions(Strict):
         "larger ones are staged to Parquet (bounded memory)",
     )
     compression: Literal["lz4", "zstd", "snappy", "uncompressed"] = "lz4"
+    statistics: bool = Field(True, description="statistics per day (or split) and of the training "
+                             "split, for drift and skew (off only to measure what they cost)")
 
 
 def ingest(
@@ -88,7 +95,7 @@ def ingest(
     target = FeaturesFolder(Path(out))
     base_artifacts = Path(options.base_artifacts) if options.base_artifacts else None
     inputs = open_inputs(spec.source, spec.expected_columns, spec.list_separators)
-    fingerprint = _fingerprint(spec, inputs, base_artifacts)
+    fingerprint = _fingerprint(spec, inputs, base_artifacts, options.statistics)
     if not options.force and target.holds(fingerprint):
         log.info("ingest: %s is up to date (fingerprint %s), reusing it", out, fingerprint[:12])
         return target
@@ -155,10 +162,16 @@ def _build(
         return manifest | {"status": "rejected"}
 
     staged = staged.with_columns(_split(spec, files, staged, counts))
-    staged, n_downsampled = _downsample(spec, staged)
     t1 = time.perf_counter()
-    transform = _fit(spec, staged, base_artifacts)
+    # statistics of the rows as they came (before any downsampling), one query per field
+    # and kind, in the fit's pass: its vocabularies are counted from them
+    collected = _statistics(spec, staged, counts["rows_good"], files) if options.statistics else None
+    staged, n_downsampled = _downsample(spec, staged)
+    transform = _fit(spec, staged, base_artifacts,
+                     collected if spec.sampling is None else None)
     timings["fit"] = time.perf_counter() - t1
+    if collected is not None:
+        _save_statistics(spec, collected, transform, work)
     t2 = time.perf_counter()
     split_rows = _write_model_ready(spec, transform, staged, work.data_dir, options.compression)
     timings["transform_write"] = time.perf_counter() - t2
@@ -287,8 +300,10 @@ def _downsample(spec: DataSpec, staged: pl.LazyFrame) -> tuple[pl.LazyFrame, int
     return staged.filter(~drop), n
 
 
-def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> FeatureTransform:
-    """Pass 3: vocabularies and numeric statistics from the training split only."""
+def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None,
+         collected: stats.Collected | None) -> FeatureTransform:
+    """Pass 3: vocabularies and numeric statistics from the training split only; the
+    vocabularies' value counts are read off the statistics when given (`collected`)."""
     train = good.filter(pl.col(SPLIT_COL) == "train")
     if train.select(pl.len()).collect(engine="streaming").item() == 0:
         raise DataError(f"{spec.name}: the training split is empty; check data.split ({spec.split})")
@@ -297,9 +312,13 @@ def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> Fea
     # One field at a time, on the streaming engine: the default engine loads whole columns,
     # and one collect_all of every field caches their shared scan of the training rows
     # (a 50M-row ingest peaked at 12.5 GB here); each query reads one column.
-    counts = [(train.select(vocab.elements(f).explode()) if f.multi else train.select(f.name))
-              .group_by(f.name).agg(pl.len().alias("count")).rename({f.name: "value"})
-              .collect(engine="streaming") for f in vocab_fields]
+    if collected is not None:
+        counts = [collected.value_counts(f.name, pl.col(SPLIT_COL) == "train").select("value", "count")
+                  for f in vocab_fields]
+    else:
+        counts = [(train.select(vocab.elements(f).explode()) if f.multi else train.select(f.name))
+                  .group_by(f.name).agg(pl.len().alias("count")).rename({f.name: "value"})
+                  .collect(engine="streaming") for f in vocab_fields]
     vocabularies = {f.name: fit_vocabulary(c, f, base.get(f.name)) for f, c in zip(vocab_fields, counts)}
     vocabularies |= {
         f.name: fit_vocabulary(pl.DataFrame(schema={"value": pl.String, "count": pl.Int64}), f)
@@ -311,6 +330,28 @@ def _fit(spec: DataSpec, good: pl.LazyFrame, base_artifacts: Path | None) -> Fea
     if spec.numeric:
         stats = numeric.collect_stats(row, spec.numeric)
     return FeatureTransform(spec, vocabularies, stats, labels.fit(spec, row))
+
+
+def _slice_keys(spec: DataSpec) -> list[str]:
+    return [SPLIT_COL] + ([spec.day] if spec.day else [])
+
+
+def _statistics(spec: DataSpec, staged: pl.LazyFrame, rows: int, files: list[InputFile]) -> stats.Collected:
+    """The statistics of each (split, day) of the good rows, collected in one pass."""
+    keys = _slice_keys(spec)
+    plan = stats.plan(staged.with_columns(pl.col(k).cast(pl.String) for k in keys), spec, keys, rows)
+    return plan.collected(pl.collect_all(plan.queries, engine="streaming"), column_types(files, spec.source))
+
+
+def _save_statistics(spec: DataSpec, collected: stats.Collected, transform: FeatureTransform,
+                     work: FeaturesFolder) -> None:
+    """Each day's statistics (each split's, without a day column) and the training split's
+    (the reference), out-of-vocabulary counted against this ingest's vocabularies."""
+    by = spec.day or SPLIT_COL
+    collected = collected.with_vocabularies(transform.vocabularies)
+    for value in collected.values(by):
+        collected.slice(pl.col(by) == value).save(work.slice_stats_file(by, value))
+    collected.slice(pl.col(SPLIT_COL) == "train").save(work.reference_stats_file)
 
 
 def _write_model_ready(
@@ -347,8 +388,9 @@ def _drop_staging(work: Path) -> None:
         (work / name).unlink(missing_ok=True)
 
 
-def _fingerprint(spec: DataSpec, files: list[InputFile], base: Path | None) -> str:
+def _fingerprint(spec: DataSpec, files: list[InputFile], base: Path | None, statistics: bool) -> str:
     h = hashlib.sha256(spec.model_dump_json().encode())
+    h.update(b"statistics" if statistics else b"")
     for f in files:
         h.update(f"{f.path.resolve()}|{f.role}|{f.size}|{f.mtime_ns}".encode())
     if base is not None:

@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 
 from mtlrec import files as files_mod
-from mtlrec.features import validate
+from mtlrec.features import stats, validate
 from mtlrec.features.sources import (
     FILE_COL,
     LINE_COL,
     InputFile,
     collect_inputs,
+    column_types,
+    header,
     open_inputs,
+    resolve,
     scan,
     survey,
 )
@@ -43,6 +46,16 @@ class RawRows:
     rows_good: int
     quarantine: pl.DataFrame  # source_file, line, reason + the original values
     files: list[str]
+    columns: dict[str, str] = field(default_factory=dict)  # the inputs' columns and stored types
+
+    def statistics(self, spec: DataSpec, vocabularies: Mapping[str, pl.DataFrame] | None = None
+                   ) -> stats.SliceStats:
+        """The good rows' statistics (`features.stats`), read from the good-rows file (the
+        raw files are not read again); `vocabularies`: what out-of-vocabulary is counted
+        against (a champion's)."""
+        typed = validate.with_parsed_numbers(pl.scan_parquet(self.good_file), spec).select(
+            validate.typed_columns(spec))
+        return stats.compute(typed, spec, self.rows_good, self.columns, vocabularies)
 
     def typed_chunks(self, spec: DataSpec, chunk_rows: int) -> Iterator[pl.DataFrame]:
         """The good rows, `chunk_rows` at a time, typed as ingest types them (categorical
@@ -63,7 +76,8 @@ def read(spec: DataSpec, pattern: str, good_file: Path) -> RawRows:
     with files_mod.atomic_file(Path(good_file)) as tmp:
         quarantine = collect_inputs(inputs, source, lambda lossy: _validated(spec, source, inputs, lossy, tmp))
         rows_good = pq.ParquetFile(tmp).metadata.num_rows
-    return RawRows(Path(good_file), rows_good, quarantine, [str(f.path) for f in inputs])
+    return RawRows(Path(good_file), rows_good, quarantine, [str(f.path) for f in inputs],
+                   column_types(inputs, source))
 
 
 def _validated(spec: DataSpec, source: Source, files: list[InputFile], lossy: bool,
@@ -82,6 +96,18 @@ def _validated(spec: DataSpec, source: Source, files: list[InputFile], lossy: bo
         good_file, lazy=True)
     bad, _ = pl.collect_all([quarantine, good], engine="streaming")
     return bad
+
+
+def columns_of(spec: DataSpec, pattern: str) -> dict[str, str]:
+    """The columns of the files matching `pattern` as they are, unchecked against the spec
+    (every file's columns; a name stored with two types is listed as both)."""
+    out: dict[str, set[str]] = {}
+    for path in resolve(pattern, "data.source.train"):
+        types = ({x.name: str(x.type) for x in pq.read_schema(path)} if spec.source.format == "parquet"
+                 else dict.fromkeys(header(path, spec.source), "string"))
+        for c, t in types.items():
+            out.setdefault(c, set()).add(t)
+    return {c: " | ".join(sorted(t)) for c, t in out.items()}
 
 
 def day_partitions(pattern: str) -> dict[str, str]:

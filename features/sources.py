@@ -120,6 +120,27 @@ def open_inputs(source: Source, expected: list[str],
     return out
 
 
+def column_types(files: list[InputFile], source: Source) -> dict[str, str]:
+    """The columns of `files` and their types as stored: Parquet's Arrow types (the first
+    file's, where files differ), a CSV's columns as `string` (text has no types)."""
+    out: dict[str, str] = {}
+    for f in files:
+        types = ({x.name: str(x.type) for x in pq.read_schema(f.path)} if source.format == "parquet"
+                 else dict.fromkeys(f.columns, "string"))
+        out |= {c: t for c, t in types.items() if c not in out}
+    return out
+
+
+def header(path: Path, source: Source) -> list[str]:
+    """A file's column names as it holds them, unchecked (schema drift reads a day whose
+    columns are not the spec's): a Parquet file's schema, a CSV's header line."""
+    if source.format == "parquet":
+        return list(pq.read_schema(path).names)
+    if not source.has_header:
+        return list(source.columns or [])
+    return _header_fields(path, source)[0]
+
+
 def survey(files: list[InputFile], source: Source) -> list[InputFile]:
     """`files` with each CSV's lines counted and its unbalanced quote lines found.
 
@@ -257,14 +278,9 @@ def _inspect(path: Path, role: str, index: int, source: Source, expected: list[s
     if b"\x00" in head:
         raise DataError(f"{path}: not a text file: it holds NUL bytes (binary, compressed other "
                         f"than with gzip, or UTF-16 text?)")
-    eol = "\r" if b"\r" in head and b"\n" not in head else "\n"
-    first = head.split(eol.encode(), 1)[0].removeprefix(codecs.BOM_UTF8)
-    first_line = first.decode("utf-8", errors="replace").rstrip("\r")
-    if not first_line.strip():
-        raise DataError(f"{path}: the first line is empty (expected a header or a data row)")
-    fields = _split(path, first_line, source)
+    fields, first_line, eol = _header_fields(path, source, head)
     if source.has_header:
-        columns = [c.strip() for c in fields] if source.strip_whitespace else fields
+        columns = fields
         _compare(path, columns, expected, hint=_separator_hint(first_line, source, len(expected)))
     else:
         columns = list(source.columns or [])
@@ -277,6 +293,20 @@ def _inspect(path: Path, role: str, index: int, source: Source, expected: list[s
             )
     return replace(planned, columns=tuple(columns), eol=eol,
                    cut_short=_truncated_tail(planned, source, len(columns), eol))
+
+
+def _header_fields(path: Path, source: Source, head: bytes | None = None) -> tuple[list[str], str, str]:
+    """The first line's fields (stripped when the source says so), the line, and its end."""
+    head = _head(path) if head is None else head
+    eol = "\r" if b"\r" in head and b"\n" not in head else "\n"
+    first = head.split(eol.encode(), 1)[0].removeprefix(codecs.BOM_UTF8)
+    first_line = first.decode("utf-8", errors="replace").rstrip("\r")
+    if not first_line.strip():
+        raise DataError(f"{path}: the first line is empty (expected a header or a data row)")
+    fields = _split(path, first_line, source)
+    if source.has_header and source.strip_whitespace:
+        fields = [c.strip() for c in fields]
+    return fields, first_line, eol
 
 
 def _compare(path: Path, columns: list[str], expected: list[str], hint: str) -> None:

@@ -198,6 +198,51 @@ class Checks(Strict):
     max_reject_ratio: float = Field(0.01, ge=0.0, le=1.0)
 
 
+class DriftLimits(Strict):
+    """When a field has drifted between two slices of rows (`features.drift`); None turns a
+    check off. Defaults and why they are these: README, "Data drift and skew"."""
+
+    js: float | None = Field(0.1, ge=0, le=1, description="Jensen-Shannon distance (base 2) of a "
+                             "numeric field's or regression label's distribution")
+    linf: float | None = Field(0.1, ge=0, le=1, description="L-infinity distance of a categorical "
+                               "field's (or list field's elements', multiclass label's) frequencies")
+    label_rate: float | None = Field(0.2, ge=0, description="relative shift of a binary label's "
+                                     "positive rate (flagged only when also significant: see min_z)")
+    missing: float | None = Field(0.1, ge=0, le=1, description="absolute change of a field's "
+                                  "share of missing values")
+    oov: float | None = Field(None, ge=0, le=1, description="share of a categorical field's values "
+                              "outside the reference vocabulary (off by default: id-like fields "
+                              "have new values every day)")
+
+
+class FieldLimits(Strict):
+    """A field's own limits: only the keys given replace the data set's."""
+
+    js: float | None = Field(None, ge=0, le=1)
+    linf: float | None = Field(None, ge=0, le=1)
+    label_rate: float | None = Field(None, ge=0)
+    missing: float | None = Field(None, ge=0, le=1)
+    oov: float | None = Field(None, ge=0, le=1)
+
+
+class DriftSpec(DriftLimits):
+    """Statistics kept per day and the limits drift is judged by (`drift:` in a data conf)."""
+
+    fields: dict[str, FieldLimits] = Field(default_factory=dict, description="per-field limits, "
+                                           "e.g. {price: {js: 0.2}, user_id: {linf: null}}")
+    schema_changes: bool = Field(True, description="a column added, removed or of another type "
+                                 "is drift")
+    min_z: float = Field(3.0, ge=0, description="a distance or label-rate shift counts only when "
+                         "it is also this many standard errors beyond sampling noise (small slices)")
+    top_k: int = Field(1000, ge=1, description="most frequent values kept per categorical field")
+
+    def limits(self, field: str) -> DriftLimits:
+        """The limits of one field: the data set's, with the field's own keys replacing them."""
+        own = self.fields.get(field)
+        base = DriftLimits(**{k: getattr(self, k) for k in DriftLimits.model_fields})
+        return base if own is None else base.model_copy(update=own.model_dump(exclude_unset=True))
+
+
 class DataSpec(Strict):
     """A whole data set of click/conversion logs: `conf/data/<name>.yaml`."""
 
@@ -216,6 +261,7 @@ class DataSpec(Strict):
     sampling: Sampling | None = None
     split: Split = Split()
     checks: Checks = Checks()
+    drift: DriftSpec = DriftSpec()
 
     @model_validator(mode="before")
     @classmethod
@@ -268,6 +314,10 @@ class DataSpec(Strict):
                                      f"not another binary label ({sorted(by_name)})")
         if self.weight is not None and self.weight in set(names) | label_cols:
             raise ValueError(f"weight column '{self.weight}' must not also be a feature or label")
+        unknown = sorted(set(self.drift.fields) - set(names) - set(self.task_names))
+        if unknown:
+            raise ValueError(f"drift.fields names {unknown}, which are not fields or labels "
+                             f"({sorted(names + self.task_names)})")
         if self.sampling is not None:
             task = by_name.get(self.sampling.task)
             if task is None or task.kind != "binary":

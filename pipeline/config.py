@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Literal, Annotated, Any
 
 import yaml
 from hydra import compose, initialize_config_dir
@@ -140,7 +140,14 @@ class RetrainConfig(Strict):
     warm_start: bool = Field(True, description="initialise from the champion's weights (stable "
                              "vocabulary ids)")
     accept_day: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="take this "
-                                   "rejected day in as it is now (its bad rows stay quarantined)")
+                                   "rejected or drifted day in as it is now (its bad rows stay "
+                                   "quarantined)")
+    drift_action: Literal["quarantine", "block", "record"] = Field(
+        "quarantine", description="a day whose drift passes data.drift's limits is kept out of "
+        "training (quarantine), trained on but blocks promotion (block), or only reported (record)")
+    label_delay_days: int = Field(0, ge=0, description="labels of a day are complete this many days "
+                                  "after it: the newest days wait (stored, checked for feature drift, "
+                                  "not trained on), and are read again once complete")
     dir: str
 
 
@@ -155,6 +162,8 @@ class BenchConfig(Strict):
                       "model-ready Parquet out)")
     days: int = Field(4, ge=1, description="bench ingest: days the rows are spread over")
     pandas: bool = Field(True, description="bench ingest: also run the pandas baseline")
+    statistics_repeats: int = Field(2, ge=1, description="bench ingest: runs with and without the "
+                                    "statistics pass (interleaved; the fastest of each counts)")
     reader_batch_size: int = Field(2048, ge=1)
     seeds: int = Field(3, ge=1, description="bench census: seeds 0..seeds-1")
     train_rows: int = Field(100_000, ge=1000, description="bench train: synthetic rows per day")

@@ -8,11 +8,15 @@ one registered version (found by run id), alias moves are idempotent.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from mlflow.entities import Metric
 
 from mtlrec.features import raw
 from mtlrec.features.errors import DataError
@@ -60,7 +64,7 @@ def export_run(cfg: Config, run: RunFolder) -> bundle_mod.Bundle:
                   first_rows(features, "valid", cfg.export.parity_rows, cfg.trainer.memory_budget_mb),
                   run.bundle, metrics=metrics, identity=identity, parity_rows=cfg.export.parity_rows,
                   tolerance=cfg.export.parity_tolerance, opset=cfg.export.opset, seed=cfg.seed,
-                  key=key)
+                  key=key, reference_stats=features.reference_stats_file)
     return bundle_mod.load(run.bundle, key=key)
 
 
@@ -87,9 +91,14 @@ def holdout_pattern(cfg: Config) -> str:
     return days[max(days)]
 
 
-def publish(cfg: Config, run: RunFolder, holdout: str) -> dict:
+def publish(cfg: Config, run: RunFolder, holdout: str, *, drift: dict[str, dict] | None = None,
+            blocked: list[str] | None = None) -> dict:
     """Export the run, register it, gate it against the champion on `holdout` (raw logs),
-    and move the aliases. Returns what happened (version, action, gate result)."""
+    and move the aliases. Returns what happened (version, action, gate result).
+
+    `drift`: {day: its drift record (retrain)}, reported in the gate report and the run's
+    MLflow metrics; `blocked`: reasons the version may not become champion whatever its
+    metrics (a drifted day in its window, retrain.drift_action=block)."""
     exported = export_run(cfg, run)
     bundle_dir = exported.folder  # the verified version, not the link a re-export may move
     run_id = run.trained().run_id
@@ -113,6 +122,8 @@ def publish(cfg: Config, run: RunFolder, holdout: str) -> dict:
             _, incumbent_bundle = registry.load_served(cfg, f"models:/{name}/{champion_version}")
             incumbent = served_metrics(incumbent_bundle, rows)
             result = registry.compare(candidate["tasks"], incumbent["tasks"], cfg.gate)
+    if blocked:
+        result = registry.GateResult(False, result.tasks, result.failures + list(blocked))
     if result.passed:
         registry.make_champion(c, name, version)
         action = "champion"
@@ -123,8 +134,49 @@ def publish(cfg: Config, run: RunFolder, holdout: str) -> dict:
                "action": action, "holdout": holdout_info, "candidate": candidate["tasks"],
                "gate": result.as_dict(), "epsilon": cfg.gate.auc_tolerance,
                "delta": cfg.gate.logloss_tolerance}
-    run.save_gate(summary, registry.markdown(result, name, version, champion_version, cfg.gate,
-                                             holdout_info))
+    report = registry.markdown(result, name, version, champion_version, cfg.gate, holdout_info)
+    if drift:
+        summary["drift"] = drift
+        report += _drift_section(drift, run.gate)
+        _log_drift(c, run_id, drift)
+    run.save_gate(summary, report)
     c.log_artifacts(run_id, str(run.gate), run.gate.name)
     c.set_model_version_tag(name, version, "mtlrec.gate", "passed" if result.passed else "failed")
     return summary
+
+
+def _drift_section(drift: dict[str, dict], folder: Path) -> str:
+    """The gate report's section on each new day's drift; its reports are copied beside it."""
+    lines = ["", "## Drift of the new days", ""]
+    for day, record in drift.items():
+        lines.append(f"- day {day}: " + ("; ".join(record["reasons"]) or "no drift"))
+    for day, record in drift.items():
+        for key, paths in record.get("reports", {}).items():
+            lines += ["", f"### Day {day} vs {key}", ""]
+            for kind, path in paths.items():
+                if kind == "json":
+                    continue
+                copied = folder / Path(path).name
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, copied)
+                if kind != "markdown":
+                    lines += [f"![{kind}]({copied.name})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _log_drift(c: "registry.mlflow.MlflowClient", run_id: str, drift: dict[str, dict]) -> None:
+    """Each new day's drift in the run's metrics: per day and reference, the number of drifted
+    checks and each field's largest share of its limit (`drift.<day>.<reference>.<field>`)."""
+    metrics = []
+    now = int(time.time() * 1000)
+    for day, record in drift.items():
+        metrics.append(Metric(f"drift.{day}.drifted_checks", len(record["reasons"]), now, 0))
+        for key, shares in record.get("max", {}).items():
+            metrics += [Metric(f"drift.{day}.{key}.{_metric_name(f)}", float(v), now, 0)
+                        for f, v in shares.items()]
+    for start in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
+        c.log_batch(run_id, metrics=metrics[start:start + 900])
+
+
+def _metric_name(field: str) -> str:
+    return re.sub(r"[^\w./ -]", "_", field)

@@ -125,6 +125,14 @@ def run_retrain(cfg: Config) -> None:
         print(f"retrain: rejected day {day}: {record['reason']}; rows and reasons in "
               f"{record['quarantine']}; after a fix, take it in with "
               f"`mtlrec retrain retrain.accept_day={day}`")
+    for day, record in result["drifted"].items():
+        held = "trained on, blocks promotion" if record.get("action") == "block" else "not trained on"
+        reports = [p["markdown"] for p in record["drift"]["reports"].values()]
+        print(f"retrain: drifted day {day} ({held}): {record['reason']}; reports: {', '.join(reports)}; "
+              f"if it is expected, take it in with `mtlrec retrain retrain.accept_day={day}`")
+    if result["waiting"]:
+        print(f"retrain: waiting for complete labels (retrain.label_delay_days="
+              f"{cfg.retrain.label_delay_days}): {', '.join(result['waiting'])}")
     print(f"retrain: {result['message']}")
 
 

@@ -10,6 +10,8 @@ bundle/
   metrics.json      the model's evaluation metrics (validation and test)
   parity.json       the export-time PyTorch vs onnxruntime check
   parity.parquet    its inputs and PyTorch scores: re-checked whenever a server loads it
+  reference_stats.json  statistics of the training split (features.stats): what drift and
+                    skew compare with, without the training data (absent in older bundles)
   bundle.json       format, model/run ids, and the SHA-256 of every file above
   bundle.hmac       HMAC-SHA256 of the bundle's digest (with MTLREC_BUNDLE_KEY at export)
 ```
@@ -46,6 +48,7 @@ from mtlrec import files
 from mtlrec.features.errors import DataError
 from mtlrec.features.folder import TaskInfo
 from mtlrec.features.online import OnlineTransform
+from mtlrec.features.stats import SliceStats
 from mtlrec.features.transform import FeatureTransform, ModelInputs
 from mtlrec.features.vocab import OOV_ID
 from mtlrec.serving import parity
@@ -57,6 +60,7 @@ SIGNATURE_FILE = "signature.json"
 METRICS_FILE = "metrics.json"
 PARITY_FILE = "parity.json"
 PARITY_DATA = "parity.parquet"
+REFERENCE_STATS = "reference_stats.json"
 BUNDLE_FILE = "bundle.json"
 HMAC_FILE = "bundle.hmac"
 IDS, DENSE, LENGTHS, SCORES = "ids", "dense", "lengths", "scores"
@@ -113,7 +117,7 @@ def _parity_columns(transform: FeatureTransform) -> tuple[list[str], list[str], 
 
 def write(folder: Path, onnx_file: Path, transform: FeatureTransform, metrics: dict,
           parity_result: dict, parity_data: pl.DataFrame, identity: dict,
-          key: bytes | None = None) -> Path:
+          key: bytes | None = None, reference_stats: Path | None = None) -> Path:
     """Assemble a bundle in a work folder and publish it as `folder` in one rename: a reader
     sees the previous bundle or this one, also when the writer is killed midway. With
     `key`, the bundle's digest is signed (HMAC-SHA256) into bundle.hmac."""
@@ -124,6 +128,8 @@ def write(folder: Path, onnx_file: Path, transform: FeatureTransform, metrics: d
         (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         (work / PARITY_FILE).write_text(json.dumps(parity_result, indent=2))
         parity_data.write_parquet(work / PARITY_DATA)
+        if reference_stats is not None and Path(reference_stats).is_file():
+            shutil.copyfile(reference_stats, work / REFERENCE_STATS)
         checksums = {p.relative_to(work).as_posix(): _sha256(p.read_bytes())
                      for p in sorted(work.rglob("*")) if p.is_file()}
         manifest = {"format": FORMAT, **identity, "tasks": transform.spec.task_names,
@@ -154,6 +160,7 @@ class Bundle:
     manifest: dict
     metrics: dict
     parity: dict
+    reference: SliceStats | None = None  # the training split's statistics (older bundles: none)
 
     @property
     def tasks(self) -> list[str]:
@@ -255,7 +262,10 @@ def load(folder: Path, threads: int = 1, *, recorded_digest: str | None = None,
         raise BundleError(f"{folder}: cannot load: {exc}") from None
     _check_signature(folder, session, transform, json.loads(contents[SIGNATURE_FILE]))
     stored = json.loads(contents[PARITY_FILE])
-    bundle = Bundle(folder, session, transform, manifest, json.loads(contents[METRICS_FILE]), stored)
+    reference = SliceStats.from_json(json.loads(contents[REFERENCE_STATS])) \
+        if REFERENCE_STATS in contents else None
+    bundle = Bundle(folder, session, transform, manifest, json.loads(contents[METRICS_FILE]), stored,
+                    reference)
     _recheck_parity(bundle, contents[PARITY_DATA], stored["tolerance"])
     _ = bundle.online  # its lookup tables are built now, not by the first request
     return bundle
@@ -292,7 +302,7 @@ def _verified_files(folder: Path, checksums: dict[str, str]) -> dict[str, bytes]
             raise BundleError(f"{folder}: {name} is unreadable: {exc}") from None
         if _sha256(data) != digest:
             raise BundleError(f"{folder}: {name} does not match its checksum in {BUNDLE_FILE}")
-        if name in needed:
+        if name in needed or name == REFERENCE_STATS:
             out[name] = data
     return out
 

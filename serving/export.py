@@ -113,9 +113,11 @@ def reference_scores(ranker: MultiTaskRanker, transform: FeatureTransform, input
 
 def export_bundle(ranker: MultiTaskRanker, transform: FeatureTransform, valid: ModelInputs,
                   out: Path, *, metrics: dict, identity: dict, parity_rows: int, tolerance: float,
-                  opset: int, seed: int, key: bytes | None = None) -> dict:
+                  opset: int, seed: int, key: bytes | None = None,
+                  reference_stats: Path | None = None) -> dict:
     """Export, check parity on `parity_rows` rows, write the bundle to `out` (signed with
-    `key` when given); returns the parity result (raises ExportError when it fails)."""
+    `key` when given; `reference_stats`: the training split's statistics, shipped in it);
+    returns the parity result (raises ExportError when it fails)."""
     inputs, n_valid = parity_inputs(valid, transform, parity_rows, seed)
     reference = reference_scores(ranker, transform, inputs)
     with tempfile.TemporaryDirectory(prefix="mtlrec-export-") as tmp:
@@ -132,6 +134,6 @@ def export_bundle(ranker: MultiTaskRanker, transform: FeatureTransform, valid: M
                               f"rows): max |diff| {result.get('max_abs_diff')} > {tolerance}; "
                               f"{result}")
         data = bundle.parity_frame(inputs, reference, transform)
-        bundle.write(out, onnx_file, transform, metrics, result, data, identity, key)
+        bundle.write(out, onnx_file, transform, metrics, result, data, identity, key, reference_stats)
     log.info("export: %s (parity max |diff| %.2e on %d rows)", out, result["max_abs_diff"], len(inputs))
     return result
