@@ -30,6 +30,7 @@ from mtlrec.features.sources import (
     collect_inputs,
     column_types,
     header,
+    logical_type,
     open_inputs,
     resolve,
     scan,
@@ -103,7 +104,7 @@ def columns_of(spec: DataSpec, pattern: str) -> dict[str, str]:
     (every file's columns; a name stored with two types is listed as both)."""
     out: dict[str, set[str]] = {}
     for path in resolve(pattern, "data.source.train"):
-        types = ({x.name: str(x.type) for x in pq.read_schema(path)} if spec.source.format == "parquet"
+        types = ({x.name: logical_type(x.type) for x in pq.read_schema(path)} if spec.source.format == "parquet"
                  else dict.fromkeys(header(path, spec.source), "string"))
         for c, t in types.items():
             out.setdefault(c, set()).add(t)

@@ -120,12 +120,24 @@ def open_inputs(source: Source, expected: list[str],
     return out
 
 
+def logical_type(t: pa.DataType) -> str:
+    """An Arrow type by what it holds: string, large_string and string_view are all
+    `string` (writers pick among them freely), likewise for lists and binary."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t):
+        return f"list<{logical_type(t.value_type)}>"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return "binary"
+    return str(t)
+
+
 def column_types(files: list[InputFile], source: Source) -> dict[str, str]:
     """The columns of `files` and their types as stored: Parquet's Arrow types (the first
     file's, where files differ), a CSV's columns as `string` (text has no types)."""
     out: dict[str, str] = {}
     for f in files:
-        types = ({x.name: str(x.type) for x in pq.read_schema(f.path)} if source.format == "parquet"
+        types = ({x.name: logical_type(x.type) for x in pq.read_schema(f.path)} if source.format == "parquet"
                  else dict.fromkeys(f.columns, "string"))
         out |= {c: t for c, t in types.items() if c not in out}
     return out

@@ -76,12 +76,12 @@ class _Field:
     hashed: bool = False
 
 
-def _fields(spec: DataSpec) -> list[_Field]:
+def _fields(spec: DataSpec, labels: bool = True) -> list[_Field]:
     out = [_Field(f.name, "feature", "categorical", f.multi, hashed=f.hash_buckets is not None)
            for f in spec.categorical]
     out += [_Field(f.name, "feature", "numeric") for f in spec.numeric]
     kinds = {"binary": "binary", "regression": "numeric", "multiclass": "categorical"}
-    out += [_Field(lab.name, "label", kinds[lab.kind], classes=lab.classes) for lab in spec.labels]
+    out += [_Field(lab.name, "label", kinds[lab.kind], classes=lab.classes) for lab in spec.labels if labels]
     return out
 
 
@@ -91,7 +91,6 @@ class Plan:
     the key columns); run them with the pass's other queries in one `pl.collect_all`."""
 
     fields: list[_Field]
-    keys: list[str]
     queries: list[pl.LazyFrame]
     top_k: int
 
@@ -157,13 +156,13 @@ class Collected:
         return SliceStats(rows, fields, dict(self.columns))
 
 
-def plan(frame: pl.LazyFrame, spec: DataSpec, keys: list[str], rows: int) -> Plan:
+def plan(frame: pl.LazyFrame, spec: DataSpec, keys: list[str], rows: int, labels: bool = True) -> Plan:
     """The statistics of `frame` (typed rows) per combination of values of the `keys`
     columns (one slice when none). `rows`: about how many rows `frame` has (sets the
-    sample: every k-th row)."""
+    sample: every k-th row); `labels=False`: the features only (served rows)."""
     # one integer slice id: grouping by it costs half of grouping by the key columns
     keyed = frame.with_columns((pl.struct(keys).hash(seed=0) if keys else pl.lit(0, pl.UInt64)).alias(_SLICE))
-    fields = _fields(spec)
+    fields = _fields(spec, labels)
     every = max(1, math.ceil(rows / QUANTILE_SAMPLE))
     moments = keyed.group_by(_SLICE).agg(*[pl.col(k).first() for k in keys], pl.len().alias(_ROWS),
                                          *[e for f in fields for e in _counts(f, spec)])
@@ -172,13 +171,13 @@ def plan(frame: pl.LazyFrame, spec: DataSpec, keys: list[str], rows: int) -> Pla
                .group_by(_SLICE).agg(pl.col(n).cast(pl.Float64).filter(pl.col(n).cast(pl.Float64).is_finite())
                                     for n in numeric))
     counts = [_value_counts(keyed, f, spec) for f in fields if f.kind == "categorical"]
-    return Plan(fields, keys, [moments, samples, *counts], spec.drift.top_k)
+    return Plan(fields, [moments, samples, *counts], spec.drift.top_k)
 
 
 def compute(frame: pl.LazyFrame, spec: DataSpec, rows: int, columns: dict[str, str],
-            vocabularies: Mapping[str, pl.DataFrame] | None = None) -> SliceStats:
+            vocabularies: Mapping[str, pl.DataFrame] | None = None, labels: bool = True) -> SliceStats:
     """The statistics of all of `frame`, on their own (when no other pass reads the rows)."""
-    p = plan(frame, spec, [], rows)
+    p = plan(frame, spec, [], rows, labels)
     collected = p.collected(pl.collect_all(p.queries, engine="streaming"), columns)
     return collected.with_vocabularies(vocabularies or {}).slice()
 
@@ -236,7 +235,3 @@ def _top(counts: pl.DataFrame, k: int) -> dict:
 
 def _sum(m: pl.DataFrame, name: str, stat: str) -> int:
     return int(m[f"{name}\x00{stat}"].sum() or 0)
-
-
-def _number(value: object) -> float | None:
-    return None if value is None or not math.isfinite(float(value)) else float(value)

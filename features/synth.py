@@ -72,6 +72,19 @@ DEFAULT_CARDINALITIES = (
 )
 
 
+class SynthDrift(Strict):
+    """Drift injected into some days (`synth.drift`), each kind a test of a drift check."""
+
+    days: list[str] = Field(description="the days (YYYY-MM-DD) drifted")
+    shift_numeric: str | None = Field(None, description="a numeric column: `shift_by` added to its nonzero values")
+    shift_by: float = 0.3
+    new_category: str | None = Field(None, description="a categorical column: `new_share` of the rows get a new value")
+    new_share: float = Field(0.5, gt=0, le=1)
+    click_rate_factor: float | None = Field(None, gt=0, description="clicks multiplied by about this "
+                                             "(conversions need a click, and follow)")
+    drop_column: str | None = Field(None, description="a column the day's file lacks")
+
+
 class SynthParams(Strict):
     """Everything the generator's output depends on (`synth.*` in the config)."""
 
@@ -107,6 +120,7 @@ class SynthParams(Strict):
     tags: int = Field(5_000, ge=0, description="distinct tags of the multi-valued `tags` column "
                       "(0: no such column)")
     max_tags: int = Field(8, ge=1, description="tags per row are uniform on 0..max_tags")
+    drift: SynthDrift | None = Field(None, description="drift injected into some days (tests of `mtlrec drift`)")
 
     @field_validator("cardinalities")
     @classmethod
@@ -251,7 +265,33 @@ def _frame(truth: GroundTruth, rng: np.random.Generator, n: int, first_id: int, 
         frame = frame.with_columns(pl.Series("tags", lists))
         if p.format == "csv":
             frame = frame.with_columns(pl.col("tags").list.join("|"))
+    if p.drift is not None and day in p.drift.days:
+        frame = _drifted(frame, p.drift, np.random.default_rng([p.seed, 13, first_id]))
     return _corrupt(frame, rng, p.corrupt_fraction) if p.corrupt_fraction else frame
+
+
+def _drifted(frame: pl.DataFrame, d: SynthDrift, rng: np.random.Generator) -> pl.DataFrame:
+    """A day's rows with `d`'s drift injected (from a generator of its own)."""
+    n = frame.height
+    if d.shift_numeric:
+        x = pl.col(d.shift_numeric)
+        frame = frame.with_columns(pl.when(x != 0).then(x + d.shift_by).otherwise(x).alias(d.shift_numeric))
+    if d.new_category:
+        new = pl.Series(rng.random(n) < d.new_share)
+        frame = frame.with_columns(pl.when(new).then(pl.lit("new-value")).otherwise(
+            pl.col(d.new_category).cast(pl.String)).alias(d.new_category))
+    if d.click_rate_factor:
+        if d.click_rate_factor >= 1:  # raise: some non-clicks become clicks
+            rate = frame["click"].mean()
+            flip = rng.random(n) < (d.click_rate_factor - 1) * rate / max(1e-9, 1 - rate)
+            frame = frame.with_columns((pl.col("click").cast(pl.Boolean) | pl.Series(flip)).cast(pl.Int8).alias("click"))
+        else:  # lower: some clicks (with their conversions) are dropped
+            keep = pl.Series(rng.random(n) < d.click_rate_factor)
+            frame = frame.with_columns((pl.col("click") * keep).cast(pl.Int8).alias("click"),
+                                       (pl.col("conversion") * keep).cast(pl.Int8).alias("conversion"))
+    if d.drop_column:
+        frame = frame.drop(d.drop_column)
+    return frame
 
 
 INTENTS = ("browse", "buy", "other")

@@ -53,7 +53,12 @@ STAGES = {
     "serve": Stage("serving_stages", "run_serve",
                    "HTTP server over onnxruntime: `serve model=models:/<name>@champion`"),
     "score": Stage("serving_stages", "run_score", "batch scoring Parquet -> Parquet: `score input=… output=…`"),
-    "retrain": Stage("stages", "run_retrain", "ingest new day partitions once, train warm-started, gate, promote"),
+    "retrain": Stage("stages", "run_retrain", "ingest new day partitions once, judge their drift, "
+                     "train warm-started, gate, promote"),
+    "drift": Stage("monitor", "run_drift", "a day's drift vs the day before and the champion's "
+                   "training window: `drift day=2026-11-05`"),
+    "skew": Stage("monitor", "run_skew", "train/serve skew: the served-row log vs the served model's "
+                  "training window"),
     "run": Stage("stages", "run_main_job",
                  "the main job: synthetic logs -> ingest -> train -> evaluate -> export -> champion"),
 }
@@ -67,8 +72,9 @@ SHORT_KEYS = {
     "evaluate": {"logs": "evaluate.logs"},
     "promote": {"version": "registry.version"},
     "score": {"input": "score.input", "output": "score.output"},
+    "drift": {"day": "monitor.day"},
 }
-MODEL_STAGES = ("evaluate", "serve", "score")  # where model=<URI or folder> names a served model
+MODEL_STAGES = ("evaluate", "serve", "score", "skew")  # where model=<URI or folder> names a served model
 
 
 def expand(stage: str, overrides: list[str]) -> list[str]:

@@ -125,6 +125,14 @@ class ServeConfig(Strict):
                                     "thread; one more is answered 503 + Retry-After at once")
     workers: int = Field(1, ge=1, description="server processes sharing the port, each with its "
                          "own model and hot reload (serving/workers.py)")
+    log_dir: str | None = Field(None, description="folder of the served-row log (Parquet, for "
+                                "`mtlrec skew`); null: no log")
+    log_sample: float = Field(0.01, ge=0, le=1, description="share of served rows logged")
+    log_max_mb: float = Field(256, gt=0, description="size cap of the served-row log folder "
+                              "(oldest files removed first)")
+    log_file_rows: int = Field(10_000, ge=1, description="rows per served-row log file")
+    log_flush_s: float = Field(60, gt=0, description="a log file is written at least this often "
+                               "while rows wait")
 
 
 class ScoreConfig(Strict):
@@ -133,6 +141,14 @@ class ScoreConfig(Strict):
                                "column per task")
     chunk_rows: int = Field(100_000, ge=1, description="rows in memory at a time")
     id_column: str | None = None
+
+
+class MonitorConfig(Strict):
+    """`mtlrec drift` and `mtlrec skew`."""
+
+    day: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="mtlrec drift: the day "
+                            "partition judged (default: the newest)")
+    out: str = Field(description="where drift and skew reports are written")
 
 
 class RetrainConfig(Strict):
@@ -214,6 +230,7 @@ class Config(Strict):
     serve: ServeConfig
     score: ScoreConfig = ScoreConfig()
     retrain: RetrainConfig
+    monitor: MonitorConfig
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> "Config":

@@ -254,11 +254,12 @@ def _store_day(cfg: Config, folder: Path, day: str, pattern: str, *, accept: boo
     version, reference, vocabularies = references.champion()
     day_stats = rows.statistics(cfg.data, vocabularies)
     day_stats.save(_store_file(folder, day, ".stats.json"))
-    compared = [] if previous is None else [(previous[1], f"day {previous[0]}", "previous")]
+    # the champion's window was ingested from the store (text), so only its column names compare
+    compared = [] if previous is None else [(previous[1], f"day {previous[0]}", "previous", True)]
     if reference is not None:
-        compared.append((reference, f"champion v{version} training window", "champion"))
-    reports = {key: drift.compare(day_stats, ref, cfg.data, names=(f"day {day}", name), labels=complete)
-               for ref, name, key in compared}
+        compared.append((reference, f"champion v{version} training window", "champion", False))
+    reports = {key: drift.compare(day_stats, ref, cfg.data, names=(f"day {day}", name), labels=complete,
+                                  types=types) for ref, name, key, types in compared}
     record["drift"] = _drift_record(folder, day, reports, cfg.retrain.drift_action)
     log.info("retrain: day %s: %d good, %d quarantined; drift: %s", day, rows.rows_good,
              rows.quarantine.height, "; ".join(record["drift"]["reasons"]) or "none")

@@ -12,6 +12,7 @@ from mtlrec.pipeline import registry
 from mtlrec.pipeline.config import Config, ConfigError
 from mtlrec.serving.app import Settings
 from mtlrec.serving.batcher import BatchLimits
+from mtlrec.serving.served_log import LogSettings
 from mtlrec.serving.workers import serve_workers
 from mtlrec.serving.score import score_parquet
 
@@ -21,7 +22,8 @@ def run_serve(cfg: Config) -> None:
     settings = Settings(max_rows=s.max_rows, max_body_bytes=int(s.max_body_mb * 2**20),
                         poll_seconds=s.poll_seconds, threads=s.threads,
                         request_timeout_s=s.request_timeout_s,
-                        batch=BatchLimits(s.max_batch_rows, s.max_wait_ms, s.max_queue_requests))
+                        batch=BatchLimits(s.max_batch_rows, s.max_wait_ms, s.max_queue_requests),
+                        log=LogSettings(s.log_dir, s.log_sample, s.log_max_mb, s.log_file_rows, s.log_flush_s))
     print(f"serve: {s.model} on http://{s.host}:{s.port} (POST /predict, GET /health /ready /metrics; "
           f"KServe v2 under /v2), {s.workers} worker process(es)", flush=True)
     serve_workers(registry.model_source(cfg), settings, s.host, s.port, s.workers)

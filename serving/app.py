@@ -34,6 +34,10 @@ request answered with its own rows). A full queue is answered 503 with Retry-Aft
 On SIGTERM uvicorn stops accepting, lets the requests under way finish (within
 `request_timeout_s`), then the batcher answers what is queued and stops.
 
+Served rows: with `Settings.log.folder`, a sample of the checked raw rows goes to Parquet
+files there (`serving.served_log`: off the request path, rotated, size-capped), which
+`mtlrec skew` compares with the model's training data.
+
 Hot reload: a background thread polls the registry every `poll_seconds`; when the alias
 moves it downloads and fully verifies the new bundle (checksums, signature, parity)
 *beside* the serving one, then swaps a single reference. A request reads that reference
@@ -79,6 +83,7 @@ from mtlrec.serving import jsonio
 from mtlrec.serving import rows as rows_mod
 from mtlrec.serving import v2
 from mtlrec.serving.batcher import BatchLimits, Finish, MicroBatcher, Overloaded, Prepare
+from mtlrec.serving.served_log import LogSettings, ServedLog
 from mtlrec.serving.source import Source
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,7 @@ class Settings:
     threads: int = 1
     request_timeout_s: float = 10.0
     batch: BatchLimits = BatchLimits()
+    log: LogSettings = LogSettings()
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,7 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
             metrics.oov.labels(bundle.transform.categorical_names[j]).inc(int(oov[j]))
 
     batcher = MicroBatcher(settings.batch, on_batch)
+    served_log = ServedLog(settings.log) if settings.log.folder else None
 
     async def answered(bundle: bundle_mod.Bundle, prepare: Prepare) -> Any:
         """The request's answer from the micro-batcher, or the response when it has none:
@@ -257,7 +264,7 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         try:
             body = await _read_body(request, settings.max_body_bytes)
             answer = await answered(served.bundle, functools.partial(
-                _predict_work, body, served, settings.max_rows, source.uri))
+                _predict_work, body, served, settings.max_rows, source.uri, served_log))
         except _TooLarge as exc:
             return _error(413, str(exc))
         except _BadBody as exc:
@@ -308,7 +315,7 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         try:
             body = await _read_body(request, settings.max_body_bytes)
             answer = await answered(served.bundle, functools.partial(
-                _v2_work, body, header, served, settings.max_rows, source.model_name))
+                _v2_work, body, header, served, settings.max_rows, source.model_name, served_log))
         except _TooLarge as exc:
             return _error(413, str(exc))
         except ValueError as exc:  # v2.ProtocolError, a RowError from check_scores
@@ -346,6 +353,8 @@ def create_app(source: Source, settings: Settings = Settings()) -> Starlette:
         yield
         holder.stop()
         await asyncio.to_thread(batcher.close)  # uvicorn has drained the requests by now
+        if served_log is not None:
+            await asyncio.to_thread(served_log.close)
 
     v2_routes = [Route("/v2/health/live", v2_live), Route("/v2/health/ready", v2_ready)]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
@@ -472,7 +481,8 @@ class _BadBody(ValueError):
     """A body that is not the row format's JSON object (answered 400)."""
 
 
-def _predict_work(body: bytes, served: Served, max_rows: int, model_uri: str) -> tuple[ModelInputs, Finish]:
+def _predict_work(body: bytes, served: Served, max_rows: int, model_uri: str,
+                  served_log: ServedLog | None = None) -> tuple[ModelInputs, Finish]:
     """A /predict body → its model inputs, and how its scores become the JSON answer (the
     micro-batcher's Prepare: runs on the scoring thread)."""
     try:
@@ -486,6 +496,8 @@ def _predict_work(body: bytes, served: Served, max_rows: int, model_uri: str) ->
         raise _TooLarge(f"{len(rows)} rows in one request; the limit is {max_rows} (serve.max_rows)")
     batch = rows_mod.from_json(rows, served.bundle.transform)
     inputs = served.bundle.online.encode(batch)
+    if served_log is not None:
+        served_log.offer(batch, served.bundle.transform, served.version)
     tasks = served.bundle.tasks
 
     def finish(scores: np.ndarray) -> bytes:
@@ -496,8 +508,8 @@ def _predict_work(body: bytes, served: Served, max_rows: int, model_uri: str) ->
     return inputs, finish
 
 
-def _v2_work(body: bytes, header: str | None, served: Served, max_rows: int, model_name: str
-             ) -> tuple[ModelInputs, Finish]:
+def _v2_work(body: bytes, header: str | None, served: Served, max_rows: int, model_name: str,
+             served_log: ServedLog | None = None) -> tuple[ModelInputs, Finish]:
     """A v2 infer body → its model inputs, and how its scores become the infer response (body,
     JSON header length) (the micro-batcher's Prepare: runs on the scoring thread)."""
     parsed = v2.parse(body, None if header is None else v2.header_length(header))
@@ -506,6 +518,8 @@ def _v2_work(body: bytes, header: str | None, served: Served, max_rows: int, mod
         raise _TooLarge(f"a batch of {rows} rows; the limit is {max_rows} (serve.max_rows)")
     batch = v2.to_batch(parsed, served.bundle.transform)
     inputs = served.bundle.online.encode(batch)
+    if served_log is not None:
+        served_log.offer(batch, served.bundle.transform, served.version)
 
     def finish(scores: np.ndarray) -> tuple[bytes, int | None]:
         _check_scores(scores, batch, inputs, served.bundle)

@@ -33,9 +33,10 @@ def _args(work: Path) -> list[str]:
     return [f"paths.work_dir={work}", *SMALL]
 
 
-def _land(work: Path, days: int) -> None:
-    """The upstream system drops day partitions into the landing folder."""
-    assert main(["synth", *_args(work), f"synth.days={days}"]) == 0
+def _land(work: Path, days: int, *drift: str) -> None:
+    """The upstream system drops day partitions into the landing folder (`drift`: synth.drift
+    overrides)."""
+    assert main(["synth", *_args(work), f"synth.days={days}", *drift]) == 0
 
 
 def _versions(work: Path) -> list[str]:
@@ -87,7 +88,11 @@ def test_retrain_takes_days_once_warm_starts_gates_and_promotes(work, capsys):
     assert manifest["jobs"]["2026-11-03"]["version"] == "1"  # the first model: champion
     assert manifest["jobs"]["2026-11-04"] == {"status": "done", "version": "2", "action": "champion",
                                               "window": ["2026-11-01", "2026-11-02", "2026-11-03",
-                                                         "2026-11-04"]}
+                                                         "2026-11-04"], "blocked_by": []}
+    # each new day is compared with the day before and the champion's window: no drift here
+    assert manifest["days"]["2026-11-04"]["status"] == "taken"
+    assert manifest["days"]["2026-11-04"]["drift"]["reasons"] == []
+    assert set(manifest["days"]["2026-11-04"]["drift"]["reports"]) == {"previous", "champion"}
     job = work / "retrain" / "synth" / "jobs" / "2026-11-04"
     assert RunFolder(job / "champion").state().registered_version == "1"  # warm-started from v1
     gate = json.loads((job / "runs" / "mmoe-ew-seed2026" / "gate" / "gate.json").read_text())
@@ -138,3 +143,35 @@ def test_a_killed_retrain_is_completed_by_the_next_run(work, capsys):
     assert _manifest(work)["days"]["2026-11-05"]["rows_good"] == 2000  # taken in once
     assert main(["retrain", *_args(work)]) == 0
     assert "up to date" in capsys.readouterr().out and _versions(work) == ["1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_a_drifted_day_keeps_the_champion_until_a_human_accepts_it(work, capsys):
+    _land(work, 6, "synth.drift={days:[2026-11-06],new_category:categorical_12}")
+    champion_before = _champion(work)
+    assert main(["retrain", *_args(work)]) == 0
+    out = capsys.readouterr().out
+    record = _manifest(work)["days"]["2026-11-06"]
+    assert record["status"] == "drifted" and record["action"] == "quarantine"
+    assert "drifted day 2026-11-06 (not trained on)" in out and "categorical_12: linf" in out
+    assert "retrain.accept_day=2026-11-06" in out
+    assert "2026-11-06" not in _manifest(work)["jobs"] and _champion(work) != "" and \
+        (champion_before == "" or int(_champion(work)) >= int(champion_before))
+    report = Path(record["drift"]["reports"]["previous"]["markdown"]).read_text()
+    assert "categorical_12 | feature | linf" in report and "-histograms.png" in report
+    kept = _champion(work)
+    assert main(["retrain", *_args(work), "retrain.accept_day=2026-11-06"]) == 0
+    assert "day 2026-11-06: version" in capsys.readouterr().out
+    assert _manifest(work)["days"]["2026-11-06"]["status"] == "accepted"
+    assert _champion(work) != kept  # trained on once accepted (the gate lets it through here)
+    gate = (work / "retrain/synth/jobs/2026-11-06/runs/mmoe-ew-seed2026/gate/gate.md").read_text()
+    assert "## Drift of the new days" in gate
+
+
+def _champion(work: Path) -> str:
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    c = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return str(c.get_model_version_by_alias(NAME, "champion").version)
+    except mlflow.exceptions.MlflowException:
+        return ""
