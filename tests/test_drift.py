@@ -16,6 +16,7 @@ from mtlrec.features import drift, raw, stats
 from mtlrec.features.ingest import IngestOptions, ingest
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.synth import SynthDrift, generate
+from mtlrec.pipeline.cli import main
 from mtlrec.pipeline.config import load
 
 DAYS = ["2026-11-01", "2026-11-02"]
@@ -151,3 +152,62 @@ def test_ingest_writes_each_days_statistics_and_the_training_reference(tmp_path)
     assert ref["fields"]["ctr"]["positives"] + day["fields"]["ctr"]["positives"] > 0
     # the test day's values unseen in training are out of vocabulary; none of the training's
     assert day["fields"]["categorical_1"]["oov"] > 0 and ref["fields"]["categorical_1"]["oov"] == 0
+
+
+def _retrain_args(work: Path) -> list[str]:
+    return [f"paths.work_dir={work}", "synth.rows_per_day=3000", "synth.ctr=0.2", "synth.cvr=0.3"]
+
+
+def _days(work: Path) -> dict:
+    return json.loads((work / "retrain" / "synth" / "manifest.json").read_text())["days"]
+
+
+def test_late_labels_wait_and_are_judged_in_full_once_complete(tmp_path, capsys):
+    """With label_delay_days=1 the newest day waits (no label checks); once a newer day has
+    landed it is read again, labels included. No job runs: two days are ready at most."""
+    args = [*_retrain_args(tmp_path), "retrain.label_delay_days=1"]
+    assert main(["synth", *args, "synth.days=2"]) == 0
+    assert main(["retrain", *args]) == 0
+    assert "waiting for complete labels (retrain.label_delay_days=1): 2026-11-02" in capsys.readouterr().out
+    days = _days(tmp_path)
+    assert days["2026-11-01"]["status"] == "taken" and days["2026-11-02"]["status"] == "waiting"
+    report = json.loads(Path(days["2026-11-02"]["drift"]["reports"]["previous"]["json"]).read_text())
+    assert {f["field"] for f in report["findings"]}.isdisjoint({"ctr", "ctcvr"})  # no label checks yet
+    # the next day lands, and the day before's conversions arrive (its partition is rewritten)
+    assert main(["synth", *args, "synth.days=3"]) == 0
+    landing = tmp_path / "landing" / "synth"
+    late = pl.read_csv(landing / "day=2026-11-02.csv", infer_schema=False)
+    late.with_columns(pl.when(pl.col("click") == "1").then(pl.lit("1")).otherwise(pl.col("conversion"))
+                      .alias("conversion")).write_csv(landing / "day=2026-11-02.csv")
+    assert main(["retrain", *args]) == 0
+    out = capsys.readouterr().out
+    days = _days(tmp_path)
+    assert days["2026-11-03"]["status"] == "waiting"
+    # read again with its labels: every click converted, which the label check now sees
+    assert days["2026-11-02"]["status"] == "drifted" and "ctcvr: label_rate" in days["2026-11-02"]["reason"]
+    assert "drifted day 2026-11-02" in out
+
+
+def test_a_day_without_a_declared_column_is_drifted_and_cannot_be_accepted(tmp_path, capsys):
+    args = _retrain_args(tmp_path)
+    assert main(["synth", *args, "synth.days=2", "synth.drift={days:[2026-11-02],drop_column:numerical_7}"]) == 0
+    assert main(["retrain", *args]) == 0
+    assert "numerical_7: schema (column removed)" in capsys.readouterr().out
+    record = _days(tmp_path)["2026-11-02"]
+    assert record["status"] == "drifted" and record["rows_good"] == 0
+    assert main(["retrain", *args, "retrain.accept_day=2026-11-02"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read with the data conf (numerical_7: schema (column removed))" in err
+
+
+def test_mtlrec_drift_reports_a_day_on_demand(tmp_path, capsys):
+    args = _retrain_args(tmp_path)
+    assert main(["synth", *args, "synth.days=2", "synth.drift={days:[2026-11-02],shift_numeric:numerical_3}"]) == 0
+    assert main(["drift", *args]) == 0  # the newest day by default
+    out = capsys.readouterr().out
+    assert "day 2026-11-02 vs day 2026-11-01" in out and "numerical_3: js" in out
+    folder = tmp_path / "monitor" / "synth"
+    assert (folder / "day=2026-11-02-vs-previous-histograms.png").is_file()
+    assert "| numerical_3 | feature | js |" in (folder / "day=2026-11-02-vs-previous.md").read_text()
+    assert main(["drift", *args, "day=2026-11-09"]) == 2
+    assert "monitor.day=2026-11-09: no such partition" in capsys.readouterr().err

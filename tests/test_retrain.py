@@ -164,8 +164,21 @@ def test_a_drifted_day_keeps_the_champion_until_a_human_accepts_it(work, capsys)
     assert "day 2026-11-06: version" in capsys.readouterr().out
     assert _manifest(work)["days"]["2026-11-06"]["status"] == "accepted"
     assert _champion(work) != kept  # trained on once accepted (the gate lets it through here)
-    gate = (work / "retrain/synth/jobs/2026-11-06/runs/mmoe-ew-seed2026/gate/gate.md").read_text()
-    assert "## Drift of the new days" in gate
+    run = work / "retrain/synth/jobs/2026-11-06/runs/mmoe-ew-seed2026"
+    assert "## Drift of the new days" in (run / "gate" / "gate.md").read_text()
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    metrics = mlflow.MlflowClient(tracking_uri=uri).get_run(RunFolder(run).trained().run_id).data.metrics
+    assert metrics["drift.2026-11-06.previous.categorical_12"] > 1  # its share of the limit
+    # blocking instead: a drifted day is trained on, but its version stays challenger
+    accepted = _champion(work)
+    block = [*_args(work), "retrain.drift_action=block"]
+    assert main(["synth", *block, "synth.days=7", "synth.drift={days:[2026-11-07],shift_numeric:numerical_3}"]) == 0
+    assert main(["retrain", *block]) == 0
+    out = capsys.readouterr().out
+    assert "drifted day 2026-11-07 (trained on, blocks promotion)" in out and "is challenger" in out
+    gate = json.loads((work / "retrain/synth/jobs/2026-11-07/runs/mmoe-ew-seed2026/gate/gate.json").read_text())
+    assert any("day 2026-11-07 drifted" in f for f in gate["gate"]["failures"])
+    assert _champion(work) == accepted
 
 
 def _champion(work: Path) -> str:
