@@ -12,7 +12,8 @@ Checks per field, each against the data conf's limits (`spec.DriftSpec`, None = 
   top-k; a value outside one side's top-k counts as 0 there (at most its k-th frequency).
 - `label_rate`: the relative shift |p - p_ref| / p_ref of a binary label's positive rate.
 Each of these three is flagged when it passes its limit *and* is beyond sampling noise at
-`min_z` standard errors (a two-proportion z for rates and for the L-infinity's value; for
+`min_z` standard errors (a two-proportion z with continuity correction for rates and for
+the L-infinity's value; for
 Jensen-Shannon the χ² null distribution at the same level: `js_noise`), so a small slice
 (a few hundred rows) is not flagged for its noise.
 - `missing`: the change of a field's share of missing values.
@@ -205,7 +206,7 @@ def _categorical(name: str, cur: dict, ref: dict, limit: float | None, min_z: fl
         f"'{worst}' {100 * q.get(worst, 0.0):.1f}% → {100 * p.get(worst, 0.0):.1f}%"
     pooled = 0.0 if worst is None else \
         (p.get(worst, 0.0) * cur["count"] + q.get(worst, 0.0) * ref["count"]) / (cur["count"] + ref["count"])
-    noise = min_z * math.sqrt(pooled * (1 - pooled) * (1 / cur["count"] + 1 / ref["count"]))
+    noise = _rate_noise(pooled, cur["count"], ref["count"], min_z)
     return [Finding(name, ref["role"], "linf", value, limit, value > max(limit, noise), detail,
                     {"bins": shown, "current": [p.get(v, 0.0) for v in shown],
                      "reference": [q.get(v, 0.0) for v in shown]})]
@@ -216,11 +217,17 @@ def _rate(name: str, cur: dict, ref: dict, limit: float | None, min_z: float) ->
         return []
     p, p0 = cur["positives"] / cur["count"], ref["positives"] / ref["count"]
     pooled = (cur["positives"] + ref["positives"]) / (cur["count"] + ref["count"])
-    se = math.sqrt(max(pooled * (1 - pooled), 1e-300) * (1 / cur["count"] + 1 / ref["count"]))
-    z = abs(p - p0) / se
+    z = min_z * abs(p - p0) / max(_rate_noise(pooled, cur["count"], ref["count"], min_z), 1e-300)
     value = abs(p - p0) / p0 if p0 > 0 else (math.inf if p > 0 else 0.0)
     detail = f"rate {p0:.4g} → {p:.4g}, z = {z:.1f}"
     return [Finding(name, ref["role"], "label_rate", value, limit, value > limit and z >= min_z, detail)]
+
+
+def _rate_noise(pooled: float, n: int, m: int, min_z: float) -> float:
+    """The difference of two shares of n and m rows that is `min_z` standard errors (a
+    pooled two-proportion z) plus Yates' continuity correction ½(1/n + 1/m): without it a
+    single row of a new value in a 7-row slice counts as significant."""
+    return min_z * math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / m)) + 0.5 * (1 / n + 1 / m)
 
 
 def _missing(name: str, cur: dict, ref: dict, limit: float | None, rows: tuple[int, int]) -> list[Finding]:
