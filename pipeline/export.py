@@ -8,15 +8,12 @@ one registered version (found by run id), alias moves are idempotent.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from mlflow.entities import Metric
 
 from mtlrec.features import raw
 from mtlrec.features.errors import DataError
@@ -24,7 +21,7 @@ from mtlrec.features.folder import FeaturesFolder
 from mtlrec.features.stream import make_loader, open_split
 from mtlrec.features.transform import FeatureTransform, ModelInputs
 from mtlrec.models.ranker import MultiTaskRanker
-from mtlrec.pipeline import registry
+from mtlrec.pipeline import registry, tracking
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.evaluate import served_metrics
 from mtlrec.pipeline.run_folder import RunFolder
@@ -138,7 +135,7 @@ def publish(cfg: Config, run: RunFolder, holdout: str, *, drift: dict[str, dict]
     if drift:
         summary["drift"] = drift
         report += _drift_section(drift, run.gate)
-        _log_drift(c, run_id, drift)
+        tracking.log_drift(c, run_id, drift)
     run.save_gate(summary, report)
     c.log_artifacts(run_id, str(run.gate), run.gate.name)
     c.set_model_version_tag(name, version, "mtlrec.gate", "passed" if result.passed else "failed")
@@ -162,21 +159,3 @@ def _drift_section(drift: dict[str, dict], folder: Path) -> str:
                 if kind != "markdown":
                     lines += [f"![{kind}]({copied.name})", ""]
     return "\n".join(lines) + "\n"
-
-
-def _log_drift(c: "registry.mlflow.MlflowClient", run_id: str, drift: dict[str, dict]) -> None:
-    """Each new day's drift in the run's metrics: per day and reference, the number of drifted
-    checks and each field's largest share of its limit (`drift.<day>.<reference>.<field>`)."""
-    metrics = []
-    now = int(time.time() * 1000)
-    for day, record in drift.items():
-        metrics.append(Metric(f"drift.{day}.drifted_checks", len(record["reasons"]), now, 0))
-        for key, shares in record.get("max", {}).items():
-            metrics += [Metric(f"drift.{day}.{key}.{_metric_name(f)}", float(v), now, 0)
-                        for f, v in shares.items()]
-    for start in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
-        c.log_batch(run_id, metrics=metrics[start:start + 900])
-
-
-def _metric_name(field: str) -> str:
-    return re.sub(r"[^\w./ -]", "_", field)

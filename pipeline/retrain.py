@@ -36,7 +36,8 @@ drifted, its rows kept in the store), or trained on while it blocks promotion (b
 new version stays challenger until the day is accepted), or only reported (record). A day
 whose columns are not the data conf's cannot be read: it is drifted whatever the action.
 `retrain.accept_day=D` accepts a drifted day as it accepts a rejected one. Every new day's
-drift goes into the job's gate report and its MLflow run.
+drift goes into an MLflow run of its own (`retrain-drift-<day>`), and into the job's gate
+report and run when a job follows.
 
 Late labels: with `retrain.label_delay_days=N`, a day D is complete once a partition of
 day D + N has landed; before, it is stored and checked for feature drift but waits
@@ -63,7 +64,7 @@ from mtlrec.features import drift, raw, stats
 from mtlrec.features.errors import DataError
 from mtlrec.features.folder import FeatureInfo
 from mtlrec.models.ranker import MultiTaskRanker
-from mtlrec.pipeline import drift_report, registry
+from mtlrec.pipeline import drift_report, registry, tracking
 from mtlrec.pipeline.config import Config
 from mtlrec.pipeline.evaluate import evaluate_run
 from mtlrec.pipeline.export import publish
@@ -111,6 +112,7 @@ def retrain(cfg: Config) -> dict:
             _accept(cfg, folder, manifest, cfg.retrain.accept_day)
         taken = _take_new_days(cfg, folder, manifest)
         records = dict(sorted(manifest["days"].items()))
+        _record_drift(cfg, {d: records[d]["drift"] for d in taken if "drift" in records[d]})
         result = {"new_days": taken,
                   "rejected": {d: e for d, e in records.items() if e.get("status") == REJECTED},
                   "drifted": {d: e for d, e in records.items() if e.get("status") == DRIFTED},
@@ -136,6 +138,20 @@ def retrain(cfg: Config) -> dict:
         files.write_json(folder / MANIFEST, manifest)
         return result | {"job": newest, "publish": summary,
                          "message": f"day {newest}: version {summary['version']} is {summary['action']}"}
+
+
+def _record_drift(cfg: Config, drift: dict[str, dict]) -> None:
+    """The new days' drift in an MLflow run of its own (`retrain-drift-<newest day>`: its
+    metrics and reports), also when no job follows (a quarantined day)."""
+    if not drift:
+        return
+    with tracking.run(cfg.paths.work_dir, cfg.data.name, f"retrain-drift-{max(drift)}") as active:
+        client = registry.client(cfg)
+        tracking.log_drift(client, active.info.run_id, drift)
+        for record in drift.values():
+            for paths in record["reports"].values():
+                for path in paths.values():
+                    client.log_artifact(active.info.run_id, path, "drift")
 
 
 def _trainable(record: dict) -> bool:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric
 
 from mtlrec import __version__, checkout_root
 
@@ -103,3 +106,22 @@ def git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def log_drift(client: mlflow.MlflowClient, run_id: str, drift: dict[str, dict]) -> None:
+    """Days' drift records (`pipeline.retrain`) as a run's metrics: per day, its drifted
+    checks, and per reference and field the field's largest share of a limit
+    (`drift.<day>.<previous|champion>.<field>`)."""
+    now = int(time.time() * 1000)
+    metrics = []
+    for day, record in drift.items():
+        metrics.append(Metric(f"drift.{day}.drifted_checks", len(record["reasons"]), now, 0))
+        for key, shares in record.get("max", {}).items():
+            metrics += [Metric(f"drift.{day}.{key}.{_metric_name(f)}", float(v), now, 0)
+                        for f, v in shares.items()]
+    for start in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[start:start + 900])
+
+
+def _metric_name(field: str) -> str:
+    return re.sub(r"[^\w./ -]", "_", field)

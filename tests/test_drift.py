@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import polars as pl
 import pytest
@@ -195,6 +196,12 @@ def test_a_day_without_a_declared_column_is_drifted_and_cannot_be_accepted(tmp_p
     assert "numerical_7: schema (column removed)" in capsys.readouterr().out
     record = _days(tmp_path)["2026-11-02"]
     assert record["status"] == "drifted" and record["rows_good"] == 0
+    # recorded in MLflow although no job runs
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("synth").experiment_id],
+                              "attributes.run_name = 'retrain-drift-2026-11-02'")
+    assert runs and runs[0].data.metrics["drift.2026-11-02.drifted_checks"] == 1
     assert main(["retrain", *args, "retrain.accept_day=2026-11-02"]) == 2
     err = capsys.readouterr().err
     assert "cannot be read with the data conf (numerical_7: schema (column removed))" in err
