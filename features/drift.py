@@ -29,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import stats as scipy_stats
 
 from mtlrec.features.spec import DataSpec
 from mtlrec.features.stats import LEVELS, SliceStats
@@ -74,10 +74,6 @@ class DriftReport:
     def as_dict(self) -> dict:
         return asdict(self) | {"drifted": [f"{f.field}:{f.check}" for f in self.drifted]}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "DriftReport":
-        return cls(data["current"], data["reference"], data["rows"], data["reference_rows"],
-                   [Finding(**f) for f in data["findings"]])
 
 
 def compare(current: SliceStats, reference: SliceStats, spec: DataSpec, *, names: tuple[str, str],
@@ -175,8 +171,8 @@ def js_noise(bins: int, n: int, m: int, min_z: float) -> float:
     (1/n + 1/m) for multinomial samples, plus in quadrature what re-binning two 101-level
     sketches adds (a bin's share is known to about half a level: ≈ 0.05 on 22 bins), so
     small slices are not flagged for their noise; on large ones the limit decides."""
-    alpha = 2 * stats.norm.sf(min_z)
-    sampling = stats.chi2.isf(alpha, max(1, bins - 1)) * (1 / n + 1 / m) / (8 * math.log(2))
+    alpha = 2 * scipy_stats.norm.sf(min_z)
+    sampling = scipy_stats.chi2.isf(alpha, max(1, bins - 1)) * (1 / n + 1 / m) / (8 * math.log(2))
     return math.sqrt(sampling + SKETCH_JS**2)
 
 

@@ -69,7 +69,8 @@ def test_bundle_is_self_contained_checked_and_pickle_free(work):
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert names == {"model.onnx", "signature.json", "metrics.json", "parity.json", "parity.parquet",
                      "bundle.json", "features/feature_spec.json", "features/vocab.parquet",
-                     "features/numeric_stats.json", "features/label_stats.json", "features/artifacts.json"}
+                     "features/numeric_stats.json", "features/label_stats.json", "features/artifacts.json",
+                     "reference_stats.json"}
     for p in folder.rglob("*"):  # no pickle (protocol 2+ starts with 0x80) and no torch zip
         if p.is_file():
             head = p.read_bytes()[:2]
@@ -85,6 +86,10 @@ def test_bundle_is_self_contained_checked_and_pickle_free(work):
     assert [o.name for o in graph.output] == ["scores"]
     model = bundle.load(folder)
     assert model.tasks == ["ctr", "ctcvr"] and model.manifest["model_name"] == NAME
+    # the training split's statistics travel with the model (drift and skew's reference)
+    train_rows = json.loads((work / "features" / "synth" / "manifest.json").read_text())["split_rows"]["train"]
+    assert model.reference is not None and model.reference.rows == train_rows
+    assert set(model.reference.fields) >= {"categorical_1", "numerical_1", "tags", "ctr", "ctcvr"}
     for batch in (1, 777):  # dynamic batch axis
         inputs = ModelInputs(np.ones((batch, 16 + 20), np.int64), np.zeros((batch, 63), np.float32),
                              np.full((batch, 1), 3, np.int64))
