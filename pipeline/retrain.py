@@ -110,13 +110,16 @@ def retrain(cfg: Config) -> dict:
         manifest = _read(folder / MANIFEST)
         if cfg.retrain.accept_day:
             _accept(cfg, folder, manifest, cfg.retrain.accept_day)
-        taken = _take_new_days(cfg, folder, manifest)
+        stored_now = _take_new_days(cfg, folder, manifest)
         records = dict(sorted(manifest["days"].items()))
-        _record_drift(cfg, {d: records[d]["drift"] for d in taken if "drift" in records[d]})
+        _record_drift(cfg, {d: records[d]["drift"] for d in stored_now if "drift" in records[d]})
+        taken = [d for d in stored_now if records[d]["status"] in (TAKEN, DRIFTED)]
         result = {"new_days": taken,
                   "rejected": {d: e for d, e in records.items() if e.get("status") == REJECTED},
                   "drifted": {d: e for d, e in records.items() if e.get("status") == DRIFTED},
                   "waiting": [d for d, e in records.items() if e.get("status") == WAITING],
+                  "new_waiting": {d: e for d, e in records.items()
+                                  if e.get("status") == WAITING and d in stored_now},
                   "job": None}
         days = [d for d, e in records.items() if _trainable(e)]
         if len(days) < MIN_DAYS:
@@ -163,8 +166,8 @@ def _trainable(record: dict) -> bool:
 def _take_new_days(cfg: Config, folder: Path, manifest: dict) -> list[str]:
     """Validate each day partition not yet in the manifest into the store, once (a day
     waiting for its labels again once they are complete): taken in, rejected for too many
-    bad rows, drifted, or waiting."""
-    taken = []
+    bad rows, drifted, or waiting. Returns the days validated."""
+    stored = []
     partitions = _partitions(cfg)
     references = _References(cfg, folder, manifest)
     for day, pattern in partitions.items():
@@ -176,9 +179,8 @@ def _take_new_days(cfg: Config, folder: Path, manifest: dict) -> list[str]:
                             references=references)
         manifest["days"][day] = record
         files.write_json(folder / MANIFEST, manifest)
-        if record["status"] in (TAKEN, DRIFTED):
-            taken.append(day)
-    return taken
+        stored.append(day)
+    return stored
 
 
 def _labels_complete(day: str, newest: str, delay: int) -> bool:
