@@ -75,6 +75,22 @@ class DriftReport:
         return asdict(self) | {"drifted": [f"{f.field}:{f.check}" for f in self.drifted]}
 
 
+def against_day_and_champion(
+    day: str, current: SliceStats, spec: DataSpec, *, previous: tuple[str, SliceStats] | None,
+    champion: tuple[str, SliceStats | None] | None, labels: bool = True,
+) -> dict[str, DriftReport]:
+    """A day against the day before it ("previous": columns and their types) and against the
+    champion's training window ("champion": column names only, since that window was read
+    from a store where every value is text), those of them there are."""
+    out = {}
+    if previous is not None:
+        out["previous"] = compare(current, previous[1], spec, names=(f"day {day}", f"day {previous[0]}"),
+                                  labels=labels)
+    if champion is not None and champion[1] is not None:
+        out["champion"] = compare(current, champion[1], spec, labels=labels, types=False,
+                                  names=(f"day {day}", f"champion v{champion[0]} training window"))
+    return out
+
 
 def compare(current: SliceStats, reference: SliceStats, spec: DataSpec, *, names: tuple[str, str],
             labels: bool = True, types: bool = True) -> DriftReport:
@@ -213,10 +229,10 @@ def _rate(name: str, cur: dict, ref: dict, limit: float | None, min_z: float) ->
         return []
     p, p0 = cur["positives"] / cur["count"], ref["positives"] / ref["count"]
     pooled = (cur["positives"] + ref["positives"]) / (cur["count"] + ref["count"])
-    z = min_z * abs(p - p0) / max(_rate_noise(pooled, cur["count"], ref["count"], min_z), 1e-300)
+    noise = _rate_noise(pooled, cur["count"], ref["count"], min_z)
     value = abs(p - p0) / p0 if p0 > 0 else (math.inf if p > 0 else 0.0)
-    detail = f"rate {p0:.4g} → {p:.4g}, z = {z:.1f}"
-    return [Finding(name, ref["role"], "label_rate", value, limit, value > limit and z >= min_z, detail)]
+    detail = f"rate {p0:.4g} → {p:.4g}; noise ±{noise:.3g}"
+    return [Finding(name, ref["role"], "label_rate", value, limit, value > limit and abs(p - p0) >= noise, detail)]
 
 
 def _rate_noise(pooled: float, n: int, m: int, min_z: float) -> float:

@@ -340,7 +340,7 @@ def _statistics(spec: DataSpec, staged: pl.LazyFrame, rows: int, files: list[Inp
     """The statistics of each (split, day) of the good rows, collected in one pass."""
     keys = _slice_keys(spec)
     plan = stats.plan(staged.with_columns(pl.col(k).cast(pl.String) for k in keys), spec, keys, rows)
-    return plan.collected(pl.collect_all(plan.queries, engine="streaming"), column_types(files, spec.source))
+    return plan.collected(pl.collect_all(plan.queries, engine="streaming"), column_types(files))
 
 
 def _save_statistics(spec: DataSpec, collected: stats.Collected, transform: FeatureTransform,

@@ -29,11 +29,10 @@ from mtlrec.features.sources import (
     InputFile,
     collect_inputs,
     column_types,
-    header,
-    logical_type,
     open_inputs,
     resolve,
     scan,
+    stored_types,
     survey,
 )
 from mtlrec.features.spec import DataSpec, Source
@@ -78,7 +77,7 @@ def read(spec: DataSpec, pattern: str, good_file: Path) -> RawRows:
         quarantine = collect_inputs(inputs, source, lambda lossy: _validated(spec, source, inputs, lossy, tmp))
         rows_good = pq.ParquetFile(tmp).metadata.num_rows
     return RawRows(Path(good_file), rows_good, quarantine, [str(f.path) for f in inputs],
-                   column_types(inputs, source))
+                   column_types(inputs))
 
 
 def _validated(spec: DataSpec, source: Source, files: list[InputFile], lossy: bool,
@@ -104,9 +103,7 @@ def columns_of(spec: DataSpec, pattern: str) -> dict[str, str]:
     (every file's columns; a name stored with two types is listed as both)."""
     out: dict[str, set[str]] = {}
     for path in resolve(pattern, "data.source.train"):
-        types = ({x.name: logical_type(x.type) for x in pq.read_schema(path)} if spec.source.format == "parquet"
-                 else dict.fromkeys(header(path, spec.source), "string"))
-        for c, t in types.items():
+        for c, t in stored_types(path, spec.source).items():
             out.setdefault(c, set()).add(t)
     return {c: " | ".join(sorted(t)) for c, t in out.items()}
 

@@ -71,6 +71,7 @@ class InputFile:
     lists: tuple[tuple[str, str], ...] = ()  # Parquet list columns and the separator joining them
     uncompressed: int | None = None  # a Parquet file's column data uncompressed, in bytes
     parquet_rows: int | None = None  # a Parquet file's rows (its metadata)
+    types: tuple[str, ...] = ()  # a Parquet file's column types (`logical_type`), as `columns`
 
     @property
     def data_bytes(self) -> int:
@@ -132,25 +133,25 @@ def logical_type(t: pa.DataType) -> str:
     return str(t)
 
 
-def column_types(files: list[InputFile], source: Source) -> dict[str, str]:
-    """The columns of `files` and their types as stored: Parquet's Arrow types (the first
-    file's, where files differ), a CSV's columns as `string` (text has no types)."""
+def column_types(files: list[InputFile]) -> dict[str, str]:
+    """The columns of `files` and their types as stored: a Parquet file's logical Arrow
+    types (the first file's, where files differ), a CSV's columns `string` (text has no
+    types)."""
     out: dict[str, str] = {}
     for f in files:
-        types = ({x.name: logical_type(x.type) for x in pq.read_schema(f.path)} if source.format == "parquet"
-                 else dict.fromkeys(f.columns, "string"))
-        out |= {c: t for c, t in types.items() if c not in out}
+        for c, t in zip(f.columns, f.types or ("string",) * len(f.columns)):
+            out.setdefault(c, t)
     return out
 
 
-def header(path: Path, source: Source) -> list[str]:
-    """A file's column names as it holds them, unchecked (schema drift reads a day whose
-    columns are not the spec's): a Parquet file's schema, a CSV's header line."""
+def stored_types(path: Path, source: Source) -> dict[str, str]:
+    """A file's columns and types as it holds them, unchecked against any spec (schema
+    drift reads a day whose columns are not the spec's): a Parquet file's schema, a CSV's
+    header line (or `source.columns`) as `string`."""
     if source.format == "parquet":
-        return list(pq.read_schema(path).names)
-    if not source.has_header:
-        return list(source.columns or [])
-    return _header_fields(path, source)[0]
+        return {x.name: logical_type(x.type) for x in pq.read_schema(path)}
+    names = _header_fields(path, source)[0] if source.has_header else list(source.columns or [])
+    return dict.fromkeys(names, "string")
 
 
 def survey(files: list[InputFile], source: Source) -> list[InputFile]:
@@ -285,6 +286,7 @@ def _inspect(path: Path, role: str, index: int, source: Source, expected: list[s
         _compare(path, schema.names, expected, hint="")
         uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         return replace(planned, columns=tuple(schema.names), uncompressed=uncompressed,
+                       types=tuple(logical_type(x.type) for x in schema),
                        parquet_rows=meta.num_rows, lists=_list_columns(path, schema, list_separators))
     head = _head(path)
     if b"\x00" in head:

@@ -215,21 +215,12 @@ class DriftLimits(Strict):
                               "have new values every day)")
 
 
-class FieldLimits(Strict):
-    """A field's own limits: only the keys given replace the data set's."""
-
-    js: float | None = Field(None, ge=0, le=1)
-    linf: float | None = Field(None, ge=0, le=1)
-    label_rate: float | None = Field(None, ge=0)
-    missing: float | None = Field(None, ge=0, le=1)
-    oov: float | None = Field(None, ge=0, le=1)
-
-
 class DriftSpec(DriftLimits):
     """Statistics kept per day and the limits drift is judged by (`drift:` in a data conf)."""
 
-    fields: dict[str, FieldLimits] = Field(default_factory=dict, description="per-field limits, "
-                                           "e.g. {price: {js: 0.2}, user_id: {linf: null}}")
+    fields: dict[str, DriftLimits] = Field(default_factory=dict, description="per-field limits: "
+                                           "the keys given replace the data set's, e.g. {price: "
+                                           "{js: 0.2}, user_id: {linf: null}}")
     schema_changes: bool = Field(True, description="a column added, removed or of another type "
                                  "is drift")
     min_z: float = Field(3.0, ge=0, description="a distance or label-rate shift counts only when "
@@ -237,7 +228,8 @@ class DriftSpec(DriftLimits):
     top_k: int = Field(1000, ge=1, description="most frequent values kept per categorical field")
 
     def limits(self, field: str) -> DriftLimits:
-        """The limits of one field: the data set's, with the field's own keys replacing them."""
+        """The limits of one field: the data set's, with the keys its own entry gives (set
+        ones only, null included) replacing them."""
         own = self.fields.get(field)
         base = DriftLimits(**{k: getattr(self, k) for k in DriftLimits.model_fields})
         return base if own is None else base.model_copy(update=own.model_dump(exclude_unset=True))

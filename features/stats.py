@@ -34,7 +34,7 @@ import polars as pl
 
 from mtlrec import files
 from mtlrec.features import vocab
-from mtlrec.features.spec import DataSpec
+from mtlrec.features.spec import CategoricalField, DataSpec
 
 LEVELS = [i / 100 for i in range(101)]  # the quantile sketch's levels
 QUANTILE_SAMPLE = 100_000  # rows a pass samples for the numeric sketches
@@ -71,14 +71,20 @@ class _Field:
     name: str
     role: str  # feature | label
     kind: str  # numeric | categorical | binary
-    multi: bool = False
+    categorical: CategoricalField | None = None  # a categorical feature's declaration
     classes: list[str] | None = None  # a multiclass label's classes (its typed value is the index)
-    hashed: bool = False
+
+    @property
+    def multi(self) -> bool:
+        return self.categorical is not None and self.categorical.multi
+
+    @property
+    def hashed(self) -> bool:
+        return self.categorical is not None and self.categorical.hash_buckets is not None
 
 
 def _fields(spec: DataSpec, labels: bool = True) -> list[_Field]:
-    out = [_Field(f.name, "feature", "categorical", f.multi, hashed=f.hash_buckets is not None)
-           for f in spec.categorical]
+    out = [_Field(f.name, "feature", "categorical", f) for f in spec.categorical]
     out += [_Field(f.name, "feature", "numeric") for f in spec.numeric]
     kinds = {"binary": "binary", "regression": "numeric", "multiclass": "categorical"}
     out += [_Field(lab.name, "label", kinds[lab.kind], classes=lab.classes) for lab in spec.labels if labels]
@@ -165,12 +171,11 @@ def plan(frame: pl.LazyFrame, spec: DataSpec, keys: list[str], rows: int, labels
     fields = _fields(spec, labels)
     every = max(1, math.ceil(rows / QUANTILE_SAMPLE))
     moments = keyed.group_by(_SLICE).agg(*[pl.col(k).first() for k in keys], pl.len().alias(_ROWS),
-                                         *[e for f in fields for e in _counts(f, spec)])
+                                         *[e for f in fields for e in _counts(f)])
     numeric = [f.name for f in fields if f.kind == "numeric"]
     samples = (keyed.select(_SLICE, *numeric).with_row_index("__i").filter(pl.col("__i") % every == 0)
-               .group_by(_SLICE).agg(pl.col(n).cast(pl.Float64).filter(pl.col(n).cast(pl.Float64).is_finite())
-                                    for n in numeric))
-    counts = [_value_counts(keyed, f, spec) for f in fields if f.kind == "categorical"]
+               .group_by(_SLICE).agg(_finite(pl.col(n).cast(pl.Float64)).alias(n) for n in numeric))
+    counts = [_value_counts(keyed, f) for f in fields if f.kind == "categorical"]
     return Plan(fields, [moments, samples, *counts], spec.drift.top_k)
 
 
@@ -182,12 +187,16 @@ def compute(frame: pl.LazyFrame, spec: DataSpec, rows: int, columns: dict[str, s
     return collected.with_vocabularies(vocabularies or {}).slice()
 
 
-def _counts(f: _Field, spec: DataSpec) -> list[pl.Expr]:
+def _finite(x: pl.Expr) -> pl.Expr:
+    return x.filter(x.is_finite())
+
+
+def _counts(f: _Field) -> list[pl.Expr]:
     """Exact per-slice counts: missing values (a list field: no or an empty list, and its
     kept elements), a binary label's positives."""
     col, name = pl.col(f.name), f.name
     if f.multi:
-        length = _kept(f, spec).list.len()
+        length = vocab.elements(f.categorical).list.len()
         return [(col.is_null() | (length == 0)).sum().alias(f"{name}\x00missing"),
                 length.sum().alias(f"{name}\x00elements")]
     out = [col.null_count().alias(f"{name}\x00missing")]
@@ -196,15 +205,10 @@ def _counts(f: _Field, spec: DataSpec) -> list[pl.Expr]:
     return out
 
 
-def _kept(f: _Field, spec: DataSpec) -> pl.Expr:
-    """A list field's kept elements (its first max_len: what the model and vocabulary see)."""
-    return vocab.elements(next(c for c in spec.categorical if c.name == f.name))
-
-
-def _value_counts(frame: pl.LazyFrame, f: _Field, spec: DataSpec) -> pl.LazyFrame:
+def _value_counts(frame: pl.LazyFrame, f: _Field) -> pl.LazyFrame:
     """(slice, value, len) of a categorical field's non-missing values (a list field's kept
-    elements; a multiclass label's class names)."""
-    values = frame.select(_SLICE, _kept(f, spec) if f.multi else pl.col(f.name))
+    elements, `vocab.elements`; a multiclass label's class names)."""
+    values = frame.select(_SLICE, vocab.elements(f.categorical) if f.multi else pl.col(f.name))
     if f.multi:
         values = values.explode(f.name)
     if f.classes is not None:

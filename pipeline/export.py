@@ -145,6 +145,7 @@ def publish(cfg: Config, run: RunFolder, holdout: str, *, drift: dict[str, dict]
 def _drift_section(drift: dict[str, dict], folder: Path) -> str:
     """The gate report's section on each new day's drift; its reports are copied beside it."""
     lines = ["", "## Drift of the new days", ""]
+    folder.mkdir(parents=True, exist_ok=True)
     for day, record in drift.items():
         lines.append(f"- day {day}: " + ("; ".join(record["reasons"]) or "no drift"))
     for day, record in drift.items():
@@ -154,7 +155,6 @@ def _drift_section(drift: dict[str, dict], folder: Path) -> str:
                 if kind == "json":
                     continue
                 copied = folder / Path(path).name
-                folder.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, copied)
                 if kind != "markdown":
                     lines += [f"![{kind}]({copied.name})", ""]

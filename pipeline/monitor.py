@@ -15,7 +15,6 @@ from mtlrec.features.errors import DataError
 from mtlrec.pipeline import drift_report, registry
 from mtlrec.pipeline.config import Config
 from mtlrec.serving import served_log
-from mtlrec.serving.bundle import Bundle
 
 
 def day_drift(cfg: Config) -> list[drift.DriftReport]:
@@ -28,7 +27,7 @@ def day_drift(cfg: Config) -> list[drift.DriftReport]:
     if day not in partitions:
         raise DataError(f"monitor.day={day}: no such partition; days: {', '.join(partitions)}")
     previous = max((d for d in partitions if d < day), default=None)
-    champion = _champion(cfg)
+    champion = registry.champion(cfg)
     vocabularies = champion[1].transform.vocabularies if champion else {}
     out = Path(cfg.monitor.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,12 +35,9 @@ def day_drift(cfg: Config) -> list[drift.DriftReport]:
         def day_stats(d: str) -> stats.SliceStats:
             return raw.read(cfg.data, partitions[d], Path(tmp) / f"{d}.parquet").statistics(cfg.data, vocabularies)
 
-        current = day_stats(day)
-        reports = {} if previous is None else {"previous": drift.compare(
-            current, day_stats(previous), cfg.data, names=(f"day {day}", f"day {previous}"))}
-    if champion and champion[1].reference is not None:
-        reports["champion"] = drift.compare(current, champion[1].reference, cfg.data, types=False,
-                                            names=(f"day {day}", f"champion v{champion[0]} training window"))
+        reports = drift.against_day_and_champion(
+            day, day_stats(day), cfg.data, previous=previous and (previous, day_stats(previous)),
+            champion=champion and (champion[0], champion[1].reference))
     for key, report in reports.items():
         drift_report.write(report, out, f"day={day}-vs-{key}")
     return list(reports.values())
@@ -67,13 +63,6 @@ def skew(cfg: Config) -> drift.DriftReport:
                            names=(f"served rows ({len(logged)} log files)", f"v{version} training window"))
     drift_report.write(report, Path(cfg.monitor.out), f"skew-v{version}")
     return report
-
-
-def _champion(cfg: Config) -> tuple[str, Bundle] | None:
-    try:
-        return registry.load_served(cfg, f"models:/{cfg.registry.model_name}@{registry.CHAMPION}")
-    except DataError:
-        return None
 
 
 def run_drift(cfg: Config) -> None:

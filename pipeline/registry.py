@@ -63,6 +63,15 @@ def load_served(cfg: Config, uri: str | None = None) -> tuple[str, bundle.Bundle
     return version, source.load(version, threads=0)
 
 
+def champion(cfg: Config) -> tuple[str, bundle.Bundle] | None:
+    """(version, verified bundle) of the champion now, or None before there is one (or
+    when its bundle does not load: then nothing is compared with it)."""
+    try:
+        return load_served(cfg, f"models:/{cfg.registry.model_name}@{CHAMPION}")
+    except DataError:
+        return None
+
+
 def check_version(cfg: Config, version: str, becomes: str) -> None:
     """Refuse to make `version` the champion (`becomes` says how) unless its bundle loads
     and passes every check a server would run."""

@@ -54,6 +54,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -117,9 +118,7 @@ def retrain(cfg: Config) -> dict:
         result = {"new_days": taken,
                   "rejected": {d: e for d, e in records.items() if e.get("status") == REJECTED},
                   "drifted": {d: e for d, e in records.items() if e.get("status") == DRIFTED},
-                  "waiting": [d for d, e in records.items() if e.get("status") == WAITING],
-                  "new_waiting": {d: e for d, e in records.items()
-                                  if e.get("status") == WAITING and d in stored_now},
+                  "waiting": {d: e for d, e in records.items() if e.get("status") == WAITING},
                   "job": None}
         days = [d for d, e in records.items() if _trainable(e)]
         if len(days) < MIN_DAYS:
@@ -224,7 +223,6 @@ class _References:
 
     def __init__(self, cfg: Config, folder: Path, manifest: dict) -> None:
         self.cfg, self.folder, self.manifest = cfg, folder, manifest
-        self._champion: tuple[str, stats.SliceStats | None, dict] | None = None
 
     def previous(self, day: str) -> tuple[str, stats.SliceStats] | None:
         for d in sorted(self.manifest["days"], reverse=True):
@@ -233,17 +231,12 @@ class _References:
                 return d, stats.SliceStats.load(path)
         return None
 
-    def champion(self) -> tuple[str, stats.SliceStats | None, dict]:
-        """(version, its training window's statistics, its vocabularies); version "" and
-        no statistics before the first champion (or for a bundle without them)."""
-        if self._champion is None:
-            name = self.cfg.registry.model_name
-            try:
-                version, bundle = registry.load_served(self.cfg, f"models:/{name}@{registry.CHAMPION}")
-                self._champion = (version, bundle.reference, bundle.transform.vocabularies)
-            except DataError:
-                self._champion = ("", None, {})
-        return self._champion
+    @cached_property
+    def champion(self) -> tuple[str, stats.SliceStats | None, dict] | None:
+        """(version, its training window's statistics, its vocabularies), or None before the
+        first champion."""
+        found = registry.champion(self.cfg)
+        return None if found is None else (found[0], found[1].reference, found[1].transform.vocabularies)
 
 
 def _store_day(cfg: Config, folder: Path, day: str, pattern: str, *, accept: bool, complete: bool,
@@ -269,15 +262,11 @@ def _store_day(cfg: Config, folder: Path, day: str, pattern: str, *, accept: boo
                   f"({rows.quarantine.height / max(total, 1):.1%} > data.checks.max_reject_ratio {ratio:.1%})")
         log.warning("retrain: day %s rejected: %s", day, reason)
         return {"status": REJECTED, "reason": reason} | record
-    version, reference, vocabularies = references.champion()
-    day_stats = rows.statistics(cfg.data, vocabularies)
+    champion = references.champion
+    day_stats = rows.statistics(cfg.data, champion[2] if champion else None)
     day_stats.save(_store_file(folder, day, ".stats.json"))
-    # the champion's window was ingested from the store (text), so only its column names compare
-    compared = [] if previous is None else [(previous[1], f"day {previous[0]}", "previous", True)]
-    if reference is not None:
-        compared.append((reference, f"champion v{version} training window", "champion", False))
-    reports = {key: drift.compare(day_stats, ref, cfg.data, names=(f"day {day}", name), labels=complete,
-                                  types=types) for ref, name, key, types in compared}
+    reports = drift.against_day_and_champion(day, day_stats, cfg.data, previous=previous,
+                                             champion=champion and champion[:2], labels=complete)
     record["drift"] = _drift_record(folder, day, reports, cfg.retrain.drift_action)
     log.info("retrain: day %s: %d good, %d quarantined; drift: %s", day, rows.rows_good,
              rows.quarantine.height, "; ".join(record["drift"]["reasons"]) or "none")

@@ -133,10 +133,9 @@ def run_retrain(cfg: Config) -> None:
     if result["waiting"]:
         print(f"retrain: waiting for complete labels (retrain.label_delay_days="
               f"{cfg.retrain.label_delay_days}): {', '.join(result['waiting'])}")
-    for day, record in result["new_waiting"].items():
+    for day, record in result["waiting"].items():
         if record["drift"]["reasons"]:  # judged in full once its labels are complete
-            print(f"retrain: day {day} (waiting) already shows feature drift: "
-                  + "; ".join(record["drift"]["reasons"]))
+            print(f"retrain: day {day} (waiting) shows feature drift: " + "; ".join(record["drift"]["reasons"]))
     print(f"retrain: {result['message']}")
 
 
