@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import collections
+import itertools
 import math
 import threading
 import time
@@ -53,6 +54,7 @@ class _Sample:
     numeric: np.ndarray
     version: str
     served_at: int
+    transform: FeatureTransform  # the serving model's (its numeric fields, its list fields)
 
 
 class ServedLog:
@@ -66,9 +68,7 @@ class ServedLog:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dropped = 0
         self._random = random.Random(seed)
-        self._skip: float = 0
-        self._skip = self._gap()  # rows before the first kept one
-        self._names: tuple[list[str], set[str]] | None = None  # numeric fields, list fields
+        self._skip: float = self._gap()  # rows before the next kept one
         # a plain deque, not a queue.Queue: handing a sample over must not wake the writer
         # (each wake-up took the GIL from the scoring thread: -13 % requests/s at 1 %)
         self._pending: collections.deque[_Sample] = collections.deque()
@@ -96,9 +96,7 @@ class ServedLog:
             self.dropped += len(keep)
             return
         self._pending.append(_Sample({name: [values[j] for j in keep] for name, values in batch.categorical.items()},
-                                     batch.numeric[keep], version, time.time_ns()))
-        self._names = self._names or (transform.numeric_names,
-                                      {f.name for f in transform.spec.categorical if f.multi})
+                                     batch.numeric[keep], version, time.time_ns(), transform))
 
     def _gap(self) -> float:
         """Rows passed over before the next kept one: geometric with success `sample`."""
@@ -136,29 +134,37 @@ class ServedLog:
         if waiting:
             self._write(waiting)
 
-    def _table(self, samples: list[_Sample]) -> pa.Table:
-        """The samples as one table: the request's columns, when it was served and by which
-        model version."""
-        numeric_names, multi = self._names
+    @staticmethod
+    def _table(samples: list[_Sample]) -> pa.Table:
+        """Samples of one model as one table: the request's columns, when it was served and
+        by which model version."""
+        spec = samples[0].transform.spec
+        multi = {f.name for f in spec.multi_fields}
         columns = {name: pa.array([v for s in samples for v in s.categorical[name]],
                                   pa.list_(pa.string()) if name in multi else pa.string())
                    for name in samples[0].categorical}
         numeric = np.concatenate([s.numeric for s in samples])
-        columns |= {name: pa.array(numeric[:, j], pa.float64(), mask=np.isnan(numeric[:, j]))
-                    for j, name in enumerate(numeric_names)}
+        columns |= {f.name: pa.array(numeric[:, j], pa.float64(), mask=np.isnan(numeric[:, j]))
+                    for j, f in enumerate(spec.numeric)}
         sizes = [len(s.numeric) for s in samples]
         columns[SERVED_AT] = pa.array(np.repeat([s.served_at for s in samples], sizes), pa.timestamp("ns"))
         columns[VERSION] = pa.array(np.repeat([s.version for s in samples], sizes).tolist(), pa.string())
         return pa.table(columns)
 
     def _write(self, samples: list[_Sample]) -> None:
+        """One file per run of samples scored by one model (a hot reload may change the
+        fields between two samples)."""
+        for _, run in itertools.groupby(samples, key=lambda sample: id(sample.transform)):
+            self._write_file(self._table(list(run)))
+        prune(self.folder, int(self.settings.max_mb * 2**20))
+
+    def _write_file(self, table: pa.Table) -> None:
         try:
             name = f"served-{os.getpid()}-{time.time_ns()}.parquet"
             tmp = self.folder / f".{name}.tmp"
-            pq.write_table(self._table(samples), tmp, compression="zstd")
+            pq.write_table(table, tmp, compression="zstd")
             os.replace(tmp, self.folder / name)
-            prune(self.folder, int(self.settings.max_mb * 2**20))
-        except OSError as exc:  # a full disk must not stop serving: the sample is lost, said once
+        except OSError as exc:  # a full disk must not stop serving: these rows are lost, and said
             log.warning("served-row log: cannot write to %s (%s); these rows are not logged", self.folder, exc)
 
 
@@ -167,9 +173,10 @@ def prune(folder: Path, max_bytes: int) -> None:
     found = []
     for path in folder.glob(PATTERN):
         try:
-            found.append((path.stat().st_mtime_ns, path.name, path.stat().st_size, path))
+            stat = path.stat()
         except FileNotFoundError:  # another worker removed it
             continue
+        found.append((stat.st_mtime_ns, path.name, stat.st_size, path))
     total = sum(size for _, _, size, _ in found)
     for _, _, size, path in sorted(found):
         if total <= max_bytes:

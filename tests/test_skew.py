@@ -4,6 +4,7 @@ what it scores within the log's size cap, the logged rows are the rows sent, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -41,6 +42,20 @@ def test_the_log_holds_exactly_the_sampled_rows_with_their_values(tmp_path):
     assert got["shop"].to_list() == ["s1", None, "s2", "s9"] and got["item"].to_list() == ["i3", "i1", None, "i2"]
     assert got["price"].to_list() == [12.5, None, 3.0, 7.0] and got["age"].to_list() == [30.0, 41.0, None, 1.0]
     assert set(got[served_log.VERSION]) == {"7"}
+
+
+def test_rows_served_by_a_reloaded_model_go_to_a_file_of_their_own(tmp_path):
+    old = bundle.load(BUNDLE).transform
+    renamed = [f.model_copy(update={"name": f"{f.name}_v2"}) for f in old.spec.numeric]
+    new = dataclasses.replace(old, spec=old.spec.model_copy(update={"numeric": renamed}))
+    log = ServedLog(LogSettings(str(tmp_path), sample=1.0), seed=0)
+    batch = RawBatch({"shop": ["s1"], "item": ["i3"]}, np.array([[12.5, 30.0]]))
+    log.offer(batch, old, "1")
+    log.offer(batch, new, "2")
+    log.close()
+    tables = [pl.read_parquet(f) for f in served_log.files(tmp_path)]
+    assert [t.columns[:4] for t in tables] == [["shop", "item", "price", "age"],
+                                               ["shop", "item", "price_v2", "age_v2"]]
 
 
 @pytest.mark.skipif(shutil.which("hey") is None, reason="needs the `hey` load generator (apt-get install hey)")
